@@ -1,0 +1,70 @@
+"""One typed settings object shared by the code, the notebooks and the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or names a path it may not use."""
+
+
+@dataclass
+class Settings:
+    """Every knob of a run. Relative paths are resolved against the repository root."""
+
+    data_dir: Path = Path("data")
+    train_path: Path = Path("data/train_shuffle.txt")
+    test_path: Path = Path("data/test_handout.txt")
+    bert_dir: Path = Path("pretrained/m3e-small")
+    output_dir: Path = Path("outputs")
+    maxlen: int = 20  # characters kept per text; [CLS] and [SEP] come on top
+    batch_size: int = 16
+    predict_batch_size: int = 256
+    lr: float = 1e-5  # stage 1, encoder trainable
+    epochs: int = 3
+    patience: int = 1  # epochs without a better validation AUC before stopping
+    n_folds: int = 5
+    seed: int = 2020
+    group_by_length: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_dir", "_path")):
+                setattr(self, f.name, resolve(value))
+        for name in ("maxlen", "batch_size", "predict_batch_size", "epochs", "n_folds"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"setting {name}={getattr(self, name)!r}: expected an integer >= 1")
+        if self.n_folds < 2:
+            raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"setting lr={self.lr}: expected a learning rate in (0, 1)")
+
+    def check_fold(self, fold: int) -> int:
+        """Return ``fold`` if it names one of the folds, else raise a ConfigError saying which do."""
+        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < self.n_folds:
+            raise ConfigError(
+                f"parameter fold={fold!r}: expected an integer in 0..{self.n_folds - 1} "
+                f"(n_folds={self.n_folds}); pass e.g. -p fold 0"
+            )
+        return fold
+
+    def as_dict(self) -> dict:
+        return {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def resolve(path: str | Path) -> Path:
+    """Resolve ``path`` against the repository root, refusing empty strings and NUL bytes."""
+    text = str(path)
+    if not text.strip() or "\x00" in text:
+        raise ConfigError(f"path {text!r}: expected a non-empty file or folder path")
+    p = Path(text).expanduser()
+    return (p if p.is_absolute() else ROOT / p).resolve()

@@ -1,0 +1,269 @@
+"""The fold loop: train one fold of one stage, keep its best epoch, write its predictions.
+
+Stage 1 fine-tunes encoder + head. Stage 2 freezes the encoder, so it computes the encoder's
+outputs once per fold and trains only the head on them (the same model, far less work).
+
+A fold's folder is complete when ``done.json`` exists; it is written last, after every other
+file of the fold was renamed into place, so a killed run never leaves a fold that looks finished.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tensorflow import keras
+
+from core.config import Settings
+from core.data import Dataset, read_labelled, read_unlabelled
+from core.generator import BatchSequence, plan_batches, predict_in_order
+from core.io import read_json, save_weights, write_csv, write_json
+from core.metrics import auc
+from core.model import build_head_model, build_model, copy_head_weights
+from core.run import open_run, open_stage
+from core.strategy import get_strategy
+from core.tokenizer import CharTokenizer, load_vocab
+
+STAGE_NOTEBOOKS = {"stage1": "notebooks/02_cv.ipynb", "stage2": "notebooks/03_f1_refine.ipynb"}
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage needs the outputs of an earlier one that are not there yet."""
+
+
+@dataclass
+class Inputs:
+    """Everything a fold reads: both files, their token ids, and the fold of every train row."""
+
+    train: Dataset
+    test: Dataset
+    train_ids: list[np.ndarray]
+    test_ids: list[np.ndarray]
+    folds: np.ndarray
+    unk_rate: float
+    n_truncated: int
+
+
+def prepare(settings: Settings, run_dir: Path) -> Inputs:
+    """Read and tokenize the data, open (or check) the run folder and its folds."""
+    train = read_labelled(settings.train_path)
+    test = read_unlabelled(settings.test_path)
+    tokenizer = CharTokenizer(load_vocab(settings.bert_dir), maxlen=settings.maxlen)
+    folds = open_run(run_dir, settings, train.ids)
+    texts = train.texts + test.texts
+    return Inputs(
+        train=train,
+        test=test,
+        train_ids=tokenizer.encode_all(train.texts),
+        test_ids=tokenizer.encode_all(test.texts),
+        folds=folds,
+        unk_rate=tokenizer.unk_rate(texts),
+        n_truncated=tokenizer.n_truncated(texts),
+    )
+
+
+def fold_dir(run_dir: Path, stage: str, fold: int) -> Path:
+    return Path(run_dir) / stage / f"fold{fold}"
+
+
+def fold_done(run_dir: Path, stage: str, fold: int) -> dict | None:
+    """The fold's summary if it finished, else None."""
+    path = fold_dir(run_dir, stage, fold) / "done.json"
+    return read_json(path) if path.exists() else None
+
+
+class ValidationAUC(keras.callbacks.Callback):
+    """Early stopping and best checkpoint on validation AUC (the competition metric)."""
+
+    def __init__(self, predict, labels, save, patience: int):
+        super().__init__()
+        self.predict, self.labels, self.save, self.patience = predict, labels, save, patience
+        self.best, self.best_epoch, self.wait = -np.inf, -1, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = auc(self.labels, self.predict())
+        logs = logs if logs is not None else {}
+        logs["val_auc"] = score
+        if score > self.best:
+            self.best, self.best_epoch, self.wait = score, epoch, 0
+            self.save()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+        print(f"  epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val AUC {score:.4f}"
+              f"{'  (best)' if self.best_epoch == epoch else ''}", flush=True)  # fmt: skip
+
+
+class Progress(keras.callbacks.Callback):
+    """One line per tenth of an epoch: papermill's log shows training moving, not a frozen cell."""
+
+    def __init__(self, label: str, epochs: int):
+        super().__init__()
+        self.label, self.epochs = label, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.start = epoch, time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps") or 1
+        if (batch + 1) % max(1, steps // 10) == 0 or batch + 1 == steps:
+            rate = (batch + 1) / max(time.time() - self.start, 1e-9)
+            print(f"  [{self.label}] epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/{steps}"
+                  f"  loss {logs.get('loss', float('nan')):.4f}  {rate:.1f} batch/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _write_fold(out: Path, inputs: Inputs, fold: int, oof, test, history: dict, summary: dict):
+    valid = np.flatnonzero(inputs.folds == fold)
+    write_csv(out / "oof.csv", pd.DataFrame({
+        "row": valid, "id": inputs.train.ids[valid],
+        "label": inputs.train.labels[valid], "pred": oof,
+    }))  # fmt: skip
+    write_csv(out / "test.csv", pd.DataFrame({"id": inputs.test.ids, "pred": test}))
+    write_json(out / "history.json", history)
+    write_json(out / "done.json", summary)  # last: marks the fold complete
+    return summary
+
+
+def _check_predictions(name: str, preds: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(preds) | (preds < 0) | (preds > 1)
+    if bad.any():
+        raise FloatingPointError(
+            f"{name}: {int(bad.sum())} predictions are NaN or outside [0, 1] (first at row "
+            f"{int(np.flatnonzero(bad)[0])}); training diverged — lower the learning rate. "
+            "Nothing was written for this fold."
+        )
+    return preds
+
+
+def train_stage1(settings: Settings, fold: int, run_dir: Path, inputs: Inputs | None = None,
+                 strategy: str = "default", jit_compile: bool = False) -> dict:
+    """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
+    settings.check_fold(fold)
+    run_dir = Path(run_dir)
+    if done := fold_done(run_dir, "stage1", fold):
+        print(f"stage1 fold {fold}: already complete in {run_dir}, not recomputed")
+        return done
+    inputs = inputs or prepare(settings, run_dir)
+    params = {"lr": settings.lr, "epochs": settings.epochs, "patience": settings.patience,
+              "batch_size": settings.batch_size, "loss": "bce"}  # fmt: skip
+    open_stage(run_dir / "stage1", params)
+    out = fold_dir(run_dir, "stage1", fold)
+    keras.utils.set_random_seed(settings.seed + fold)
+    train_rows = np.flatnonzero(inputs.folds != fold)
+    valid_rows = np.flatnonzero(inputs.folds == fold)
+    pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
+
+    with get_strategy(strategy).scope():
+        model = build_model(settings.bert_dir, loss="bce", lr=settings.lr, bert_trainable=True)
+    model.jit_compile = jit_compile
+    weights = out / "weights.h5"
+
+    def predict_valid():
+        return predict_in_order(model, pick(valid_rows), settings.predict_batch_size)
+
+    check = ValidationAUC(predict_valid, inputs.train.labels[valid_rows],
+                          lambda: save_weights(model, weights), settings.patience)  # fmt: skip
+    train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
+                              settings.batch_size, shuffle=True, seed=settings.seed + fold,
+                              group_by_length=settings.group_by_length)  # fmt: skip
+    start = time.time()
+    print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
+    history = model.fit(train_seq, epochs=settings.epochs, shuffle=False, verbose=0,
+                        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check])
+    model.load_weights(str(weights))
+    oof = _check_predictions(f"stage1 fold {fold} validation", predict_valid())
+    test = _check_predictions(f"stage1 fold {fold} test",
+                              predict_in_order(model, inputs.test_ids, settings.predict_batch_size))
+    summary = {"stage": "stage1", "fold": fold, "val_auc": auc(inputs.train.labels[valid_rows], oof),
+               "best_epoch": check.best_epoch + 1, "epochs_run": len(history.history["loss"]),
+               "seconds": round(time.time() - start, 1), "n_train": len(train_rows),
+               "n_valid": len(valid_rows)}  # fmt: skip
+    return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
+
+
+def encode(encoder: keras.Model, token_ids: list[np.ndarray], width: int, batch_size: int) -> np.ndarray:
+    """Encoder outputs of every row, shape (n, width, hidden), padding positions exactly zero."""
+    hidden = encoder.output_shape[-1]
+    feats = np.zeros((len(token_ids), width, hidden), dtype=np.float32)
+    lengths = np.array([len(t) for t in token_ids])
+    for rows in plan_batches(lengths, batch_size, group_by_length=True):
+        w = int(lengths[rows].max())
+        ids = np.zeros((len(rows), w), dtype=np.int32)
+        for r, row in enumerate(rows):
+            ids[r, : lengths[row]] = token_ids[row]
+        out = encoder((ids, np.zeros_like(ids)), training=False).numpy()
+        feats[rows, :w] = out * (ids != 0)[:, :, None]  # zero padding so Masking(0) finds it
+    return feats
+
+
+def train_stage2(settings: Settings, fold: int, run_dir: Path, loss: str = "soft_f1",
+                 lr: float = 1e-7, epochs: int = 3, batch_size: int | None = None,
+                 inputs: Inputs | None = None) -> dict:
+    """Freeze the stage-1 encoder of ``fold`` and train its head with ``loss`` on cached outputs."""
+    settings.check_fold(fold)
+    run_dir = Path(run_dir)
+    if done := fold_done(run_dir, "stage2", fold):
+        print(f"stage2 fold {fold}: already complete in {run_dir}, not recomputed")
+        return done
+    stage1 = fold_dir(run_dir, "stage1", fold)
+    if fold_done(run_dir, "stage1", fold) is None:
+        raise MissingStageError(
+            f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
+            f"there (or that fold did not finish). Make them first: papermill "
+            f"{STAGE_NOTEBOOKS['stage1']} out.ipynb -p fold {fold} -p run_dir {run_dir}"
+        )
+    inputs = inputs or prepare(settings, run_dir)
+    batch_size = batch_size or settings.batch_size
+    params = {"loss": loss, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+              "patience": settings.patience}  # fmt: skip
+    open_stage(run_dir / "stage2", params)
+    out = fold_dir(run_dir, "stage2", fold)
+    keras.utils.set_random_seed(settings.seed + fold)
+    start = time.time()
+
+    full = build_model(settings.bert_dir, bert_trainable=False)
+    full.load_weights(str(stage1 / "weights.h5"))
+    encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
+    width = settings.maxlen + 2
+    print(f"stage2 fold {fold}: encoding {len(inputs.train_ids)} train and "
+          f"{len(inputs.test_ids)} test rows once (the encoder is frozen)", flush=True)
+    train_x = encode(encoder, inputs.train_ids, width, settings.predict_batch_size)
+    test_x = encode(encoder, inputs.test_ids, width, settings.predict_batch_size)
+
+    head = build_head_model(train_x.shape[-1], loss=loss, lr=lr)
+    copy_head_weights(full, head)
+    train_rows = np.flatnonzero(inputs.folds != fold)
+    valid_rows = np.flatnonzero(inputs.folds == fold)
+    labels = inputs.train.labels.astype(np.float32)
+    weights = out / "head.h5"
+
+    def predict_valid():
+        return head.predict(train_x[valid_rows], batch_size=settings.predict_batch_size,
+                            verbose=0).reshape(-1)  # fmt: skip
+
+    check = ValidationAUC(predict_valid, labels[valid_rows], lambda: save_weights(head, weights),
+                          settings.patience)  # fmt: skip
+    # shuffle=True here is seeded: set_random_seed above fixed TensorFlow's global seed.
+    history = head.fit(train_x[train_rows], labels[train_rows, None], batch_size=batch_size,
+                       epochs=epochs, shuffle=True, verbose=0, callbacks=[check])  # fmt: skip
+    head.load_weights(str(weights))
+    oof = _check_predictions(f"stage2 fold {fold} validation", predict_valid())
+    test = _check_predictions(f"stage2 fold {fold} test", head.predict(
+        test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1))  # fmt: skip
+    summary = {"stage": "stage2", "fold": fold, "val_auc": auc(labels[valid_rows], oof),
+               "best_epoch": check.best_epoch + 1, "epochs_run": len(history.history["loss"]),
+               "seconds": round(time.time() - start, 1), "n_train": len(train_rows),
+               "n_valid": len(valid_rows)}  # fmt: skip
+    return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
+
+
+def _history(history) -> dict:
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -1,0 +1,140 @@
+"""The classifier: a keras-bert encoder and the seed's pooling head.
+
+Head = concat(masked global average pool, masked global max pool, position 0 of
+``SeqSelfAttention(attention_activation='softmax')``, with its padding mask fixed) -> ``Dense(1, sigmoid)``. Head layers carry
+fixed names so their weights move between the full model and the head-only model that stage 2
+trains on cached encoder outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import tensorflow as tf
+from keras_bert import load_trained_model_from_checkpoint
+from keras_self_attention import SeqSelfAttention
+from tensorflow import keras
+
+from core.losses import get_loss
+from core.pretrained import check_bert_dir
+
+HEAD_LAYERS = ("head_avg", "head_max", "head_attention", "head_first", "head_concat", "head_output")
+
+
+class MaskedGlobalMaxPooling1D(keras.layers.Layer):
+    """Max over time that ignores padded positions (Keras' own GlobalMaxPooling1D does not)."""
+
+    supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            # Padding must never win the max: push it to the lowest value of the dtype.
+            floor = tf.cast(inputs.dtype.min, inputs.dtype)
+            inputs = tf.where(mask[:, :, None], inputs, floor)
+        return tf.reduce_max(inputs, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+class FirstPosition(keras.layers.Layer):
+    """The vector at position 0 (the [CLS] slot) of a sequence."""
+
+    supports_masking = True
+
+    def call(self, inputs, mask=None):
+        return inputs[:, 0]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+class MaskedSeqSelfAttention(SeqSelfAttention):
+    """keras-self-attention's additive ``SeqSelfAttention`` with padded keys masked out.
+
+    keras-self-attention 0.51 subtracts its large constant only where query AND key are both
+    padding, so real positions still attend to padding and a prediction changes with the batch's
+    padding width. This subclass keeps the library's weights and formula (emission, the
+    ``attention_activation``, then its own normalisation) and gives padded keys zero weight.
+    """
+
+    def call(self, inputs, mask=None, **kwargs):
+        if self.attention_type != SeqSelfAttention.ATTENTION_TYPE_ADD or self.attention_width:
+            raise NotImplementedError("only full-width additive attention is supported")
+        e = self._call_additive_emission(inputs)
+        keys = None
+        if mask is not None:
+            keys = tf.cast(mask, e.dtype)[:, None, :]
+            e -= 10000.0 * (1.0 - keys)
+        if self.attention_activation is not None:
+            e = self.attention_activation(e)
+        weights = tf.exp(e - tf.reduce_max(e, axis=-1, keepdims=True))
+        if keys is not None:
+            weights *= keys  # the activation leaves padded keys near 0, not at -inf
+        a = weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+        return tf.matmul(a, inputs)
+
+
+CUSTOM_OBJECTS = {
+    "MaskedSeqSelfAttention": MaskedSeqSelfAttention,
+    "MaskedGlobalMaxPooling1D": MaskedGlobalMaxPooling1D,
+    "FirstPosition": FirstPosition,
+    "SeqSelfAttention": SeqSelfAttention,
+}
+
+
+def attach_head(sequence):
+    """Apply the pooling head to a (batch, time, hidden) tensor that carries a padding mask."""
+    avg = keras.layers.GlobalAveragePooling1D(name="head_avg")(sequence)
+    mx = MaskedGlobalMaxPooling1D(name="head_max")(sequence)
+    att = MaskedSeqSelfAttention(attention_activation="softmax", name="head_attention")(sequence)
+    first = FirstPosition(name="head_first")(att)
+    joined = keras.layers.Concatenate(name="head_concat")([avg, mx, first])
+    return keras.layers.Dense(1, activation="sigmoid", name="head_output", dtype="float32")(joined)
+
+
+def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
+    """keras-bert encoder from a Google-format BERT folder; output = last layer, padding masked."""
+    bert_dir = Path(bert_dir)
+    check_bert_dir(bert_dir)
+    return load_trained_model_from_checkpoint(
+        str(bert_dir / "bert_config.json"),
+        str(bert_dir / "bert_model.ckpt"),
+        training=False,
+        trainable=trainable,
+        seq_len=None,
+    )
+
+
+def compile_model(model: keras.Model, loss: str = "bce", lr: float = 1e-5) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=get_loss(loss))
+    return model
+
+
+def build_model(
+    bert_dir: str | Path, loss: str = "bce", lr: float = 1e-5, bert_trainable: bool = True
+) -> keras.Model:
+    """Encoder + head, compiled with Adam at ``lr`` and the named loss."""
+    encoder = load_encoder(bert_dir, trainable=bert_trainable)
+    output = attach_head(encoder.output)
+    model = keras.Model(encoder.inputs, output, name="classifier")
+    return compile_model(model, loss, lr)
+
+
+def build_head_model(hidden_size: int, loss: str = "bce", lr: float = 1e-3) -> keras.Model:
+    """The head alone, on cached encoder outputs padded with all-zero vectors.
+
+    A real encoder output is never exactly the zero vector (it leaves a LayerNorm with a bias), so
+    Masking(0.0) recovers the padding mask the full model gets from its token ids.
+    """
+    inputs = keras.Input(shape=(None, hidden_size), name="encoded")
+    masked = keras.layers.Masking(mask_value=0.0, name="head_mask")(inputs)
+    model = keras.Model(inputs, attach_head(masked), name="head")
+    return compile_model(model, loss, lr)
+
+
+def copy_head_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the head's weights between a full model and a head-only model (matched by name)."""
+    for name in HEAD_LAYERS:
+        target.get_layer(name).set_weights(source.get_layer(name).get_weights())

@@ -1,0 +1,123 @@
+"""A run folder: its identity (parameters, data and weights hashes, package versions) and its folds.
+
+The first notebook to touch a run folder records what the run is; every later notebook and every
+resumed fold checks it still is, so results of different data or settings never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold
+
+from core.config import Settings
+from core.data import file_sha256
+from core.io import read_json, write_csv, write_json
+
+PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
+# What makes two runs the same run: anything here differing means the old results do not apply.
+IDENTITY = ("train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
+
+
+class RunMismatchError(RuntimeError):
+    """A run folder holds results made from other data or settings."""
+
+
+def weights_sha256(bert_dir: Path) -> str:
+    """Hash of a BERT folder's config, vocab and checkpoint files (the checkpoint decides the run)."""
+    digest = hashlib.sha256()
+    files = [bert_dir / "bert_config.json", bert_dir / "vocab.txt"]
+    files += sorted(bert_dir.glob("bert_model.ckpt.*"))
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number of every row, from ``KFold(n_folds, shuffle=True, random_state=seed)`` (the seed's)."""
+    folds = np.full(n_rows, -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n_rows))):
+        folds[valid] = k
+    return folds
+
+
+def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
+    """Record or check the run's identity and return the fold of every training row.
+
+    ``ids`` are the training rows' IDs; they go into ``folds.csv`` so the fold file can be read
+    on its own.
+    """
+    run_dir = Path(run_dir)
+    manifest = {
+        "train_path": str(settings.train_path),
+        "train_sha256": file_sha256(settings.train_path),
+        "n_rows": int(len(ids)),
+        "n_folds": settings.n_folds,
+        "seed": settings.seed,
+        "maxlen": settings.maxlen,
+        "bert_dir": str(settings.bert_dir),
+        "bert_sha256": weights_sha256(Path(settings.bert_dir)),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+    path = run_dir / "run.json"
+    if path.exists():
+        check_same(path, read_json(path), manifest, IDENTITY)
+    else:
+        write_json(path, manifest)
+
+    folds = make_folds(len(ids), settings.n_folds, settings.seed)
+    folds_path = run_dir / "folds.csv"
+    if folds_path.exists():
+        saved = pd.read_csv(folds_path)
+        if not (np.array_equal(saved["fold"].to_numpy(), folds) and np.array_equal(saved["id"], ids)):
+            raise RunMismatchError(
+                f"{folds_path}: the saved folds differ from KFold(n_splits={settings.n_folds}, "
+                f"shuffle=True, random_state={settings.seed}) on {settings.train_path}; "
+                "use a new run_dir for changed data"
+            )
+    else:
+        write_csv(folds_path, pd.DataFrame({"row": np.arange(len(ids)), "id": ids, "fold": folds}))
+    return folds
+
+
+def open_stage(stage_dir: Path, params: dict) -> None:
+    """Record a stage's parameters, or check a resumed stage was started with the same ones."""
+    path = Path(stage_dir) / "params.json"
+    if path.exists():
+        check_same(path, read_json(path), params, tuple(params))
+    else:
+        write_json(path, params)
+
+
+def check_same(path: Path, saved: dict, current: dict, keys) -> None:
+    """Raise RunMismatchError listing every key in ``keys`` whose value changed."""
+    changed = [k for k in keys if saved.get(k) != _plain(current.get(k))]
+    if changed:
+        diffs = "; ".join(f"{k}: was {saved.get(k)!r}, now {_plain(current.get(k))!r}" for k in changed)
+        raise RunMismatchError(
+            f"{path} belongs to a run made differently ({diffs}). Results must not mix: pass a new "
+            "run_dir (e.g. -p run_dir outputs/runs/<new name>) or delete that folder to start over"
+        )
+
+
+def _plain(value):
+    # JSON turns tuples into lists and Paths into strings; compare in that form.
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
