@@ -55,6 +55,16 @@ class Settings:
             )
         return fold
 
+    def run_path(self, run_dir: str | Path) -> Path:
+        """Resolve a run folder and check it lies inside ``output_dir`` (runs never write elsewhere)."""
+        path = resolve(run_dir)
+        if not path.is_relative_to(self.output_dir):
+            raise ConfigError(
+                f"parameter run_dir={str(run_dir)!r}: expected a folder inside the output folder "
+                f"{self.output_dir} (e.g. outputs/runs/my-run)"
+            )
+        return path
+
     def as_dict(self) -> dict:
         return {
             k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()

@@ -251,6 +251,10 @@ def train_stage2(settings: Settings, fold: int, run_dir: Path, loss: str = "soft
 
     check = ValidationAUC(predict_valid, labels[valid_rows], lambda: save_weights(head, weights),
                           settings.patience)  # fmt: skip
+    # The stage-1 head is epoch 0: stage 2 keeps it unless an epoch beats it on validation AUC.
+    check.best, check.best_epoch = auc(labels[valid_rows], predict_valid()), -1
+    save_weights(head, weights)
+    print(f"  epoch 0 (stage-1 head): val AUC {check.best:.4f}", flush=True)
     # shuffle=True here is seeded: set_random_seed above fixed TensorFlow's global seed.
     history = head.fit(train_x[train_rows], labels[train_rows, None], batch_size=batch_size,
                        epochs=epochs, shuffle=True, verbose=0, callbacks=[check])  # fmt: skip

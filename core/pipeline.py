@@ -1,0 +1,237 @@
+"""Run the notebook suite with papermill: EDA -> stage 1 per fold -> stage 2 per fold -> ensemble.
+
+    python -m core.pipeline                      # the default model on data/
+    python -m core.pipeline --set stage1.lr=3e-5 --set n_folds=3 --test-path other.txt
+
+The run folder's name is a hash of every parameter and of the data and weights files, so a changed
+parameter or data file starts a new run, and rerunning the same command resumes: a step whose
+outputs are complete is skipped. Executed notebooks and their HTML go to ``<run>/notebooks/``;
+``<run>/index.html`` links them with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import hashlib
+import html
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from core.config import ROOT, Settings
+from core.data import file_sha256
+from core.io import read_json, write_json, write_text
+
+# Shared by every notebook; prefixed keys (stage1.lr) go to one notebook only.
+DEFAULTS = {
+    "common": {
+        "train_path": "data/train_shuffle.txt",
+        "test_path": "data/test_handout.txt",
+        "bert_dir": "pretrained/m3e-small",
+        "maxlen": 20,
+        "n_folds": 5,
+        "seed": 2020,
+    },
+    "eda": {},
+    "stage1": {"epochs": 2, "patience": 1, "batch_size": 16, "lr": 5e-5},
+    "stage2": {"loss": "soft_f1", "lr": 1e-4, "epochs": 4, "patience": 1, "batch_size": 16},
+    "ensemble": {},
+}
+NOTEBOOKS = {
+    "eda": "notebooks/01_eda.ipynb",
+    "stage1": "notebooks/02_cv.ipynb",
+    "stage2": "notebooks/03_f1_refine.ipynb",
+    "ensemble": "notebooks/04_ensemble.ipynb",
+}
+# Which common parameters each notebook takes.
+COMMON_FOR = {
+    "eda": ("train_path", "test_path", "bert_dir", "maxlen"),
+    "stage1": tuple(DEFAULTS["common"]),
+    "stage2": tuple(DEFAULTS["common"]),
+    "ensemble": ("train_path", "test_path", "n_folds"),
+}
+
+log = logging.getLogger("pipeline")
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``["stage1.lr=3e-5", "n_folds=3"]`` -> the DEFAULTS shape with those values replaced."""
+    params = copy.deepcopy(DEFAULTS)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        section, _, name = key.rpartition(".")
+        section = section or "common"
+        if not sep or section not in params or (name not in params[section]):
+            known = [k for k in DEFAULTS["common"]] + [
+                f"{s}.{k}" for s in ("stage1", "stage2") for k in DEFAULTS[s]
+            ]
+            raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME one of {known}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word: a string
+        params[section][name] = value
+    return params
+
+
+def run_name(params: dict) -> str:
+    """Hash of the parameters and of the files they name: same inputs, same folder."""
+    common = params["common"]
+    settings = Settings(**{k: common[k] for k in ("train_path", "test_path", "bert_dir")})
+    from core.run import weights_sha256  # local: hashing helpers, no TensorFlow
+
+    identity = {
+        "params": params,
+        "train": file_sha256(settings.train_path),
+        "test": file_sha256(settings.test_path),
+        "bert": weights_sha256(settings.bert_dir),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"run-{digest[:10]}"
+
+
+def plan(params: dict, run_dir: Path) -> list[tuple[str, str, dict, Path]]:
+    """(label, notebook, papermill parameters, the file whose presence marks the step done)."""
+    common, n_folds = params["common"], int(params["common"]["n_folds"])
+    rel_run = str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
+
+    def args(section, **extra):
+        base = {k: common[k] for k in COMMON_FOR[section]}
+        return {**base, **params[section], "run_dir": rel_run, **extra}
+
+    steps = [("eda", "eda", args("eda", run_dir=f"{rel_run}/eda"), run_dir / "eda" / "eda.json")]
+    for stage in ("stage1", "stage2"):
+        for fold in range(n_folds):
+            done = run_dir / stage / f"fold{fold}" / "done.json"
+            steps.append((f"{stage}-fold{fold}", stage, args(stage, fold=fold), done))
+    steps.append(("ensemble", "ensemble", args("ensemble"), run_dir / "ensemble" / "results.json"))
+    return steps
+
+
+def execute(label: str, section: str, parameters: dict, run_dir: Path) -> Path:
+    """Run one notebook with papermill (kernel cwd = repo root), then render it to HTML."""
+    import papermill
+
+    out = run_dir / "notebooks" / f"{Path(NOTEBOOKS[section]).stem}-{label}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.ipynb")
+    try:
+        papermill.execute_notebook(str(ROOT / NOTEBOOKS[section]), str(tmp), parameters=parameters,
+                                   cwd=str(ROOT), log_output=True, progress_bar=False)  # fmt: skip
+    finally:
+        if tmp.exists():  # keep the failed notebook too: it shows where it stopped
+            tmp.replace(out)
+    render_html(out)
+    return out
+
+
+def render_html(notebook: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    return write_text(notebook.with_suffix(".html"), body)
+
+
+def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
+    """One page linking every executed notebook, with per-fold and final figures."""
+    rows = []
+    for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
+        label = nb.stem.split("-", 1)[-1]
+        stage, _, fold = label.partition("-fold")
+        done = run_dir / stage / f"fold{fold}" / "done.json"
+        auc = f"{read_json(done)['val_auc']:.4f}" if fold and done.exists() else ""
+        secs = f"{timings[label]:.0f} s" if label in timings else ""
+        rows.append(f"<tr><td>{html.escape(label)}</td><td><a href='notebooks/{nb.with_suffix('.html').name}'>"
+                    f"html</a> · <a href='notebooks/{nb.name}'>ipynb</a></td><td>{auc}</td><td>{secs}</td></tr>")  # fmt: skip
+    results = run_dir / "ensemble" / "results.json"
+    headline = ""
+    if results.exists():
+        r = read_json(results)
+        headline = "<pre>" + html.escape(json.dumps(r.get("headline", r), indent=2)) + "</pre>"
+    page = f"""<!doctype html><meta charset="utf-8"><title>{run_dir.name}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style>
+<h1>Run {html.escape(run_dir.name)}</h1>{headline}
+<table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>{''.join(rows)}</table>
+<h2>Parameters</h2><pre>{html.escape(json.dumps(params, indent=2))}</pre>
+<p><a href="ensemble/submission.csv">submission.csv</a></p>"""
+    return write_text(run_dir / "index.html", page)
+
+
+def run_pipeline(params: dict, output_dir: str | Path = "outputs", run_dir: Path | None = None,
+                 only: str | None = None, folds: list[int] | None = None) -> Path:
+    """Execute every step not yet complete; return the run folder.
+
+    ``only`` and ``folds`` pick a part of the run (e.g. stage1 fold 3), so folds can run as
+    separate jobs, on separate machines sharing ``outputs/``, and be ensembled afterwards.
+    """
+    settings = Settings(output_dir=output_dir)
+    run_dir = settings.run_path(run_dir or Path(settings.output_dir) / "runs" / run_name(params))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "pipeline.json", params)
+    timings_path = run_dir / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else {}
+    steps = [
+        s for s in plan(params, run_dir)
+        if (only is None or s[1] == only)
+        and (folds is None or "-fold" not in s[0] or int(s[0].rsplit("fold", 1)[1]) in folds)
+    ]
+    for i, (label, section, parameters, done) in enumerate(steps, 1):
+        if done.exists():
+            log.info("[%d/%d] %s: complete, skipped", i, len(steps), label)
+            continue
+        log.info("[%d/%d] %s: %s", i, len(steps), label, NOTEBOOKS[section])
+        start = time.time()
+        execute(label, section, parameters, run_dir)
+        timings[label] = round(time.time() - start, 1)
+        write_json(timings_path, timings)
+        write_index(run_dir, params, timings)
+    write_index(run_dir, params, timings)
+    return run_dir
+
+
+class _QuietPapermill(logging.Filter):
+    # papermill logs two lines around every cell; the cells' own output is what shows progress.
+    def filter(self, record):
+        msg = record.getMessage()
+        return not (msg.startswith(("Executing Cell", "Ending Cell", "Executing notebook",
+                                    "Input Notebook", "Output Notebook", "Working directory")))  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter, e.g. stage1.lr=3e-5, n_folds=3, test_path=x.txt")
+    parser.add_argument("--train-path", help="labelled training file (default data/train_shuffle.txt)")
+    parser.add_argument("--test-path", help="unlabelled file to score (default data/test_handout.txt)")
+    parser.add_argument("--output-dir", default="outputs", help="where runs go (default outputs/)")
+    parser.add_argument("--run-dir", help="use this run folder instead of the hashed name")
+    parser.add_argument("--only", choices=sorted(NOTEBOOKS), help="run only this step")
+    parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("papermill").addFilter(_QuietPapermill())
+    sets = list(args.set)
+    if args.train_path:
+        sets.append(f"train_path={args.train_path!r}")
+    if args.test_path:
+        sets.append(f"test_path={args.test_path!r}")
+    params = parse_sets(sets)
+    start = time.time()
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    run_dir = run_pipeline(params, args.output_dir, Path(args.run_dir) if args.run_dir else None,
+                           args.only, folds)
+    print(f"\nfinished in {time.time() - start:.0f} s; run folder {run_dir}")
+    results = run_dir / "ensemble" / "results.json"
+    if results.exists():
+        print(json.dumps(read_json(results).get("headline", {}), indent=2))
+    print(f"review: {run_dir / 'index.html'}\nsubmission: {run_dir / 'ensemble' / 'submission.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

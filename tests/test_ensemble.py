@@ -1,0 +1,274 @@
+"""core.ensemble on synthetic run folders: loading and coverage checks, fold AUCs, blends, and
+the nested (honest) selection of blend weights and F1 thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core.ensemble import (
+    WEIGHT_GRID,
+    MissingOutputsError,
+    candidates,
+    choose_final,
+    fold_mean,
+    fold_table,
+    honest_best_f1,
+    load_stage,
+    rank_average,
+    results_table,
+    stage_blend,
+)
+from core.io import write_csv, write_json
+from core.metrics import auc, best_f1
+
+N_FOLDS = 5
+
+
+def make_run(tmp_path, n=300, n_test=60, strengths=None, seed=0):
+    """A run folder whose stages' predictions are ``sigmoid(strength * (2y-1) + noise)``."""
+    strengths = strengths or {"stage1": 1.0, "stage2": 2.0}
+    rng = np.random.default_rng(seed)
+    run = tmp_path / "run"
+    labels = rng.integers(0, 2, n)
+    folds = rng.permutation(np.arange(n) % N_FOLDS)
+    ids = 1000 + np.arange(n)
+    test_ids = 5000 + np.arange(n_test)
+    write_csv(run / "folds.csv", pd.DataFrame({"row": np.arange(n), "id": ids, "fold": folds}))
+    for stage, strength in strengths.items():
+        logit = strength * (2 * labels - 1) + rng.normal(size=n)
+        pred = 1 / (1 + np.exp(-logit))
+        for k in range(N_FOLDS):
+            d = run / stage / f"fold{k}"
+            m = folds == k
+            rows = np.flatnonzero(m)
+            oof = pd.DataFrame({"row": rows, "id": ids[m], "label": labels[m], "pred": pred[m]})
+            write_csv(d / "oof.csv", oof)
+            write_csv(d / "test.csv", pd.DataFrame({"id": test_ids, "pred": rng.random(n_test)}))
+            write_json(d / "done.json", {"fold": k})
+    return run, labels, folds
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_load_stage_reads_every_fold(run):
+    run_dir, labels, folds = run
+    s = load_stage(run_dir, "stage1", N_FOLDS)
+    assert list(s.oof.columns) == ["row", "id", "label", "fold", "pred"]
+    assert s.oof["row"].tolist() == list(range(len(labels)))
+    assert np.array_equal(s.oof["label"], labels) and np.array_equal(s.oof["fold"], folds)
+    assert list(s.test.columns) == ["id"] + [f"fold{k}" for k in range(N_FOLDS)]
+    assert s.test["id"].tolist() == list(5000 + np.arange(60))
+
+
+def test_missing_fold_names_fold_and_command(run):
+    run_dir, _, _ = run
+    (run_dir / "stage1" / "fold3" / "done.json").unlink()
+    with pytest.raises(MissingOutputsError) as e:
+        load_stage(run_dir, "stage1", N_FOLDS)
+    assert isinstance(e.value, FileNotFoundError) and e.value.folds == [3]
+    assert str(e.value) == (
+        f"stage1 fold 3 is not finished in {run_dir}: run "
+        f'"papermill notebooks/02_cv.ipynb out.ipynb -p fold 3 -p run_dir {run_dir}"'
+    )
+
+
+def test_missing_stage2_folds_use_refine_notebook_and_custom_mapping(run):
+    run_dir, _, _ = run
+    for k in (0, 4):
+        (run_dir / "stage2" / f"fold{k}" / "done.json").unlink()
+    with pytest.raises(MissingOutputsError) as e:
+        load_stage(run_dir, "stage2", N_FOLDS)
+    assert e.value.folds == [0, 4]
+    for k in (0, 4):
+        assert f"stage2 fold {k} is not finished" in str(e.value)
+        assert f"papermill notebooks/03_f1_refine.ipynb out.ipynb -p fold {k}" in str(e.value)
+    with pytest.raises(MissingOutputsError, match="papermill nb/other.ipynb out.ipynb -p fold 0"):
+        load_stage(run_dir, "stage2", N_FOLDS, notebooks={"stage2": "nb/other.ipynb"})
+
+
+def test_done_json_without_csv_counts_as_missing(run):
+    run_dir, _, _ = run
+    (run_dir / "stage1" / "fold2" / "oof.csv").unlink()
+    with pytest.raises(MissingOutputsError, match="fold 2 .*oof.csv missing despite done.json"):
+        load_stage(run_dir, "stage1", N_FOLDS)
+
+
+def _edit_oof(run_dir, k, edit):
+    path = run_dir / "stage1" / f"fold{k}" / "oof.csv"
+    write_csv(path, edit(pd.read_csv(path)))
+
+
+def test_row_in_two_folds_is_caught(run):
+    run_dir, _, _ = run
+    extra = pd.read_csv(run_dir / "stage1" / "fold1" / "oof.csv").iloc[:1]
+    _edit_oof(run_dir, 2, lambda f: pd.concat([f, extra]))
+    with pytest.raises(
+        ValueError, match=r"1 rows appear more than once \(row \d+ in folds \[1, 2\]"
+    ):
+        load_stage(run_dir, "stage1", N_FOLDS)
+
+
+def test_missing_row_is_caught(run):
+    run_dir, _, _ = run
+    _edit_oof(run_dir, 0, lambda f: f.iloc[1:])
+    with pytest.raises(ValueError, match="1 training rows are in no fold"):
+        load_stage(run_dir, "stage1", N_FOLDS)
+
+
+def test_test_ids_must_agree_across_folds(run):
+    run_dir, _, _ = run
+    path = run_dir / "stage1" / "fold4" / "test.csv"
+    t = pd.read_csv(path)
+    t.loc[0, "id"] = 99
+    write_csv(path, t)
+    with pytest.raises(ValueError, match="fold4's test ids differ from fold0's: 1 only in fold4"):
+        load_stage(run_dir, "stage1", N_FOLDS)
+
+
+def test_test_ids_in_another_order_are_aligned(run):
+    run_dir, _, _ = run
+    path = run_dir / "stage1" / "fold2" / "test.csv"
+    t = pd.read_csv(path)
+    write_csv(path, t.iloc[::-1])
+    s = load_stage(run_dir, "stage1", N_FOLDS)
+    assert np.allclose(s.test["fold2"], t["pred"])
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_fold_table_matches_sklearn(run):
+    run_dir, labels, folds = run
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    table = fold_table(stages)
+    assert table["fold"].tolist() == [0, 1, 2, 3, 4, "mean", "oof"]
+    for name, s in stages.items():
+        pred = s.oof["pred"].to_numpy()
+        per_fold = [roc_auc_score(labels[folds == k], pred[folds == k]) for k in range(N_FOLDS)]
+        assert np.allclose(table[name].iloc[:N_FOLDS], per_fold)
+        assert np.isclose(table[name].iloc[N_FOLDS], np.mean(per_fold))
+        assert np.isclose(table[name].iloc[-1], roc_auc_score(labels, pred))
+    assert table["n"].iloc[-1] == len(labels) and table["n"].iloc[:N_FOLDS].sum() == len(labels)
+
+
+def test_rank_average_hand_case():
+    got = rank_average([np.array([0.1, 0.4, 0.35, 0.8]), np.array([1, 2, 3, 4])])
+    # ranks/4: a -> [1, 3, 2, 4]/4, b -> [1, 2, 3, 4]/4
+    assert np.allclose(got, [0.25, 0.625, 0.625, 1.0])
+    assert np.allclose(rank_average([np.array([0.5, 0.5, 0.9])]), [0.5, 0.5, 1.0])  # ties share
+
+
+def test_fold_mean_averages_test_columns(run):
+    run_dir, _, _ = run
+    s = load_stage(run_dir, "stage1", N_FOLDS)
+    b = fold_mean(s)
+    assert np.allclose(b.test, s.test[[f"fold{k}" for k in range(N_FOLDS)]].mean(axis=1))
+    assert np.array_equal(b.oof, s.oof["pred"]) and not b.fitted
+
+
+# ----------------------------------------------------------------------------- blends
+
+
+def test_stage_blend_picks_the_clearly_better_stage():
+    rng = np.random.default_rng(1)
+    n = 1000
+    labels = rng.integers(0, 2, n)
+    folds = np.arange(n) % N_FOLDS
+    perfect = labels + 0.5 * rng.random(n)  # separates the classes exactly
+    noise = rng.random(n)
+    b = stage_blend(perfect, noise, labels, folds, rng.random(10), rng.random(10))
+    assert b.weight == 1.0 and set(b.fold_weights.values()) == {1.0}
+    assert auc(labels, b.oof) == 1.0 and b.test.shape == (10,)
+    swapped = stage_blend(noise, perfect, labels, folds)
+    assert swapped.weight == 0.0 and set(swapped.fold_weights.values()) == {0.0}
+    assert swapped.test is None
+
+
+def _fold_specific_case(seed=3):
+    """Stage a is informative only on fold 0, stage b moderately everywhere, so fold 0's labels
+    pull the pooled weight; a selection that peeked at them would change when they flip."""
+    rng = np.random.default_rng(seed)
+    n = 1000
+    labels = rng.integers(0, 2, n)
+    folds = np.arange(n) % N_FOLDS
+    a = rng.normal(size=n) + np.where(folds == 0, 4.0, 0.0) * labels
+    b = rng.normal(size=n) + 1.0 * labels
+    return a, b, labels, folds
+
+
+def test_nested_weight_never_uses_the_folds_own_labels():
+    a, b, labels, folds = _fold_specific_case()
+    k = 0
+    flipped = labels.copy()
+    flipped[folds == k] = 1 - flipped[folds == k]
+    before = stage_blend(a, b, labels, folds)
+    after = stage_blend(a, b, flipped, folds)
+    assert after.fold_weights[k] == before.fold_weights[k]
+    assert np.array_equal(after.oof[folds == k], before.oof[folds == k])
+    # Not vacuous: the all-rows weight (which does see fold k) and the other folds' weights move.
+    assert after.weight != before.weight
+    assert any(after.fold_weights[j] != before.fold_weights[j] for j in range(1, N_FOLDS))
+
+
+def test_honest_threshold_never_uses_the_folds_own_labels():
+    a, b, labels, folds = _fold_specific_case()
+    k = 2
+    flipped = labels.copy()
+    flipped[folds == k] = 1 - flipped[folds == k]
+    before, after = honest_best_f1(labels, b, folds), honest_best_f1(flipped, b, folds)
+    assert after.fold_thresholds[k] == before.fold_thresholds[k]
+    for j in range(N_FOLDS):
+        assert before.fold_thresholds[j] == best_f1(labels[folds != j], b[folds != j])[1]
+    # 2-D scores from a fitted blend: the threshold for fold k sits on the weight chosen
+    # without fold k, so neither depends on fold k's labels.
+    blend_before = stage_blend(a, b, labels, folds)
+    blend_after = stage_blend(a, b, flipped, folds)
+    t_before = honest_best_f1(labels, blend_before.fold_scores, folds).fold_thresholds[k]
+    t_after = honest_best_f1(flipped, blend_after.fold_scores, folds).fold_thresholds[k]
+    assert t_before == t_after
+
+
+def test_honest_f1_matches_manual_and_in_sample_is_labelled():
+    rng = np.random.default_rng(4)
+    n = 500
+    labels = rng.integers(0, 2, n)
+    folds = np.arange(n) % N_FOLDS
+    scores = labels + rng.normal(size=n)
+    r = honest_best_f1(labels, scores, folds)
+    predicted = np.zeros(n, dtype=bool)
+    for k in range(N_FOLDS):
+        t = best_f1(labels[folds != k], scores[folds != k])[1]
+        predicted[folds == k] = scores[folds == k] >= t
+    tp = (predicted & (labels == 1)).sum()
+    assert np.isclose(r.f1, 2 * tp / (predicted.sum() + labels.sum()))
+    assert (r.f1_in_sample, r.threshold) == best_f1(labels, scores)
+    assert r.f1 <= r.f1_in_sample  # in-sample threshold is optimal on these rows
+
+
+def test_results_table_and_choose_final(run):
+    run_dir, labels, folds = run
+    s1, s2 = (load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2"))
+    blends = candidates(s1, s2)
+    table = results_table(blends, labels, folds)
+    assert len(table) == 4 and table["candidate"].tolist() == list(blends)
+    assert table["weight"].tolist()[:3] == [1.0, 0.0, 0.5]
+    fitted = table[table["fitted"]].iloc[0]
+    blend = blends[fitted["candidate"]]
+    assert fitted["weight"] in WEIGHT_GRID and len(fitted["fold_weights"]) == N_FOLDS
+    assert np.isclose(fitted["oof_auc"], roc_auc_score(labels, blend.oof))
+    assert np.isclose(table["oof_auc"].iloc[0], roc_auc_score(labels, s1.oof["pred"]))
+    best = choose_final(table)
+    assert best == table.loc[table["oof_auc"].idxmax(), "candidate"]
+    assert best != "stage1 fold mean"  # stage 2 is built to be clearly better
+    out = blends[best]
+    assert out.test.shape == (60,) and np.array_equal(out.test_ids, s1.test["id"])
+    assert ((out.test >= 0) & (out.test <= 1)).all()
