@@ -40,14 +40,16 @@ class Settings:
                 setattr(self, f.name, resolve(value))
         for name in ("maxlen", "batch_size", "predict_batch_size", "epochs", "n_folds"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"setting {name}={getattr(self, name)!r}: expected an integer >= 1")
+                raise ConfigError(
+                    f"setting {name}={getattr(self, name)!r}: expected an integer >= 1"
+                )
         if self.n_folds < 2:
             raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
         if not 0 < self.lr < 1:
             raise ConfigError(f"setting lr={self.lr}: expected a learning rate in (0, 1)")
 
     def check_fold(self, fold: int) -> int:
-        """Return ``fold`` if it names one of the folds, else raise a ConfigError saying which do."""
+        """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones."""
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < self.n_folds:
             raise ConfigError(
                 f"parameter fold={fold!r}: expected an integer in 0..{self.n_folds - 1} "
@@ -56,7 +58,7 @@ class Settings:
         return fold
 
     def run_path(self, run_dir: str | Path) -> Path:
-        """Resolve a run folder and check it lies inside ``output_dir`` (runs never write elsewhere)."""
+        """Resolve a run folder; it must lie inside ``output_dir`` (runs write nowhere else)."""
         path = resolve(run_dir)
         if not path.is_relative_to(self.output_dir):
             raise ConfigError(

@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from tensorflow import keras
 
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import Settings
 from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
@@ -143,8 +142,14 @@ def _check_predictions(name: str, preds: np.ndarray) -> np.ndarray:
     return preds
 
 
-def train_stage1(settings: Settings, fold: int, run_dir: Path, inputs: Inputs | None = None,
-                 strategy: str = "default", jit_compile: bool = False) -> dict:
+def train_stage1(
+    settings: Settings,
+    fold: int,
+    run_dir: Path,
+    inputs: Inputs | None = None,
+    strategy: str = "default",
+    jit_compile: bool = False,
+) -> dict:
     """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
     settings.check_fold(fold)
     run_dir = Path(run_dir)
@@ -176,20 +181,30 @@ def train_stage1(settings: Settings, fold: int, run_dir: Path, inputs: Inputs | 
                               group_by_length=settings.group_by_length)  # fmt: skip
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
-    history = model.fit(train_seq, epochs=settings.epochs, shuffle=False, verbose=0,
-                        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check])
+    history = model.fit(
+        train_seq,
+        epochs=settings.epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check],
+    )
     model.load_weights(str(weights))
     oof = _check_predictions(f"stage1 fold {fold} validation", predict_valid())
-    test = _check_predictions(f"stage1 fold {fold} test",
-                              predict_in_order(model, inputs.test_ids, settings.predict_batch_size))
-    summary = {"stage": "stage1", "fold": fold, "val_auc": auc(inputs.train.labels[valid_rows], oof),
+    test = _check_predictions(
+        f"stage1 fold {fold} test",
+        predict_in_order(model, inputs.test_ids, settings.predict_batch_size),
+    )
+    val_auc = auc(inputs.train.labels[valid_rows], oof)
+    summary = {"stage": "stage1", "fold": fold, "val_auc": val_auc,
                "best_epoch": check.best_epoch + 1, "epochs_run": len(history.history["loss"]),
                "seconds": round(time.time() - start, 1), "n_train": len(train_rows),
                "n_valid": len(valid_rows)}  # fmt: skip
     return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
 
 
-def encode(encoder: keras.Model, token_ids: list[np.ndarray], width: int, batch_size: int) -> np.ndarray:
+def encode(
+    encoder: keras.Model, token_ids: list[np.ndarray], width: int, batch_size: int
+) -> np.ndarray:
     """Encoder outputs of every row, shape (n, width, hidden), padding positions exactly zero."""
     hidden = encoder.output_shape[-1]
     feats = np.zeros((len(token_ids), width, hidden), dtype=np.float32)
@@ -204,9 +219,16 @@ def encode(encoder: keras.Model, token_ids: list[np.ndarray], width: int, batch_
     return feats
 
 
-def train_stage2(settings: Settings, fold: int, run_dir: Path, loss: str = "soft_f1",
-                 lr: float = 1e-7, epochs: int = 3, batch_size: int | None = None,
-                 inputs: Inputs | None = None) -> dict:
+def train_stage2(
+    settings: Settings,
+    fold: int,
+    run_dir: Path,
+    loss: str = "soft_f1",
+    lr: float = 1e-7,
+    epochs: int = 3,
+    batch_size: int | None = None,
+    inputs: Inputs | None = None,
+) -> dict:
     """Freeze the stage-1 encoder of ``fold`` and train its head with ``loss`` on cached outputs."""
     settings.check_fold(fold)
     run_dir = Path(run_dir)
@@ -233,8 +255,11 @@ def train_stage2(settings: Settings, fold: int, run_dir: Path, loss: str = "soft
     full.load_weights(str(stage1 / "weights.h5"))
     encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
     width = settings.maxlen + 2
-    print(f"stage2 fold {fold}: encoding {len(inputs.train_ids)} train and "
-          f"{len(inputs.test_ids)} test rows once (the encoder is frozen)", flush=True)
+    print(
+        f"stage2 fold {fold}: encoding {len(inputs.train_ids)} train and "
+        f"{len(inputs.test_ids)} test rows once (the encoder is frozen)",
+        flush=True,
+    )
     train_x = encode(encoder, inputs.train_ids, width, settings.predict_batch_size)
     test_x = encode(encoder, inputs.test_ids, width, settings.predict_batch_size)
 

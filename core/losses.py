@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
+
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 EPSILON = 1e-7
 

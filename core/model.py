@@ -1,23 +1,28 @@
 """The classifier: a keras-bert encoder and the seed's pooling head.
 
 Head = concat(masked global average pool, masked global max pool, position 0 of
-``SeqSelfAttention(attention_activation='softmax')``, with its padding mask fixed) -> ``Dense(1, sigmoid)``. Head layers carry
-fixed names so their weights move between the full model and the head-only model that stage 2
-trains on cached encoder outputs.
+``SeqSelfAttention(attention_activation='softmax')`` with its padding mask fixed), then
+``Dense(1, sigmoid)``. Head layers carry fixed names so their weights move between the full
+model and the head-only model that stage 2 trains on cached encoder outputs.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import tensorflow as tf
 from keras_bert import load_trained_model_from_checkpoint
 from keras_self_attention import SeqSelfAttention
 from tensorflow import keras
 
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.losses import get_loss
 from core.pretrained import check_bert_dir
+
+# keras-bert and keras-self-attention share initializer instances across layers; tf-keras warns
+# about it on every build. Their weights come from the checkpoint or from set_random_seed anyway.
+warnings.filterwarnings("ignore", message="The initializer .* is unseeded")
 
 HEAD_LAYERS = ("head_avg", "head_max", "head_attention", "head_first", "head_concat", "head_output")
 

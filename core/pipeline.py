@@ -146,8 +146,10 @@ def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
         done = run_dir / stage / f"fold{fold}" / "done.json"
         auc = f"{read_json(done)['val_auc']:.4f}" if fold and done.exists() else ""
         secs = f"{timings[label]:.0f} s" if label in timings else ""
-        rows.append(f"<tr><td>{html.escape(label)}</td><td><a href='notebooks/{nb.with_suffix('.html').name}'>"
-                    f"html</a> · <a href='notebooks/{nb.name}'>ipynb</a></td><td>{auc}</td><td>{secs}</td></tr>")  # fmt: skip
+        page = nb.with_suffix(".html").name
+        links = f"<a href='notebooks/{page}'>html</a> · <a href='notebooks/{nb.name}'>ipynb</a>"
+        cells = [html.escape(label), links, auc, secs]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     results = run_dir / "ensemble" / "results.json"
     headline = ""
     if results.exists():
@@ -156,14 +158,20 @@ def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
     page = f"""<!doctype html><meta charset="utf-8"><title>{run_dir.name}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style>
 <h1>Run {html.escape(run_dir.name)}</h1>{headline}
-<table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>{''.join(rows)}</table>
+<table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>
+{"".join(rows)}</table>
 <h2>Parameters</h2><pre>{html.escape(json.dumps(params, indent=2))}</pre>
 <p><a href="ensemble/submission.csv">submission.csv</a></p>"""
     return write_text(run_dir / "index.html", page)
 
 
-def run_pipeline(params: dict, output_dir: str | Path = "outputs", run_dir: Path | None = None,
-                 only: str | None = None, folds: list[int] | None = None) -> Path:
+def run_pipeline(
+    params: dict,
+    output_dir: str | Path = "outputs",
+    run_dir: Path | None = None,
+    only: str | None = None,
+    folds: list[int] | None = None,
+) -> Path:
     """Execute every step not yet complete; return the run folder.
 
     ``only`` and ``folds`` pick a part of the run (e.g. stage1 fold 3), so folds can run as
@@ -176,7 +184,8 @@ def run_pipeline(params: dict, output_dir: str | Path = "outputs", run_dir: Path
     timings_path = run_dir / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
     steps = [
-        s for s in plan(params, run_dir)
+        s
+        for s in plan(params, run_dir)
         if (only is None or s[1] == only)
         and (folds is None or "-fold" not in s[0] or int(s[0].rsplit("fold", 1)[1]) in folds)
     ]
@@ -199,15 +208,24 @@ class _QuietPapermill(logging.Filter):
     def filter(self, record):
         msg = record.getMessage()
         return not (msg.startswith(("Executing Cell", "Ending Cell", "Executing notebook",
-                                    "Input Notebook", "Output Notebook", "Working directory")))  # fmt: skip
+                                    "Input Notebook", "Output Notebook", "Working")))  # fmt: skip
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a parameter, e.g. stage1.lr=3e-5, n_folds=3, test_path=x.txt")
-    parser.add_argument("--train-path", help="labelled training file (default data/train_shuffle.txt)")
-    parser.add_argument("--test-path", help="unlabelled file to score (default data/test_handout.txt)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a parameter, e.g. stage1.lr=3e-5, n_folds=3, test_path=x.txt",
+    )
+    parser.add_argument(
+        "--train-path", help="labelled training file (default data/train_shuffle.txt)"
+    )
+    parser.add_argument(
+        "--test-path", help="unlabelled file to score (default data/test_handout.txt)"
+    )
     parser.add_argument("--output-dir", default="outputs", help="where runs go (default outputs/)")
     parser.add_argument("--run-dir", help="use this run folder instead of the hashed name")
     parser.add_argument("--only", choices=sorted(NOTEBOOKS), help="run only this step")
@@ -223,13 +241,16 @@ def main(argv=None) -> int:
     params = parse_sets(sets)
     start = time.time()
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    run_dir = run_pipeline(params, args.output_dir, Path(args.run_dir) if args.run_dir else None,
-                           args.only, folds)
+    run_dir = run_pipeline(
+        params, args.output_dir, Path(args.run_dir) if args.run_dir else None, args.only, folds
+    )
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {run_dir}")
     results = run_dir / "ensemble" / "results.json"
     if results.exists():
         print(json.dumps(read_json(results).get("headline", {}), indent=2))
-    print(f"review: {run_dir / 'index.html'}\nsubmission: {run_dir / 'ensemble' / 'submission.csv'}")
+    print(
+        f"review: {run_dir / 'index.html'}\nsubmission: {run_dir / 'ensemble' / 'submission.csv'}"
+    )
     return 0
 
 

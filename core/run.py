@@ -29,7 +29,7 @@ class RunMismatchError(RuntimeError):
 
 
 def weights_sha256(bert_dir: Path) -> str:
-    """Hash of a BERT folder's config, vocab and checkpoint files (the checkpoint decides the run)."""
+    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used."""
     digest = hashlib.sha256()
     files = [bert_dir / "bert_config.json", bert_dir / "vocab.txt"]
     files += sorted(bert_dir.glob("bert_model.ckpt.*"))
@@ -40,9 +40,11 @@ def weights_sha256(bert_dir: Path) -> str:
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number of every row, from ``KFold(n_folds, shuffle=True, random_state=seed)`` (the seed's)."""
+    """Fold of every row, from ``KFold(n_folds, shuffle=True, random_state=seed)`` as the seed."""
     folds = np.full(n_rows, -1, dtype=np.int64)
-    for k, (_, valid) in enumerate(KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n_rows))):
+    for k, (_, valid) in enumerate(
+        KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n_rows))
+    ):
         folds[valid] = k
     return folds
 
@@ -76,7 +78,9 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
     folds_path = run_dir / "folds.csv"
     if folds_path.exists():
         saved = pd.read_csv(folds_path)
-        if not (np.array_equal(saved["fold"].to_numpy(), folds) and np.array_equal(saved["id"], ids)):
+        if not (
+            np.array_equal(saved["fold"].to_numpy(), folds) and np.array_equal(saved["id"], ids)
+        ):
             raise RunMismatchError(
                 f"{folds_path}: the saved folds differ from KFold(n_splits={settings.n_folds}, "
                 f"shuffle=True, random_state={settings.seed}) on {settings.train_path}; "
@@ -100,7 +104,9 @@ def check_same(path: Path, saved: dict, current: dict, keys) -> None:
     """Raise RunMismatchError listing every key in ``keys`` whose value changed."""
     changed = [k for k in keys if saved.get(k) != _plain(current.get(k))]
     if changed:
-        diffs = "; ".join(f"{k}: was {saved.get(k)!r}, now {_plain(current.get(k))!r}" for k in changed)
+        diffs = "; ".join(
+            f"{k}: was {saved.get(k)!r}, now {_plain(current.get(k))!r}" for k in changed
+        )
         raise RunMismatchError(
             f"{path} belongs to a run made differently ({diffs}). Results must not mix: pass a new "
             "run_dir (e.g. -p run_dir outputs/runs/<new name>) or delete that folder to start over"

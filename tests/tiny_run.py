@@ -1,0 +1,95 @@
+"""A tiny, real-format run for the end-to-end tests (not a conftest: import it as a module).
+
+``make_tiny_inputs(folder)`` writes the first rows of the competition files (same format: a row,
+then a blank line) and a tiny random BERT folder, and returns pipeline parameters for them built
+with ``core.pipeline.parse_sets`` (3 folds, one epoch per stage, lr 1e-3 so one epoch learns
+something). Runs write under ``folder / "outputs"``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import TINY_VOCAB
+
+from core.config import ROOT
+from core.pipeline import parse_sets
+from core.pretrained.google_ckpt import write_random_bert_dir
+
+TRAIN = ROOT / "data" / "train_shuffle.txt"
+TEST = ROOT / "data" / "test_handout.txt"
+
+
+@dataclass
+class TinyInputs:
+    train_path: Path
+    test_path: Path
+    bert_dir: Path
+    output_dir: Path
+    params: dict
+
+    def sets(self) -> list[str]:
+        """The ``--set`` values that reproduce ``params`` on the command line."""
+        return [f"{k}={v!r}" for k, v in flat_params(self.params).items()]
+
+
+def first_rows(path: Path, n: int) -> str:
+    """The first ``n`` rows of a competition-format file, in that format (row, blank line)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows = lines[0::2][:n]
+    assert len(rows) == n and all(r.strip() for r in rows), f"{path} has fewer than {n} rows"
+    return "".join(f"{r}\n\n" for r in rows)
+
+
+def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_sets=()) -> TinyInputs:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = folder / "train.txt", folder / "test.txt"
+    train.write_text(first_rows(TRAIN, n_train), encoding="utf-8")
+    test.write_text(first_rows(TEST, n_test), encoding="utf-8")
+    bert = folder / "bert"
+    if not (bert / "vocab.txt").exists():
+        write_random_bert_dir(bert, TINY_VOCAB)
+    params = parse_sets([
+        f"train_path={str(train)!r}",
+        f"test_path={str(test)!r}",
+        f"bert_dir={str(bert)!r}",
+        "n_folds=3",
+        "stage1.epochs=1",
+        "stage1.lr=1e-3",
+        "stage2.lr=1e-3",
+        "stage2.epochs=1",
+        *extra_sets,
+    ])  # fmt: skip
+    return TinyInputs(train, test, bert, folder / "outputs", params)
+
+
+def flat_params(params: dict) -> dict:
+    """``{"n_folds": 3, "stage1.lr": 1e-3, ...}`` for every parameter that differs from DEFAULTS."""
+    from core.pipeline import DEFAULTS
+
+    out = {}
+    for section, values in params.items():
+        for key, value in values.items():
+            if DEFAULTS[section][key] != value:
+                out[key if section == "common" else f"{section}.{key}"] = value
+    return out
+
+
+def subprocess_env() -> dict:
+    """Environment for child processes: this venv's python first on PATH, repo importable."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def fold_files(run_dir: Path, stage: str, fold: int) -> dict[str, Path]:
+    d = Path(run_dir) / stage / f"fold{fold}"
+    weights = "weights.h5" if stage == "stage1" else "head.h5"
+    return {n: d / n for n in ("oof.csv", "test.csv", "history.json", "done.json", weights)}
