@@ -119,6 +119,33 @@ class Progress(keras.callbacks.Callback):
                   file=sys.stderr, flush=True)  # fmt: skip
 
 
+def _already_done(settings: Settings, run_dir: Path, stage: str, fold: int) -> dict | None:
+    """Validate ``fold``; return the fold's summary if it already finished (a resumed run)."""
+    settings.check_fold(fold)
+    done = fold_done(Path(run_dir), stage, fold)
+    if done:
+        print(f"{stage} fold {fold}: already complete in {run_dir}, not recomputed")
+    return done
+
+
+def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start) -> dict:
+    """Check the best epoch's predictions, then write the fold (``done.json`` last)."""
+    oof = _check_predictions(f"{stage} fold {fold} validation", oof)
+    test = _check_predictions(f"{stage} fold {fold} test", test)
+    valid = np.flatnonzero(inputs.folds == fold)
+    summary = {
+        "stage": stage,
+        "fold": fold,
+        "val_auc": auc(inputs.train.labels[valid], oof),
+        "best_epoch": check.best_epoch + 1,
+        "epochs_run": len(history.history["loss"]),
+        "seconds": round(time.time() - start, 1),
+        "n_train": int(len(inputs.folds) - len(valid)),
+        "n_valid": int(len(valid)),
+    }
+    return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
+
+
 def _write_fold(out: Path, inputs: Inputs, fold: int, oof, test, history: dict, summary: dict):
     valid = np.flatnonzero(inputs.folds == fold)
     write_csv(out / "oof.csv", pd.DataFrame({
@@ -151,10 +178,7 @@ def train_stage1(
     jit_compile: bool = False,
 ) -> dict:
     """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
-    settings.check_fold(fold)
-    run_dir = Path(run_dir)
-    if done := fold_done(run_dir, "stage1", fold):
-        print(f"stage1 fold {fold}: already complete in {run_dir}, not recomputed")
+    if done := _already_done(settings, run_dir, "stage1", fold):
         return done
     inputs = inputs or prepare(settings, run_dir)
     params = {"lr": settings.lr, "epochs": settings.epochs, "patience": settings.patience,
@@ -167,8 +191,7 @@ def train_stage1(
     pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
 
     with get_strategy(strategy).scope():
-        model = build_model(settings.bert_dir, loss="bce", lr=settings.lr, bert_trainable=True)
-    model.jit_compile = jit_compile
+        model = build_model(settings.bert_dir, lr=settings.lr, jit_compile=jit_compile)
     weights = out / "weights.h5"
 
     def predict_valid():
@@ -189,17 +212,8 @@ def train_stage1(
         callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check],
     )
     model.load_weights(str(weights))
-    oof = _check_predictions(f"stage1 fold {fold} validation", predict_valid())
-    test = _check_predictions(
-        f"stage1 fold {fold} test",
-        predict_in_order(model, inputs.test_ids, settings.predict_batch_size),
-    )
-    val_auc = auc(inputs.train.labels[valid_rows], oof)
-    summary = {"stage": "stage1", "fold": fold, "val_auc": val_auc,
-               "best_epoch": check.best_epoch + 1, "epochs_run": len(history.history["loss"]),
-               "seconds": round(time.time() - start, 1), "n_train": len(train_rows),
-               "n_valid": len(valid_rows)}  # fmt: skip
-    return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
+    test = predict_in_order(model, inputs.test_ids, settings.predict_batch_size)
+    return _finish("stage1", fold, out, inputs, predict_valid(), test, check, history, start)
 
 
 def encode(
@@ -230,11 +244,9 @@ def train_stage2(
     inputs: Inputs | None = None,
 ) -> dict:
     """Freeze the stage-1 encoder of ``fold`` and train its head with ``loss`` on cached outputs."""
-    settings.check_fold(fold)
-    run_dir = Path(run_dir)
-    if done := fold_done(run_dir, "stage2", fold):
-        print(f"stage2 fold {fold}: already complete in {run_dir}, not recomputed")
+    if done := _already_done(settings, run_dir, "stage2", fold):
         return done
+    run_dir = Path(run_dir)
     stage1 = fold_dir(run_dir, "stage1", fold)
     if fold_done(run_dir, "stage1", fold) is None:
         raise MissingStageError(
@@ -284,14 +296,8 @@ def train_stage2(
     history = head.fit(train_x[train_rows], labels[train_rows, None], batch_size=batch_size,
                        epochs=epochs, shuffle=True, verbose=0, callbacks=[check])  # fmt: skip
     head.load_weights(str(weights))
-    oof = _check_predictions(f"stage2 fold {fold} validation", predict_valid())
-    test = _check_predictions(f"stage2 fold {fold} test", head.predict(
-        test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1))  # fmt: skip
-    summary = {"stage": "stage2", "fold": fold, "val_auc": auc(labels[valid_rows], oof),
-               "best_epoch": check.best_epoch + 1, "epochs_run": len(history.history["loss"]),
-               "seconds": round(time.time() - start, 1), "n_train": len(train_rows),
-               "n_valid": len(valid_rows)}  # fmt: skip
-    return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
+    test = head.predict(test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1)
+    return _finish("stage2", fold, out, inputs, predict_valid(), test, check, history, start)
 
 
 def _history(history) -> dict:

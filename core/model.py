@@ -112,19 +112,26 @@ def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
     )
 
 
-def compile_model(model: keras.Model, loss: str = "bce", lr: float = 1e-5) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=get_loss(loss))
+def compile_model(
+    model: keras.Model, loss: str = "bce", lr: float = 1e-5, jit_compile: bool = False
+) -> keras.Model:
+    optimizer = keras.optimizers.Adam(learning_rate=lr)
+    model.compile(optimizer=optimizer, loss=get_loss(loss), jit_compile=jit_compile)
     return model
 
 
 def build_model(
-    bert_dir: str | Path, loss: str = "bce", lr: float = 1e-5, bert_trainable: bool = True
+    bert_dir: str | Path,
+    loss: str = "bce",
+    lr: float = 1e-5,
+    bert_trainable: bool = True,
+    jit_compile: bool = False,
 ) -> keras.Model:
-    """Encoder + head, compiled with Adam at ``lr`` and the named loss."""
+    """Encoder + head, compiled with Adam at ``lr`` and the named loss (XLA if ``jit_compile``)."""
     encoder = load_encoder(bert_dir, trainable=bert_trainable)
     output = attach_head(encoder.output)
     model = keras.Model(encoder.inputs, output, name="classifier")
-    return compile_model(model, loss, lr)
+    return compile_model(model, loss, lr, jit_compile)
 
 
 def build_head_model(hidden_size: int, loss: str = "bce", lr: float = 1e-3) -> keras.Model:

@@ -44,7 +44,7 @@ def first_rows(path: Path, n: int) -> str:
     return "".join(f"{r}\n\n" for r in rows)
 
 
-def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_sets=()) -> TinyInputs:
+def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_sets=()):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     train, test = folder / "train.txt", folder / "test.txt"

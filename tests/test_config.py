@@ -1,0 +1,150 @@
+"""core.config: path resolution, range checks, the fold check and the run-folder check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import ROOT, ConfigError, Settings, resolve
+
+
+def test_root_is_the_repository():
+    assert (ROOT / "core" / "config.py").is_file()
+    assert (ROOT / "pyproject.toml").is_file()
+
+
+def test_relative_paths_resolve_against_root():
+    s = Settings(train_path="data/other.txt", bert_dir=Path("pretrained/x"), output_dir="out")
+    assert s.train_path == ROOT / "data" / "other.txt"
+    assert s.bert_dir == ROOT / "pretrained" / "x"
+    assert s.output_dir == ROOT / "out"
+    for name in ("data_dir", "train_path", "test_path", "bert_dir", "output_dir"):
+        value = getattr(s, name)
+        assert isinstance(value, Path) and value.is_absolute(), name
+    assert Settings().test_path == ROOT / "data" / "test_handout.txt"
+
+
+def test_absolute_paths_are_kept(tmp_path):
+    s = Settings(train_path=tmp_path / "train.txt", output_dir=str(tmp_path))
+    assert s.train_path == tmp_path.resolve() / "train.txt"
+    assert s.output_dir == tmp_path.resolve()
+
+
+def test_dot_dot_is_normalised():
+    assert Settings(data_dir="outputs/../data").data_dir == ROOT / "data"
+
+
+def test_as_dict_is_plain():
+    d = Settings(maxlen=7).as_dict()
+    assert d["maxlen"] == 7
+    assert d["train_path"] == str(ROOT / "data" / "train_shuffle.txt")
+    assert all(not isinstance(v, Path) for v in d.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"maxlen": 0}, "maxlen"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"predict_batch_size": -1}, "predict_batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"n_folds": 1}, "n_folds"),
+        ({"n_folds": 0}, "n_folds"),
+        ({"lr": 0}, "lr"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": -1e-5}, "lr"),
+        ({"lr": 1.0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+    ],
+)
+def test_invalid_settings_name_the_setting(kwargs, name):
+    with pytest.raises(ConfigError) as info:
+        Settings(**kwargs)
+    assert f"{name}=" in str(info.value)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_smallest_valid_settings():
+    s = Settings(maxlen=1, batch_size=1, n_folds=2, lr=1e-9, epochs=1)
+    assert (s.maxlen, s.n_folds) == (1, 2)
+
+
+# ------------------------------------------------------------------ check_fold
+
+
+@pytest.mark.parametrize("n_folds", [2, 5])
+def test_check_fold_accepts_every_fold(n_folds):
+    s = Settings(n_folds=n_folds)
+    assert [s.check_fold(k) for k in range(n_folds)] == list(range(n_folds))
+
+
+@pytest.mark.parametrize("fold", [-1, 5, 6, 1.5, True, False, "0", None])
+def test_check_fold_rejects(fold):
+    s = Settings(n_folds=5)
+    with pytest.raises(ConfigError) as info:
+        s.check_fold(fold)
+    message = str(info.value)
+    assert f"fold={fold!r}" in message
+    assert "0..4" in message
+
+
+def test_check_fold_range_follows_n_folds():
+    s = Settings(n_folds=3)
+    with pytest.raises(ConfigError, match=r"0\.\.2"):
+        s.check_fold(3)
+
+
+# ------------------------------------------------------------------ run_path
+
+
+def test_run_path_accepts_a_folder_inside_output_dir():
+    s = Settings()
+    assert s.run_path("outputs/runs/my-run") == ROOT / "outputs" / "runs" / "my-run"
+    assert s.run_path(ROOT / "outputs" / "a") == ROOT / "outputs" / "a"
+    assert s.run_path("outputs/runs/../b") == ROOT / "outputs" / "b"
+
+
+def test_run_path_with_another_output_dir(tmp_path):
+    s = Settings(output_dir=tmp_path)
+    assert s.run_path(tmp_path / "run1") == tmp_path.resolve() / "run1"
+    with pytest.raises(ConfigError, match="run_dir"):
+        s.run_path("outputs/runs/my-run")  # inside the default outputs, not this one
+
+
+@pytest.mark.parametrize("run_dir", ["/tmp/x", "outputs/../x", "..", "outputs/../../x", "data"])
+def test_run_path_rejects_folders_outside_output_dir(run_dir):
+    s = Settings()
+    with pytest.raises(ConfigError) as info:
+        s.run_path(run_dir)
+    message = str(info.value)
+    assert f"run_dir={run_dir!r}" in message
+    assert str(s.output_dir) in message
+
+
+def test_run_path_rejects_a_sibling_sharing_the_prefix():
+    # "outputs-old" starts with the same characters as "outputs" but is not inside it.
+    with pytest.raises(ConfigError, match="run_dir"):
+        Settings().run_path("outputs-old/run")
+
+
+# ------------------------------------------------------------------ resolve
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a\x00b", "\x00"])
+def test_resolve_rejects_empty_and_nul(bad):
+    with pytest.raises(ConfigError, match="non-empty"):
+        resolve(bad)
+
+
+def test_resolve_relative_and_absolute(tmp_path):
+    assert resolve("core/config.py") == ROOT / "core" / "config.py"
+    assert resolve(tmp_path) == tmp_path.resolve()
+
+
+def test_settings_reject_nul_in_a_path():
+    with pytest.raises(ConfigError):
+        Settings(train_path="data/\x00train.txt")

@@ -1,0 +1,189 @@
+"""SIGKILL in the middle of a fold, then the same command again: finished folds are kept as they
+are, the killed fold is redone, nothing half-written ever looks finished.
+
+The job is ``python -m core.pipeline --only stage1`` on a tiny slice (3 folds, 3 epochs, patience
+3 so every epoch runs). It is killed once fold 0 is done and fold 1 has saved its first
+checkpoint (``weights.h5`` without ``done.json``: training is under way). The kill takes the
+runner's process group and the notebook kernel, which jupyter starts in a session of its own:
+together that is what an OOM kill or a lost machine does. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import psutil
+import pytest
+from tiny_run import fold_files, make_tiny_inputs, subprocess_env
+
+from core.config import ROOT
+from core.io import read_json
+from core.pipeline import run_pipeline
+
+N_FOLDS, N_TRAIN, N_TEST = 3, 150, 40
+START_TIMEOUT = 240  # s until fold 1 is under way
+FINISH_TIMEOUT = 300  # s for the rerun
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    tiny = make_tiny_inputs(tmp, n_train=N_TRAIN, n_test=N_TEST,
+                            extra_sets=["stage1.epochs=3", "stage1.patience=3"])  # fmt: skip
+    outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
+    run_dir = outputs / "runs" / "resume"
+    cmd = [sys.executable, "-m", "core.pipeline", "--only", "stage1",
+           "--train-path", str(tiny.train_path), "--test-path", str(tiny.test_path),
+           "--set", f"bert_dir={str(tiny.bert_dir)!r}", "--set", f"n_folds={N_FOLDS}",
+           "--set", "stage1.epochs=3", "--set", "stage1.patience=3", "--set", "stage1.lr=1e-3",
+           "--output-dir", str(outputs.relative_to(ROOT)),
+           "--run-dir", str(run_dir.relative_to(ROOT))]  # fmt: skip
+    yield {"tiny": tiny, "cmd": cmd, "run_dir": run_dir, "outputs": outputs, "tmp": tmp}
+    shutil.rmtree(outputs, ignore_errors=True)
+
+
+def start(job, log_name: str) -> tuple[subprocess.Popen, Path]:
+    log = job["tmp"] / log_name
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(job["cmd"], cwd=ROOT, env=subprocess_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return proc, log
+
+
+def tail(log: Path, n: int = 3000) -> str:
+    return log.read_text(encoding="utf-8", errors="replace")[-n:]
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the runner's process group and every descendant (the kernel has its own session)."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the runner's pid
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file below ``folder``."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {str(p.relative_to(folder)): (digest[p], p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="module")
+def killed(job):
+    """Start the job, SIGKILL it in the middle of fold 1; return fold 0's snapshot and timings."""
+    run_dir = job["run_dir"]
+    fold0_done = run_dir / "stage1" / "fold0" / "done.json"
+    fold1 = fold_files(run_dir, "stage1", 1)
+    proc, log = start(job, "first.log")
+    began = time.time()
+    try:
+        while not (fold0_done.exists() and fold1["weights.h5"].exists()):
+            assert proc.poll() is None, f"the job ended early ({proc.returncode}):\n{tail(log)}"
+            assert time.time() - began < START_TIMEOUT, f"fold 1 never started:\n{tail(log)}"
+            time.sleep(0.05)
+        if fold1["done.json"].exists():
+            pytest.fail("fold 1 finished before the kill: make its training longer")
+    finally:
+        kill_job(proc)
+    return {"seconds": time.time() - began, "fold0": snapshot(run_dir / "stage1" / "fold0"),
+            "log": log}  # fmt: skip
+
+
+def read_fold(run_dir: Path, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    d = run_dir / "stage1" / f"fold{fold}"
+    return pd.read_csv(d / "oof.csv"), pd.read_csv(d / "test.csv"), read_json(d / "done.json")
+
+
+def test_kill_leaves_fold0_complete(job, killed):
+    run_dir = job["run_dir"]
+    folds = pd.read_csv(run_dir / "folds.csv")
+    assert len(folds) == N_TRAIN
+    oof, test, done = read_fold(run_dir, 0)
+    assert oof["row"].tolist() == folds.loc[folds["fold"] == 0, "row"].tolist()
+    assert oof["pred"].between(0, 1).all() and len(test) == N_TEST
+    assert done["fold"] == 0 and done["n_valid"] == len(oof) and done["epochs_run"] == 3
+    with h5py.File(run_dir / "stage1" / "fold0" / "weights.h5", "r") as f:
+        assert len(f.keys()) > 0
+    assert set(killed["fold0"]) >= {"oof.csv", "test.csv", "history.json", "done.json",
+                                     "weights.h5"}  # fmt: skip
+
+
+def test_kill_leaves_no_finished_looking_fold1(job, killed):
+    d = job["run_dir"] / "stage1" / "fold1"
+    assert not (d / "done.json").exists()
+    # A final name holds a complete file or nothing: written to a temporary, renamed in place.
+    assert not (d / "oof.csv").exists() and not (d / "test.csv").exists()
+    with h5py.File(d / "weights.h5", "r") as f:  # the checkpoint of a finished epoch
+        assert len(f.keys()) > 0
+    for path in job["run_dir"].rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            if path.suffix == ".json":
+                read_json(path)
+            elif path.suffix == ".csv":
+                pd.read_csv(path)
+    assert not (job["run_dir"] / "stage1" / "fold2").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: core/pipeline.py write_index globs notebooks/*.ipynb, which matches the killed "
+    "step's hidden '.02_cv-stage1-fold1.ipynb.tmp.ipynb' and links a missing .html",
+)
+def test_index_after_kill_links_only_existing_files(job, killed):
+    # Resume just the finished part (e.g. another machine's folds): a skip, then the index.
+    run_pipeline(job["tiny"].params, output_dir=job["outputs"], run_dir=job["run_dir"],
+                 only="stage1", folds=[0])  # fmt: skip
+    page = (job["run_dir"] / "index.html").read_text(encoding="utf-8")
+    links = set(re.findall(r"href=['\"]([^'\"]+)['\"]", page))
+    broken = sorted(link for link in links if not (job["run_dir"] / link).is_file())
+    assert not broken, broken
+
+
+@pytest.fixture(scope="module")
+def resumed(job, killed):
+    proc, log = start(job, "second.log")
+    try:
+        proc.wait(timeout=FINISH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_job(proc)
+        pytest.fail(f"the rerun did not finish in {FINISH_TIMEOUT} s:\n{tail(log)}")
+    assert proc.returncode == 0, tail(log)
+    return {"log": log}
+
+
+def test_rerun_keeps_fold0_and_finishes_the_rest(job, killed, resumed):
+    run_dir = job["run_dir"]
+    assert snapshot(run_dir / "stage1" / "fold0") == killed["fold0"]  # same bytes, same mtimes
+    log = resumed["log"].read_text(encoding="utf-8", errors="replace")
+    assert "stage1-fold0: complete, skipped" in log
+    oofs = []
+    for k in range(N_FOLDS):
+        assert all(p.is_file() for p in fold_files(run_dir, "stage1", k).values()), k
+        oof, test, done = read_fold(run_dir, k)
+        assert done["fold"] == k and len(test) == N_TEST
+        oofs.append(oof)
+    rows = pd.concat(oofs)["row"]
+    assert sorted(rows) == list(range(N_TRAIN))  # every training row in exactly one fold
+    leftovers = [p for p in (run_dir / "stage1").rglob(".*")]
+    assert not leftovers, leftovers

@@ -1,0 +1,167 @@
+"""core.run: fold assignment, the run folder's identity (run.json, folds.csv) and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata as metadata
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import KFold
+
+from core.config import Settings
+from core.data import read_labelled
+from core.run import RunMismatchError, make_folds, open_run, open_stage
+
+TEXTS = ["菜很好吃", "服务态度差", "环境干净卫生", "价格便宜", "味道一般", "老板热情", "不推荐",
+         "下次再来", "量少价格贵", "强烈推荐", "鱼很新鲜", "汤太咸了", "性价比高"]  # fmt: skip
+
+
+def write_train(path, labels=None):
+    """A train file in the competition format: ``label<TAB>text`` then a blank line, per row."""
+    labels = labels if labels is not None else [i % 2 for i in range(len(TEXTS))]
+    path.write_text("".join(f"{y}\t{t}\n\n" for y, t in zip(labels, TEXTS, strict=True)), "utf-8")
+    return path
+
+
+def kfold_assignment(n, k, seed):
+    """Fold of every row, straight from sklearn."""
+    out = np.full(n, -1)
+    for fold, (_, valid) in enumerate(KFold(k, shuffle=True, random_state=seed).split(range(n))):
+        out[valid] = fold
+    return out
+
+
+@pytest.fixture
+def run_setup(tmp_path, tiny_bert_dir):
+    train = write_train(tmp_path / "train.txt")
+    settings = Settings(train_path=train, bert_dir=tiny_bert_dir, output_dir=tmp_path,
+                        n_folds=3, seed=7, maxlen=12)  # fmt: skip
+    ids = read_labelled(train).ids
+    return settings, ids, tmp_path / "runs" / "r1"
+
+
+# ------------------------------------------------------------------ make_folds
+
+
+@pytest.mark.parametrize("n, k, seed", [(10, 2, 0), (13, 3, 7), (101, 5, 2020), (5, 5, 1)])
+def test_make_folds_matches_kfold(n, k, seed):
+    folds = make_folds(n, k, seed)
+    assert folds.shape == (n,)
+    assert np.array_equal(folds, kfold_assignment(n, k, seed))
+    # Every row in exactly one fold; fold sizes differ by at most one.
+    assert set(folds.tolist()) == set(range(k))
+    sizes = np.bincount(folds, minlength=k)
+    assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
+
+
+def test_make_folds_depends_on_seed():
+    assert not np.array_equal(make_folds(200, 5, 1), make_folds(200, 5, 2))
+    assert np.array_equal(make_folds(200, 5, 1), make_folds(200, 5, 1))
+
+
+# ------------------------------------------------------------------ open_run
+
+
+def test_open_run_writes_identity_and_folds(run_setup):
+    settings, ids, run_dir = run_setup
+    folds = open_run(run_dir, settings, ids)
+    assert np.array_equal(folds, kfold_assignment(len(TEXTS), 3, 7))
+
+    manifest = json.loads((run_dir / "run.json").read_text("utf-8"))
+    digest = hashlib.sha256(settings.train_path.read_bytes()).hexdigest()
+    assert manifest["train_sha256"] == digest
+    assert manifest["n_rows"] == len(TEXTS)
+    assert (manifest["n_folds"], manifest["seed"], manifest["maxlen"]) == (3, 7, 12)
+    assert len(manifest["bert_sha256"]) == 64
+    packages = manifest["packages"]
+    for name in ("tensorflow", "tf-keras", "keras-bert", "numpy", "scikit-learn"):
+        assert packages[name] == metadata.version(name), name
+
+    saved = pd.read_csv(run_dir / "folds.csv")
+    assert list(saved.columns) == ["row", "id", "fold"]
+    assert saved["row"].tolist() == list(range(len(TEXTS)))
+    assert saved["id"].tolist() == ids.tolist()
+    assert np.array_equal(saved["fold"].to_numpy(), folds)
+
+
+def test_open_run_again_returns_the_same_folds(run_setup):
+    settings, ids, run_dir = run_setup
+    first = open_run(run_dir, settings, ids)
+    before = (run_dir / "run.json").read_bytes(), (run_dir / "folds.csv").read_bytes()
+    again = open_run(run_dir, dataclasses.replace(settings), ids)
+    assert np.array_equal(first, again)
+    after = (run_dir / "run.json").read_bytes(), (run_dir / "folds.csv").read_bytes()
+    assert before == after
+
+
+def test_changed_training_data_is_refused(run_setup):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    labels = [1 - (i % 2) for i in range(len(TEXTS))]  # same rows, labels flipped
+    write_train(settings.train_path, labels)
+    with pytest.raises(RunMismatchError) as info:
+        open_run(run_dir, settings, ids)
+    message = str(info.value)
+    assert "train_sha256" in message
+    assert "new run_dir" in message
+    assert "seed: was" not in message and "n_rows: was" not in message  # only what changed
+
+
+def test_same_data_under_another_path_is_the_same_run(run_setup, tmp_path):
+    settings, ids, run_dir = run_setup
+    first = open_run(run_dir, settings, ids)
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(settings.train_path.read_bytes())
+    moved = dataclasses.replace(settings, train_path=copy)
+    assert np.array_equal(open_run(run_dir, moved, ids), first)
+
+
+@pytest.mark.parametrize("change, name", [({"seed": 8}, "seed"), ({"n_folds": 4}, "n_folds"),
+                                          ({"maxlen": 20}, "maxlen")])  # fmt: skip
+def test_changed_identity_setting_is_refused(run_setup, change, name):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    with pytest.raises(RunMismatchError) as info:
+        open_run(run_dir, dataclasses.replace(settings, **change), ids)
+    message = str(info.value)
+    assert f"{name}: was" in message
+    assert "new run_dir" in message
+
+
+def test_changed_row_count_is_refused(run_setup):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    with pytest.raises(RunMismatchError, match="n_rows"):
+        open_run(run_dir, settings, ids[:-1])
+
+
+def test_tampered_folds_file_is_refused(run_setup):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    saved = pd.read_csv(run_dir / "folds.csv")
+    saved["fold"] = (saved["fold"] + 1) % 3
+    saved.to_csv(run_dir / "folds.csv", index=False)
+    with pytest.raises(RunMismatchError, match="new run_dir"):
+        open_run(run_dir, settings, ids)
+
+
+# ------------------------------------------------------------------ open_stage
+
+
+def test_open_stage_records_and_checks_params(tmp_path):
+    stage = tmp_path / "stage2"
+    params = {"loss": "soft_f1", "lr": 1e-7, "epochs": 3, "batch_size": 16}
+    open_stage(stage, params)
+    assert json.loads((stage / "params.json").read_text("utf-8")) == params
+    open_stage(stage, dict(params))  # same parameters: resuming is allowed
+    with pytest.raises(RunMismatchError) as info:
+        open_stage(stage, {**params, "lr": 1e-6})
+    message = str(info.value)
+    assert "lr: was 1e-07, now 1e-06" in message
+    assert "loss: was" not in message
+    with pytest.raises(RunMismatchError, match="loss"):
+        open_stage(stage, {**params, "loss": "bce"})
