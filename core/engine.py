@@ -175,14 +175,15 @@ def train_stage1(
     run_dir: Path,
     inputs: Inputs | None = None,
     strategy: str = "default",
-    jit_compile: bool = False,
 ) -> dict:
     """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
     if done := _already_done(settings, run_dir, "stage1", fold):
         return done
     inputs = inputs or prepare(settings, run_dir)
     params = {"lr": settings.lr, "epochs": settings.epochs, "patience": settings.patience,
-              "batch_size": settings.batch_size, "loss": "bce"}  # fmt: skip
+              "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,
+              "group_by_length": settings.group_by_length, "jit_compile": settings.jit_compile,
+              "pad_multiple": settings.pad_multiple}  # fmt: skip
     open_stage(run_dir / "stage1", params)
     out = fold_dir(run_dir, "stage1", fold)
     keras.utils.set_random_seed(settings.seed + fold)
@@ -191,7 +192,7 @@ def train_stage1(
     pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
 
     with get_strategy(strategy).scope():
-        model = build_model(settings.bert_dir, lr=settings.lr, jit_compile=jit_compile)
+        model = build_model(settings.bert_dir, lr=settings.lr, jit_compile=settings.jit_compile)
     weights = out / "weights.h5"
 
     def predict_valid():
@@ -201,7 +202,8 @@ def train_stage1(
                           lambda: save_weights(model, weights), settings.patience)  # fmt: skip
     train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
                               settings.batch_size, shuffle=True, seed=settings.seed + fold,
-                              group_by_length=settings.group_by_length)  # fmt: skip
+                              group_by_length=settings.group_by_length,
+                              pad_multiple=settings.pad_multiple)  # fmt: skip
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
     history = model.fit(

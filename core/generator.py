@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 # tf-keras, not Keras 3: core/__init__ (run before any core.* module) sets TF_USE_LEGACY_KERAS.
+import tensorflow as tf
 from tensorflow import keras
 
 CHUNK_BATCHES = 50  # length-sorting window, in batches: wide enough to group, narrow enough to mix
@@ -62,8 +63,10 @@ class BatchSequence(keras.utils.Sequence):
         shuffle: bool = False,
         seed: int = 0,
         group_by_length: bool = False,
+        pad_multiple: int = 1,
     ):
         super().__init__()
+        self.pad_multiple = int(pad_multiple)
         if len(token_ids) == 0:
             raise ValueError("token_ids: expected at least one row, found none")
         self.token_ids = [np.asarray(t, dtype=np.int32) for t in token_ids]
@@ -94,9 +97,7 @@ class BatchSequence(keras.utils.Sequence):
         if not 0 <= i < len(self.batches):
             raise IndexError(f"batch {i} out of range 0..{len(self.batches) - 1}")
         rows = self.batches[i]
-        ids = np.zeros((len(rows), int(self.lengths[rows].max())), dtype=np.int32)
-        for r, row in enumerate(rows):
-            ids[r, : self.lengths[row]] = self.token_ids[row]
+        ids = pad_batch([self.token_ids[row] for row in rows], self.pad_multiple)
         x = (ids, np.zeros_like(ids))
         return (x,) if self.labels is None else (x, self.labels[rows])
 
@@ -105,17 +106,43 @@ class BatchSequence(keras.utils.Sequence):
         self._replan()
 
 
+def pad_batch(rows: list[np.ndarray], multiple: int = 1) -> np.ndarray:
+    """int32 matrix of ``rows`` padded with 0 to the longest, rounded up to ``multiple``."""
+    longest = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), -(-longest // multiple) * multiple), dtype=np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids
+
+
+def inference_function(model):
+    """``model`` called in one traced graph for any batch shape, without XLA.
+
+    ``model.predict`` would reuse the model's ``jit_compile`` setting, and XLA compiles once per
+    input shape; for one pass over a few thousand rows that costs more than it saves.
+    """
+    fn = getattr(model, "_plain_inference", None)
+    if fn is None:
+        spec = tf.TensorSpec([None, None], tf.int32)
+        fn = tf.function(lambda ids, segs: model((ids, segs), training=False),
+                         input_signature=[spec, spec])  # fmt: skip
+        model._plain_inference = fn
+    return fn
+
+
 def predict_in_order(
     model, token_ids, batch_size: int = 256, group_by_length: bool = True
 ) -> np.ndarray:
     """Predict with length-grouped, unshuffled batches; return shape (n,) in original row order."""
-    seq = BatchSequence(token_ids, batch_size=batch_size, group_by_length=group_by_length)
-    order = seq.order.copy()  # predict calls on_epoch_end afterwards; keep this epoch's plan
-    preds = np.asarray(model.predict(seq, verbose=0), dtype=np.float64)
-    if preds.size != len(order):
-        raise ValueError(
-            f"model output: expected one value per row ({len(order)}), found shape {preds.shape}"
-        )
-    out = np.empty(len(order), dtype=np.float64)
-    out[order] = preds.reshape(-1)
+    lengths = np.array([len(t) for t in token_ids])
+    run = inference_function(model)
+    out = np.empty(len(token_ids), dtype=np.float64)
+    for rows in plan_batches(lengths, batch_size, group_by_length=group_by_length):
+        ids = pad_batch([token_ids[r] for r in rows])
+        preds = np.asarray(run(ids, np.zeros_like(ids)))
+        if preds.size != len(rows):
+            raise ValueError(
+                f"model output: expected one value per row ({len(rows)}), found {preds.shape}"
+            )
+        out[rows] = preds.reshape(-1)
     return out

@@ -37,7 +37,8 @@ DEFAULTS = {
         "seed": 2020,
     },
     "eda": {},
-    "stage1": {"epochs": 2, "patience": 1, "batch_size": 16, "lr": 5e-5},
+    "stage1": {"epochs": 2, "patience": 1, "batch_size": 16, "lr": 5e-5, "jit_compile": True,
+               "strategy": "default"},
     "stage2": {"loss": "soft_f1", "lr": 1e-4, "epochs": 4, "patience": 1, "batch_size": 16},
     "ensemble": {},
 }

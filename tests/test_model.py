@@ -264,9 +264,9 @@ def test_m3e_small_builds_and_predicts(m3e_dir):
     from core.tokenizer import CharTokenizer, load_vocab
 
     model = build_model(m3e_dir, bert_trainable=False)
-    tok = CharTokenizer(load_vocab(m3e_dir), maxlen=20)
-    rows = tok.encode_all(["这家店的菜味道很好", "价格有点贵"])
-    assert all(r[0] != r[1] for r in rows)
+    vocab = load_vocab(m3e_dir)
+    rows = CharTokenizer(vocab, maxlen=20).encode_all(["这家店的菜味道很好", "价格有点贵"])
+    assert [len(r) for r in rows] == [11, 7] and all(vocab["[UNK]"] not in r for r in rows)
     p = run(model, pad(rows))
     assert p.shape == (2, 1)
     assert np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))

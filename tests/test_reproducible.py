@@ -1,0 +1,90 @@
+"""Same seed and data, same folds and (on CPU) the same stage-1 predictions.
+
+Two independent run folders train stage 1, fold 0, on the tiny slice (one epoch, lr 1e-3) with
+``core.engine.train_stage1``. Tolerance for the predictions: max |a - b| <= 1e-5 (on this CPU
+they come out bit-identical; the slack allows for a different thread count or oneDNN path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from tiny_run import make_tiny_inputs
+
+from core.config import Settings
+from core.run import PACKAGES, RunMismatchError, make_folds, open_run, weights_sha256
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def twin_runs(tmp_path_factory):
+    from core import engine
+
+    tmp = tmp_path_factory.mktemp("repro")
+    tiny = make_tiny_inputs(tmp / "data")
+    settings = Settings(train_path=tiny.train_path, test_path=tiny.test_path,
+                        bert_dir=tiny.bert_dir, n_folds=3, epochs=1, lr=1e-3,
+                        output_dir=tmp)  # fmt: skip
+    runs = [tmp / "a" / "run", tmp / "b" / "run"]
+    summaries = [engine.train_stage1(settings, 0, run) for run in runs]
+    return {"tiny": tiny, "settings": settings, "runs": runs, "summaries": summaries}
+
+
+def test_same_seed_same_folds(twin_runs):
+    a, b = (pd.read_csv(run / "folds.csv") for run in twin_runs["runs"])
+    pd.testing.assert_frame_equal(a, b)
+    assert a["fold"].tolist() == make_folds(120, 3, 2020).tolist()
+    assert a["row"].tolist() == list(range(120))
+
+
+def test_another_seed_other_folds():
+    assert not np.array_equal(make_folds(120, 3, 2020), make_folds(120, 3, 2021))
+
+
+@pytest.mark.parametrize("name", ["oof.csv", "test.csv"])
+def test_same_stage1_predictions(twin_runs, name):
+    a, b = (pd.read_csv(run / "stage1" / "fold0" / name) for run in twin_runs["runs"])
+    assert a["id"].tolist() == b["id"].tolist()
+    diff = float(np.abs(a["pred"] - b["pred"]).max())
+    assert diff <= TOLERANCE, f"{name}: max abs difference {diff:.3g} > {TOLERANCE}"
+    assert a["pred"].std() > 0  # a constant prediction would match trivially
+
+
+def test_same_summary(twin_runs):
+    a, b = twin_runs["summaries"]
+    assert a["val_auc"] == pytest.approx(b["val_auc"], abs=1e-6)
+    assert {k: v for k, v in a.items() if k not in ("seconds", "val_auc")} == {
+        k: v for k, v in b.items() if k not in ("seconds", "val_auc")
+    }
+
+
+def test_run_json_records_what_the_run_is(twin_runs):
+    tiny = twin_runs["tiny"]
+    run = twin_runs["runs"][0]
+    manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert {"train_path", "train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_dir",
+            "bert_sha256", "python", "packages"} <= set(manifest)  # fmt: skip
+    assert manifest["train_sha256"] == hashlib.sha256(tiny.train_path.read_bytes()).hexdigest()
+    assert manifest["bert_sha256"] == weights_sha256(tiny.bert_dir)
+    assert (manifest["n_rows"], manifest["n_folds"], manifest["seed"], manifest["maxlen"]) == (
+        120, 3, 2020, 20)  # fmt: skip
+    assert manifest["packages"] == {name: metadata.version(name) for name in PACKAGES}
+    params = json.loads((run / "stage1" / "params.json").read_text(encoding="utf-8"))
+    expected = {"lr": 1e-3, "epochs": 1, "patience": 1, "batch_size": 16, "loss": "bce"}
+    assert expected.items() <= params.items()
+    twin = json.loads((twin_runs["runs"][1] / "run.json").read_text(encoding="utf-8"))
+    assert twin == manifest
+
+
+def test_other_seed_in_the_same_run_folder_is_refused(twin_runs):
+    s = twin_runs["settings"]
+    other = Settings(train_path=s.train_path, test_path=s.test_path, bert_dir=s.bert_dir,
+                     n_folds=3, seed=7)  # fmt: skip
+    with pytest.raises(RunMismatchError, match=r"seed: was 2020, now 7"):
+        open_run(twin_runs["runs"][0], other, np.arange(120))
