@@ -21,11 +21,11 @@ import os
 import threading
 import time
 
-import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 import numpy as np
 import psutil
 import tensorflow as tf
 
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import Settings
 from core.data import read_labelled
 from core.generator import BatchSequence, predict_in_order
