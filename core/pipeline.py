@@ -212,6 +212,12 @@ class _QuietPapermill(logging.Filter):
                                     "Input Notebook", "Output Notebook", "Working")))  # fmt: skip
 
 
+def setup_logging() -> None:
+    """Show the steps and the notebooks' own output (papermill logs cell stdout at INFO)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("papermill").addFilter(_QuietPapermill())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -232,8 +238,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=sorted(NOTEBOOKS), help="run only this step")
     parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("papermill").addFilter(_QuietPapermill())
+    setup_logging()
     sets = list(args.set)
     if args.train_path:
         sets.append(f"train_path={args.train_path!r}")

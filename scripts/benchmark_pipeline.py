@@ -19,7 +19,7 @@ import pandas as pd
 
 from core.config import Settings
 from core.io import read_json
-from core.pipeline import parse_sets, run_pipeline
+from core.pipeline import parse_sets, run_pipeline, setup_logging
 
 
 def report(run_dir: Path) -> None:
@@ -48,6 +48,7 @@ def main() -> None:
     if args.run_dir:
         report(Settings().run_path(args.run_dir))
         return
+    setup_logging()
     run_dir = Settings().run_path(f"outputs/benchmarks/{time.strftime('%Y%m%d-%H%M%S')}")
     start = time.time()
     run_pipeline(parse_sets(args.set), run_dir=run_dir)

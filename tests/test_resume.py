@@ -25,7 +25,7 @@ import h5py
 import pandas as pd
 import psutil
 import pytest
-from tiny_run import fold_files, make_tiny_inputs, subprocess_env
+from tiny_run import flat_params, fold_files, make_tiny_inputs, subprocess_env
 
 from core.config import ROOT
 from core.io import read_json
@@ -43,10 +43,12 @@ def job(tmp_path_factory):
                             extra_sets=["stage1.epochs=3", "stage1.patience=3"])  # fmt: skip
     outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
     run_dir = outputs / "runs" / "resume"
+    sets = [f"{k}={v!r}" for k, v in flat_params(tiny.params).items()
+            if k not in ("train_path", "test_path")]  # fmt: skip
+    assert {f"n_folds={N_FOLDS}", "stage1.epochs=3", "stage1.patience=3"} <= set(sets)
     cmd = [sys.executable, "-m", "core.pipeline", "--only", "stage1",
            "--train-path", str(tiny.train_path), "--test-path", str(tiny.test_path),
-           "--set", f"bert_dir={str(tiny.bert_dir)!r}", "--set", f"n_folds={N_FOLDS}",
-           "--set", "stage1.epochs=3", "--set", "stage1.patience=3", "--set", "stage1.lr=1e-3",
+           *[arg for pair in sets for arg in ("--set", pair)],
            "--output-dir", str(outputs.relative_to(ROOT)),
            "--run-dir", str(run_dir.relative_to(ROOT))]  # fmt: skip
     yield {"tiny": tiny, "cmd": cmd, "run_dir": run_dir, "outputs": outputs, "tmp": tmp}

@@ -3,7 +3,8 @@
 ``make_tiny_inputs(folder)`` writes the first rows of the competition files (same format: a row,
 then a blank line) and a tiny random BERT folder, and returns pipeline parameters for them built
 with ``core.pipeline.parse_sets`` (3 folds, one epoch per stage, lr 1e-3 so one epoch learns
-something). Runs write under ``folder / "outputs"``.
+something, stage 1 without XLA). ``output_dir`` is ``folder / "outputs"``; see test_pipeline for
+why the end-to-end runs use a ``outputs/test-<uuid>`` folder of the repository instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from conftest import TINY_VOCAB
 
 from core.config import ROOT
-from core.pipeline import parse_sets
+from core.pipeline import DEFAULTS, parse_sets
 from core.pretrained.google_ckpt import write_random_bert_dir
 
 TRAIN = ROOT / "data" / "train_shuffle.txt"
@@ -30,10 +31,6 @@ class TinyInputs:
     bert_dir: Path
     output_dir: Path
     params: dict
-
-    def sets(self) -> list[str]:
-        """The ``--set`` values that reproduce ``params`` on the command line."""
-        return [f"{k}={v!r}" for k, v in flat_params(self.params).items()]
 
 
 def first_rows(path: Path, n: int) -> str:
@@ -53,7 +50,7 @@ def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_s
     bert = folder / "bert"
     if not (bert / "vocab.txt").exists():
         write_random_bert_dir(bert, TINY_VOCAB)
-    params = parse_sets([
+    sets = [
         f"train_path={str(train)!r}",
         f"test_path={str(test)!r}",
         f"bert_dir={str(bert)!r}",
@@ -62,15 +59,17 @@ def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_s
         "stage1.lr=1e-3",
         "stage2.lr=1e-3",
         "stage2.epochs=1",
-        *extra_sets,
-    ])  # fmt: skip
+    ]
+    if "jit_compile" in DEFAULTS["stage1"]:
+        # XLA compiles every batch shape anew: ~3x slower on this tiny data, and the pipeline's
+        # mechanics do not depend on it (test_reproducible checks the XLA path separately).
+        sets.append("stage1.jit_compile=False")
+    params = parse_sets([*sets, *extra_sets])
     return TinyInputs(train, test, bert, folder / "outputs", params)
 
 
 def flat_params(params: dict) -> dict:
     """``{"n_folds": 3, "stage1.lr": 1e-3, ...}`` for every parameter that differs from DEFAULTS."""
-    from core.pipeline import DEFAULTS
-
     out = {}
     for section, values in params.items():
         for key, value in values.items():
