@@ -187,6 +187,16 @@ def unk_report(tokenizer, texts: Sequence[str]) -> dict:
     }
 
 
+def seen_in_other_folds(texts: Sequence[str], folds: Sequence[int]) -> np.ndarray:
+    """True for each row whose exact text also sits in another fold.
+
+    Such a validation row was, in effect, seen in training; the test file shares texts with the
+    training file in about the same proportion, so plain K-fold mirrors the test situation.
+    """
+    frame = pd.DataFrame({"text": list(texts), "fold": np.asarray(folds)})
+    return (frame.groupby("text")["fold"].transform("nunique") > 1).to_numpy()
+
+
 def scalars(report: dict) -> dict:
     """The plain-number entries of a report dict (drops its tables), e.g. for a side-by-side
     ``pd.DataFrame({"train": scalars(a), "test": scalars(b)})``."""

@@ -170,3 +170,12 @@ def test_unk_report_empty_input():
 def test_scalars_drops_tables():
     report = {"n": 1, "rate": 0.5, "none": None, "table": pd.DataFrame({"a": [1]})}
     assert eda.scalars(report) == {"n": 1, "rate": 0.5, "none": None}
+
+
+def test_seen_in_other_folds_marks_only_cross_fold_copies():
+    from core.eda import seen_in_other_folds
+
+    texts = ["好吃", "好吃", "很好", "很好", "一般"]
+    folds = [0, 1, 0, 0, 1]
+    # 好吃 is in folds 0 and 1; 很好 twice but only in fold 0; 一般 once.
+    assert seen_in_other_folds(texts, folds).tolist() == [True, True, False, False, False]

@@ -1,0 +1,386 @@
+"""Optional stage 0: within-task further pre-training of the encoder (Sun et al. 2019).
+
+"How to Fine-Tune BERT for Text Classification?" (Sun, Qiu, Xu, Huang 2019) continues BERT's
+masked-language-model training on the task's own text before fine-tuning. Here that text is the
+train AND test sentences, unlabelled: labels are never read. The result is a Google-format BERT
+folder (``bert_config.json``, ``vocab.txt``, ``bert_model.ckpt.*``) that every later stage uses
+through ``bert_dir``.
+
+The model is keras-bert's training model (``training=True``) cut to its MLM output: NSP means
+nothing for single sentences. Its encoder starts from ``bert_dir``; the MLM head (``MLM-Dense``,
+``MLM-Norm`` and the output bias of ``MLM-Sim``, whose output matrix is the token embedding) starts
+from the checkpoint's ``cls/predictions/*`` if present, else fresh. Everything trained is written
+back under Google's names, head included, so a later run can continue from the written folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
+from tensorflow import keras
+
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from core.config import Settings, resolve
+from core.data import file_sha256, read_labelled, read_unlabelled
+from core.pretrained.google_ckpt import (
+    CKPT_PREFIX,
+    CONFIG_FILE,
+    VOCAB_FILE,
+    BertDirError,
+    check_bert_dir,
+    write_bert_dir,
+)
+from core.run import weights_sha256
+from core.tokenizer import CharTokenizer, load_vocab
+
+__all__ = [
+    "PRETRAIN_FILE",
+    "build_mlm_model",
+    "encoder_of",
+    "google_tensors",
+    "mask_batch",
+    "pad_ids",
+    "pretrain",
+    "special_token_ids",
+    "task_texts",
+]
+
+PRETRAIN_FILE = "PRETRAIN.json"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # never masked (as keras-bert)
+# What makes two pre-training runs the same: a folder made from other inputs is not reused.
+IDENTITY = ("source_weights_sha256", "texts_sha256", "params")
+
+# keras-bert layer -> Google variable names, in the order of layer.get_weights(): the inverse of
+# keras_bert.loader.load_model_weights_from_checkpoint. "{i}" is the 0-based Google layer index.
+_EMBEDDINGS = {
+    "Embedding-Token": ["bert/embeddings/word_embeddings"],
+    "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
+    "Embedding-Position": ["bert/embeddings/position_embeddings"],
+    "Embedding-Norm": ["bert/embeddings/LayerNorm/gamma", "bert/embeddings/LayerNorm/beta"],
+}
+_ENCODER = {
+    "Encoder-{n}-MultiHeadSelfAttention": [
+        f"bert/encoder/layer_{{i}}/attention/{name}/{p}"
+        for name in ("self/query", "self/key", "self/value", "output/dense")
+        for p in ("kernel", "bias")
+    ],
+    "Encoder-{n}-MultiHeadSelfAttention-Norm": [
+        "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma",
+        "bert/encoder/layer_{i}/attention/output/LayerNorm/beta",
+    ],
+    "Encoder-{n}-FeedForward": [
+        "bert/encoder/layer_{i}/intermediate/dense/kernel",
+        "bert/encoder/layer_{i}/intermediate/dense/bias",
+        "bert/encoder/layer_{i}/output/dense/kernel",
+        "bert/encoder/layer_{i}/output/dense/bias",
+    ],
+    "Encoder-{n}-FeedForward-Norm": [
+        "bert/encoder/layer_{i}/output/LayerNorm/gamma",
+        "bert/encoder/layer_{i}/output/LayerNorm/beta",
+    ],
+}
+_HEAD = {
+    "MLM-Dense": ["cls/predictions/transform/dense/kernel", "cls/predictions/transform/dense/bias"],
+    "MLM-Norm": [
+        "cls/predictions/transform/LayerNorm/gamma",
+        "cls/predictions/transform/LayerNorm/beta",
+    ],
+    "MLM-Sim": ["cls/predictions/output_bias"],
+}
+
+
+def _layer_names(n_layers: int) -> dict[str, list[str]]:
+    """Every trained keras-bert layer of the MLM model -> its Google variable names."""
+    names = dict(_EMBEDDINGS)
+    for i in range(n_layers):
+        for layer, variables in _ENCODER.items():
+            names[layer.format(n=i + 1)] = [v.format(i=i) for v in variables]
+    return {**names, **_HEAD}
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_mlm_model(
+    bert_dir: str | Path, lr: float = 5e-5, seq_len: int = 22, jit_compile: bool = False
+) -> keras.Model:
+    """keras-bert's training model cut to its MLM output, weights from ``bert_dir``, compiled.
+
+    Inputs ``[Input-Token, Input-Segment, Input-Masked]`` of width ``seq_len`` (token id 0 is
+    padding; ``Input-Masked`` is 1 at positions to predict); output the vocabulary softmax at every
+    position, masked by keras-bert's ``Masked`` layer so the loss (sparse cross-entropy) and the
+    ``accuracy`` metric average over the predicted positions only. Adam at ``lr``.
+    """
+    bert_dir = Path(bert_dir)
+    check_bert_dir(bert_dir)
+    full, config = build_model_from_config(
+        str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
+    )
+    ckpt = str(bert_dir / CKPT_PREFIX)
+    # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
+    load_model_weights_from_checkpoint(full, config, ckpt, training=False)
+    present = {name for name, _ in tf.train.list_variables(ckpt)}
+    for layer, variables in _HEAD.items():  # continue an earlier MLM run's head where there is one
+        if all(v in present for v in variables):
+            full.get_layer(layer).set_weights([tf.train.load_variable(ckpt, v) for v in variables])
+    model = keras.Model(full.inputs, full.get_layer("MLM").output, name="mlm")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def encoder_of(model: keras.Model) -> keras.Model:
+    """The encoder part of an MLM model: (tokens, segments) -> last layer's output."""
+    last = max(
+        int(layer.name.split("-")[1])
+        for layer in model.layers
+        if layer.name.startswith("Encoder-") and layer.name.endswith("-FeedForward-Norm")
+    )
+    output = model.get_layer(f"Encoder-{last}-FeedForward-Norm").output
+    return keras.Model(model.inputs[:2], output, name="encoder")
+
+
+def google_tensors(model: keras.Model, source_dir: str | Path) -> dict[str, np.ndarray]:
+    """The MLM model's weights under Google BERT names, on top of the source checkpoint's.
+
+    Variables the model does not hold (e.g. ``bert/pooler/*``) pass through from the source;
+    position embeddings beyond the model's ``seq_len`` rows keep their source values.
+    """
+    prefix = str(Path(source_dir) / CKPT_PREFIX)
+    reader = tf.train.load_checkpoint(prefix)
+    out = {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.startswith(("bert/", "cls/"))  # not optimizer slots or global_step
+    }
+    n_layers = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward-Norm"))
+    for layer, variables in _layer_names(n_layers).items():
+        weights = model.get_layer(layer).get_weights()
+        if len(weights) != len(variables):
+            raise RuntimeError(f"layer {layer}: {len(weights)} weights, expected {variables}")
+        for name, value in zip(variables, weights, strict=True):
+            value = np.asarray(value, dtype=np.float32)
+            old = out.get(name)
+            if name == "bert/embeddings/position_embeddings" and old is not None:
+                value = np.concatenate([value, old[len(value) :]], axis=0)
+            if old is not None and old.shape != value.shape:
+                raise RuntimeError(f"{name}: trained shape {value.shape}, source {old.shape}")
+            out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------- data and masking
+
+
+def special_token_ids(vocab: Mapping[str, int]) -> dict[str, int]:
+    """Ids of the tokens never masked. Id 0 is padding to keras-bert whatever its token is."""
+    if "[MASK]" not in vocab:
+        raise ValueError("vocab.txt has no [MASK] token: masked-LM training needs one")
+    ids = {t: vocab[t] for t in SPECIAL_TOKENS if t in vocab}
+    ids.setdefault("[PAD]", 0)
+    return ids
+
+
+def pad_ids(rows: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
+    """Right-pad token-id rows with 0 to ``(len(rows), seq_len)`` int32."""
+    out = np.zeros((len(rows), seq_len), dtype=np.int32)
+    for i, row in enumerate(rows):
+        if len(row) > seq_len:
+            raise ValueError(f"row {i} has {len(row)} tokens, more than seq_len={seq_len}")
+        out[i, : len(row)] = row
+    return out
+
+
+def mask_batch(
+    token_ids: np.ndarray,
+    rng: np.random.Generator,
+    vocab_size: int,
+    special_ids,
+    rate: float = 0.15,
+    *,
+    mask_id: int,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """BERT's masking of a padded batch: ``(inputs, target)`` for the keras-bert MLM model.
+
+    Of each row's maskable tokens (neither 0 = padding nor in ``special_ids``), ``n * rate``
+    positions are chosen at random, rounded stochastically so the expected rate is exact, and at
+    least one; a chosen token becomes ``mask_id`` with probability 0.8, a random maskable
+    vocabulary id with 0.1, and stays itself with 0.1. Rows without a maskable token get none.
+
+    Returns ``[tokens, segments, masked]`` (int32, ``(batch, seq)``; ``masked`` is 0/1, segments
+    are 0) and the target ``(batch, seq, 1)``: the original ids, as ``keras_bert.gen_batch_inputs``.
+    """
+    token_ids = np.asarray(token_ids)
+    if token_ids.ndim != 2:
+        raise ValueError(f"token_ids: expected a padded (batch, seq) array, got {token_ids.shape}")
+    if not 0 < rate < 1:
+        raise ValueError(f"rate={rate!r}: expected a masking rate in (0, 1)")
+    special = np.asarray(sorted({0, *special_ids}), dtype=np.int64)
+    maskable = ~np.isin(token_ids, special)
+    replacements = np.setdiff1d(np.arange(vocab_size), special)
+    tokens = token_ids.astype(np.int32, copy=True)
+    masked = np.zeros(token_ids.shape, dtype=np.int32)
+    for row in range(len(token_ids)):
+        candidates = np.flatnonzero(maskable[row])
+        if not len(candidates):
+            continue
+        k = min(len(candidates), max(1, math.floor(len(candidates) * rate + rng.random())))
+        chosen = rng.choice(candidates, size=k, replace=False)
+        masked[row, chosen] = 1
+        r = rng.random(k)
+        tokens[row, chosen[r < 0.8]] = mask_id
+        swap = chosen[(r >= 0.8) & (r < 0.9)]
+        tokens[row, swap] = rng.choice(replacements, size=len(swap))
+    inputs = [tokens, np.zeros_like(tokens), masked]
+    return inputs, token_ids.astype(np.int32)[..., None]
+
+
+def task_texts(train_path: str | Path, test_path: str | Path) -> tuple[list[str], dict[str, str]]:
+    """The train and test sentences (labels dropped) and ``{"train": path, "test": path}``."""
+    train, test = read_labelled(resolve(train_path)), read_unlabelled(resolve(test_path))
+    return train.texts + test.texts, {"train": str(train.path), "test": str(test.path)}
+
+
+# ---------------------------------------------------------------- training
+
+
+def _texts_sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
+
+
+def _done(out_dir: Path, identity: dict) -> dict | None:
+    """The recorded PRETRAIN.json if ``out_dir`` is a complete folder made from ``identity``."""
+    try:
+        check_bert_dir(out_dir, read_checkpoint=False)
+        record = json.loads((out_dir / PRETRAIN_FILE).read_text(encoding="utf-8"))
+    except (BertDirError, OSError, ValueError):
+        return None
+    same = isinstance(record, dict) and all(record.get(k) == identity[k] for k in IDENTITY)
+    return record if same else None
+
+
+def pretrain(
+    bert_dir: str | Path | Settings,
+    texts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    epochs: int = 3,
+    batch_size: int = 32,
+    lr: float = 5e-5,
+    maxlen: int | None = None,
+    seed: int = 2020,
+    mask_rate: float = 0.15,
+    data_files: Mapping[str, str | Path] | None = None,
+    jit_compile: bool = True,
+    verbose: bool = True,
+    return_model: bool = False,
+) -> dict:
+    """Continue MLM training of ``bert_dir``'s encoder on ``texts``; write ``out_dir``.
+
+    ``bert_dir`` may be a ``Settings`` (its ``bert_dir`` and ``maxlen`` are used; ``maxlen``
+    defaults to 20 otherwise). Texts are tokenized with ``CharTokenizer`` and padded to
+    ``maxlen + 2``; each epoch draws fresh masks and a fresh order from ``seed``. ``data_files``
+    (``{name: path}``) are recorded with their sha256. ``out_dir`` gets the source's config and
+    vocabulary, the trained weights under Google names (MLM head included) and ``PRETRAIN.json``,
+    all at once. If ``out_dir`` already holds a folder made from the same source weights, texts
+    and parameters, nothing is trained and its record is returned with ``skipped=True``.
+
+    Returns the record: source, data, params, ``history`` (per-epoch masked-token ``loss`` and
+    ``accuracy``), ``final_loss``, ``seconds``, ``skipped``; with ``return_model`` also
+    ``model``, the trained MLM model (None when skipped).
+    """
+    if isinstance(bert_dir, Settings):
+        maxlen = bert_dir.maxlen if maxlen is None else maxlen
+        bert_dir = bert_dir.bert_dir
+    maxlen = 20 if maxlen is None else maxlen
+    bert_dir, out_dir = resolve(bert_dir), resolve(out_dir)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("maxlen", maxlen)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"parameter {name}={value!r}: expected an integer >= 1")
+    if not 0 < lr < 1:
+        raise ValueError(f"parameter lr={lr!r}: expected a learning rate in (0, 1)")
+    if out_dir == bert_dir:
+        raise ValueError(f"out_dir {out_dir} is the source folder: write somewhere else")
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("texts: expected at least one sentence to train on")
+    check_bert_dir(bert_dir)
+
+    params = {"epochs": epochs, "batch_size": batch_size, "lr": float(lr), "maxlen": maxlen,
+              "seq_len": maxlen + 2, "seed": seed, "mask_rate": float(mask_rate)}  # fmt: skip
+    identity = {
+        "source_weights_sha256": weights_sha256(bert_dir),
+        "texts_sha256": _texts_sha256(texts),
+        "params": params,
+    }
+    record = _done(out_dir, identity)
+    if record is not None:
+        if verbose:
+            print(f"{out_dir} already holds this pre-training (loss {record['final_loss']:.4f}); "
+                  "skipped")  # fmt: skip
+        return {**record, "skipped": True, **({"model": None} if return_model else {})}
+
+    vocab = load_vocab(bert_dir)
+    config = json.loads((bert_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    specials = special_token_ids(vocab)
+    ids = pad_ids(CharTokenizer(vocab, maxlen).encode_all(texts), maxlen + 2)
+    if (ids >= config["vocab_size"]).any():
+        raise ValueError(
+            f"{bert_dir / VOCAB_FILE} has ids beyond vocab_size {config['vocab_size']}"
+        )
+
+    keras.utils.set_random_seed(seed)  # head initialisation and dropout
+    rng = np.random.default_rng(seed)  # masks and order
+    model = build_mlm_model(bert_dir, lr, seq_len=maxlen + 2, jit_compile=jit_compile)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        tick = time.perf_counter()
+        order = rng.permutation(len(ids))
+        inputs, target = mask_batch(ids[order], rng, config["vocab_size"], specials.values(),
+                                    mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
+        fit = model.fit(inputs, target, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        for key in history:
+            history[key].append(float(fit.history[key][-1]))
+        if verbose:
+            print(f"epoch {epoch}/{epochs}: masked-token loss {history['loss'][-1]:.4f}, "
+                  f"accuracy {history['accuracy'][-1]:.4f} ({int(inputs[2].sum()):,} masked "
+                  f"tokens, {time.perf_counter() - tick:.0f} s)", flush=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+
+    record = {
+        **identity,
+        "source": str(bert_dir),
+        "data_files": {
+            name: {"path": str(resolve(path)), "sha256": file_sha256(resolve(path))}
+            for name, path in (data_files or {}).items()
+        },
+        "n_texts": len(texts),
+        "history": history,
+        "final_loss": history["loss"][-1],
+        "final_accuracy": history["accuracy"][-1],
+        "seconds": round(seconds, 1),
+        "jit_compile": jit_compile,
+        "versions": {"tensorflow": tf.__version__},
+    }
+    vocab_lines = (bert_dir / VOCAB_FILE).read_text(encoding="utf-8").split("\n")
+    if vocab_lines[-1] == "":
+        vocab_lines.pop()
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    write_bert_dir(out_dir, config, vocab_lines, google_tensors(model, bert_dir),
+                   extra_files={PRETRAIN_FILE: text})  # fmt: skip
+    if verbose:
+        print(f"wrote {out_dir} ({seconds:.0f} s)")
+    return {**record, "skipped": False, **({"model": model} if return_model else {})}
