@@ -98,7 +98,8 @@ def _check_exists(path: Path) -> None:
             path,
             None,
             f"{what}; expected the data file at {path} — put the file there "
-            "(e.g. copy it from /work/shared/data) or pass the path where it is",
+            "(./suite.sh setup copies the competition files from ../shared/data when present) "
+            "or pass the path where it is",
         )
 
 
