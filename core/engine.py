@@ -179,6 +179,7 @@ def train_stage1(
     """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
     if done := _already_done(settings, run_dir, "stage1", fold):
         return done
+    run_dir = Path(run_dir)
     inputs = inputs or prepare(settings, run_dir)
     params = {"lr": settings.lr, "epochs": settings.epochs, "patience": settings.patience,
               "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,

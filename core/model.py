@@ -24,6 +24,11 @@ from core.pretrained import check_bert_dir
 # about it on every build. Their weights come from the checkpoint or from set_random_seed anyway.
 warnings.filterwarnings("ignore", message="The initializer .* is unseeded")
 
+# Dropout draws from a seeded tf.random.Generator per layer instead of stateful random ops, whose
+# state XLA keeps per process: without this, two models trained in one process with the same
+# seed and jit_compile=True differ (tests/test_reproducible.py).
+keras.backend.experimental.enable_tf_random_generator()
+
 HEAD_LAYERS = ("head_avg", "head_max", "head_attention", "head_first", "head_concat", "head_output")
 
 

@@ -95,14 +95,17 @@ def run_name(params: dict) -> str:
     return f"run-{digest[:10]}"
 
 
-def plan(params: dict, run_dir: Path) -> list[tuple[str, str, dict, Path]]:
+def plan(params: dict, run_dir: Path, output_dir: Path) -> list[tuple[str, str, dict, Path]]:
     """(label, notebook, papermill parameters, the file whose presence marks the step done)."""
     common, n_folds = params["common"], int(params["common"]["n_folds"])
     rel_run = str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)
 
     def args(section, **extra):
         base = {k: common[k] for k in COMMON_FOR[section]}
-        return {**base, **params[section], "run_dir": rel_run, **extra}
+        where = {"run_dir": rel_run}
+        if section != "eda":  # the EDA notebook writes only its own run_dir
+            where["output_dir"] = str(output_dir)
+        return {**base, **params[section], **where, **extra}
 
     steps = [("eda", "eda", args("eda", run_dir=f"{rel_run}/eda"), run_dir / "eda" / "eda.json")]
     for stage in ("stage1", "stage2"):
@@ -124,9 +127,9 @@ def execute(label: str, section: str, parameters: dict, run_dir: Path) -> Path:
         papermill.execute_notebook(str(ROOT / NOTEBOOKS[section]), str(tmp), parameters=parameters,
                                    cwd=str(ROOT), log_output=True, progress_bar=False)  # fmt: skip
     finally:
-        if tmp.exists():  # keep the failed notebook too: it shows where it stopped
+        if tmp.exists():  # keep a failed notebook too, rendered: it shows where it stopped
             tmp.replace(out)
-    render_html(out)
+            render_html(out)
     return out
 
 
@@ -141,7 +144,7 @@ def render_html(notebook: Path) -> Path:
 def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
     """One page linking every executed notebook, with per-fold and final figures."""
     rows = []
-    for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
+    for nb in sorted((run_dir / "notebooks").glob("[!.]*.ipynb")):  # not in-flight temporaries
         label = nb.stem.split("-", 1)[-1]
         stage, _, fold = label.partition("-fold")
         done = run_dir / stage / f"fold{fold}" / "done.json"
@@ -186,7 +189,7 @@ def run_pipeline(
     timings = read_json(timings_path) if timings_path.exists() else {}
     steps = [
         s
-        for s in plan(params, run_dir)
+        for s in plan(params, run_dir, settings.output_dir)
         if (only is None or s[1] == only)
         and (folds is None or "-fold" not in s[0] or int(s[0].rsplit("fold", 1)[1]) in folds)
     ]

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +41,10 @@ from core.pretrained.google_ckpt import (
 )
 from core.run import weights_sha256
 from core.tokenizer import CharTokenizer, load_vocab
+
+# keras-bert shares initializer instances across layers; tf-keras warns on every build (as in
+# core.model). The seeded set_random_seed makes the MLM head's initialisation reproducible anyway.
+warnings.filterwarnings("ignore", message="The initializer .* is unseeded")
 
 __all__ = [
     "PRETRAIN_FILE",
@@ -291,11 +296,14 @@ def pretrain(
 
     ``bert_dir`` may be a ``Settings`` (its ``bert_dir`` and ``maxlen`` are used; ``maxlen``
     defaults to 20 otherwise). Texts are tokenized with ``CharTokenizer`` and padded to
-    ``maxlen + 2``; each epoch draws fresh masks and a fresh order from ``seed``. ``data_files``
-    (``{name: path}``) are recorded with their sha256. ``out_dir`` gets the source's config and
-    vocabulary, the trained weights under Google names (MLM head included) and ``PRETRAIN.json``,
-    all at once. If ``out_dir`` already holds a folder made from the same source weights, texts
-    and parameters, nothing is trained and its record is returned with ``skipped=True``.
+    ``maxlen + 2``; each epoch draws fresh masks and a fresh order from ``seed`` and trains on
+    its full batches (the ``len(texts) % batch_size`` left over wait for a later epoch's order;
+    the whole set if smaller than a batch). ``data_files`` (``{name: path}``) are recorded with
+    their sha256. ``out_dir`` gets the source's config and vocabulary, the trained weights under
+    Google names (MLM head included) and ``PRETRAIN.json``, all at once; a folder there made from
+    other inputs is replaced. If ``out_dir`` already holds a folder made from the same source
+    weights, texts and parameters, nothing is trained and its record is returned with
+    ``skipped=True``.
 
     Returns the record: source, data, params, ``history`` (per-epoch masked-token ``loss`` and
     ``accuracy``), ``final_loss``, ``seconds``, ``skipped``; with ``return_model`` also
@@ -311,12 +319,17 @@ def pretrain(
             raise ValueError(f"parameter {name}={value!r}: expected an integer >= 1")
     if not 0 < lr < 1:
         raise ValueError(f"parameter lr={lr!r}: expected a learning rate in (0, 1)")
+    if not 0 < mask_rate < 1:
+        raise ValueError(f"parameter mask_rate={mask_rate!r}: expected a rate in (0, 1)")
     if out_dir == bert_dir:
         raise ValueError(f"out_dir {out_dir} is the source folder: write somewhere else")
     texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("texts: expected at least one sentence to train on")
-    check_bert_dir(bert_dir)
+    config = check_bert_dir(bert_dir)
+    if maxlen + 2 > config["max_position_embeddings"]:
+        raise ValueError(f"parameter maxlen={maxlen}: [CLS] + {maxlen} + [SEP] exceeds the "
+                         f"model's {config['max_position_embeddings']} positions")  # fmt: skip
 
     params = {"epochs": epochs, "batch_size": batch_size, "lr": float(lr), "maxlen": maxlen,
               "seq_len": maxlen + 2, "seed": seed, "mask_rate": float(mask_rate)}  # fmt: skip
@@ -331,15 +344,12 @@ def pretrain(
             print(f"{out_dir} already holds this pre-training (loss {record['final_loss']:.4f}); "
                   "skipped")  # fmt: skip
         return {**record, "skipped": True, **({"model": None} if return_model else {})}
+    if verbose and out_dir.exists():
+        print(f"{out_dir} holds another pre-training (other inputs or parameters): replacing it")
 
     vocab = load_vocab(bert_dir)
-    config = json.loads((bert_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     specials = special_token_ids(vocab)
     ids = pad_ids(CharTokenizer(vocab, maxlen).encode_all(texts), maxlen + 2)
-    if (ids >= config["vocab_size"]).any():
-        raise ValueError(
-            f"{bert_dir / VOCAB_FILE} has ids beyond vocab_size {config['vocab_size']}"
-        )
 
     keras.utils.set_random_seed(seed)  # head initialisation and dropout
     rng = np.random.default_rng(seed)  # masks and order
@@ -348,7 +358,9 @@ def pretrain(
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         tick = time.perf_counter()
-        order = rng.permutation(len(ids))
+        # Full batches only: one input shape, so XLA compiles the step once. The few sentences
+        # left over in this epoch's order are in a random place of the next epoch's.
+        order = rng.permutation(len(ids))[: max(len(ids) // batch_size, 1) * batch_size]
         inputs, target = mask_batch(ids[order], rng, config["vocab_size"], specials.values(),
                                     mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
         fit = model.fit(inputs, target, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)

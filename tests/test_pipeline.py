@@ -1,6 +1,7 @@
 """End to end: all four notebooks through papermill on a tiny slice of the real data.
 
-One run (3 folds, one epoch per stage, a tiny random BERT) is shared by every assertion here.
+One run (3 folds, one epoch per stage, a tiny random BERT, stage 1 without XLA) is shared by
+every assertion here.
 Run folders live in a unique ``outputs/test-<uuid>/`` folder of the repository, removed afterwards:
 the notebooks only accept a ``run_dir`` inside the repository's ``outputs/`` (see
 ``test_output_dir_outside_the_repository``).
@@ -253,12 +254,6 @@ def test_stage2_before_stage1_names_the_stage1_command(tiny, repo_outputs, tmp_p
     assert not run_dir.exists()  # nothing was started in the fresh folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PapermillExecutionError,
-    reason="BUG: core/pipeline.py plan() passes no output_dir to the notebooks, and their "
-    "Settings().run_path(run_dir) accepts only run_dir inside <repo>/outputs",
-)
 def test_output_dir_outside_the_repository(tiny, tmp_path):
     """``run_pipeline(output_dir=<tmp>)`` runs there (the CLI's --output-dir)."""
     output = tmp_path / "outputs"

@@ -192,3 +192,8 @@ def test_pretrain_refuses_bad_arguments(headless_dir, tmp_path):
         pretrain(headless_dir, ["好吃"], tmp_path / "x", epochs=0)
     with pytest.raises(ValueError, match="at least one"):
         pretrain(headless_dir, [], tmp_path / "x")
+    with pytest.raises(ValueError, match="mask_rate"):
+        pretrain(headless_dir, ["好吃"], tmp_path / "x", mask_rate=0)
+    with pytest.raises(ValueError, match="64 positions"):
+        pretrain(headless_dir, ["好吃"], tmp_path / "x", maxlen=63)
+    assert not (tmp_path / "x").exists()

@@ -96,26 +96,24 @@ def test_other_seed_in_the_same_run_folder_is_refused(twin_runs):
 
 
 @pytest.mark.skipif(not HAS_XLA_SETTING, reason="no jit_compile setting")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: with jit_compile=True (Settings' and the pipeline's default) a second model "
-    "trained in the same process trains differently despite set_random_seed (XLA's random "
-    "state, e.g. dropout's, is per process and not reset by the seed); fresh processes agree",
-)
-def test_xla_training_is_reproducible_in_one_process(tiny_bert_dir):
+def test_xla_training_is_reproducible_in_one_process():
+    """A dense model with dropout, compiled by ``core.model.compile_model(jit_compile=True)``
+    as ``build_model`` compiles the classifier (the classifier shows the same: stage-1 fold 0
+    of the tiny run differs by up to ~0.05 between two runs in one process)."""
     from tensorflow import keras
 
-    from core.model import build_model
+    from core.model import compile_model
 
-    ids = np.random.default_rng(0).integers(6, 100, size=(16, 8)).astype(np.int32)
-    ids[:, 0] = 3  # [CLS]
-    x, y = (ids, np.zeros_like(ids)), (np.arange(16) % 2).astype(np.float32)[:, None]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 8)).astype(np.float32), (np.arange(32) % 2)[:, None]
     preds = []
     for _ in range(2):
         keras.utils.set_random_seed(2020)
-        model = build_model(tiny_bert_dir, lr=1e-3, jit_compile=True)
-        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5),
+                                  keras.layers.Dense(1, activation="sigmoid")])  # fmt: skip
+        compile_model(model, "bce", lr=1e-2, jit_compile=True)
+        model.fit(x, y.astype(np.float32), batch_size=8, epochs=2, shuffle=False, verbose=0)
         preds.append(model.predict(x, verbose=0).ravel())
     diff = float(np.abs(preds[0] - preds[1]).max())
     assert diff <= TOLERANCE, f"max abs difference {diff:.3g} > {TOLERANCE}"
