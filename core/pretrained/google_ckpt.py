@@ -1,0 +1,446 @@
+"""Write and check Google-format BERT folders (``bert_config.json``, ``vocab.txt``,
+``bert_model.ckpt.*``), the layout ``keras_bert.load_trained_model_from_checkpoint`` reads.
+
+TensorFlow is imported only inside the functions that touch a checkpoint, so checking a
+folder's config and vocabulary stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BertDirError",
+    "CONFIG_KEYS",
+    "check_bert_dir",
+    "expected_shapes",
+    "hf_config_to_google",
+    "hf_to_google",
+    "random_hf_state_dict",
+    "sanitize_vocab",
+    "vocab_from_tokenizer_json",
+    "write_bert_dir",
+    "write_checkpoint",
+    "write_random_bert_dir",
+]
+
+CONFIG_KEYS = (
+    "attention_probs_dropout_prob", "hidden_act", "hidden_dropout_prob", "hidden_size",
+    "initializer_range", "intermediate_size", "max_position_embeddings", "num_attention_heads",
+    "num_hidden_layers", "type_vocab_size", "vocab_size",
+)  # fmt: skip
+CONFIG_FILE, VOCAB_FILE, CKPT_PREFIX = "bert_config.json", "vocab.txt", "bert_model.ckpt"
+HOW_TO_MAKE = "produce it with `python -m core.pretrained` (or write_bert_dir)"
+# HF activation name -> keras-bert's. keras-bert's "gelu" is the tanh approximation (= HF
+# "gelu_new"); HF "gelu" is the exact erf form, so it maps with a ~1e-3 activation difference.
+_ACTS = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
+
+
+class BertDirError(ValueError):
+    """A BERT folder is missing a file or its files disagree with each other."""
+
+
+# ---------------------------------------------------------------- names and config
+
+
+_LAYER_RULES = [  # (HF suffix inside encoder.layer.N, Google suffix inside layer_N)
+    (f"attention.self.{p}", f"attention/self/{p}") for p in ("query", "key", "value")
+] + [
+    ("attention.output.dense", "attention/output/dense"),
+    ("attention.output.LayerNorm", "attention/output/LayerNorm"),
+    ("intermediate.dense", "intermediate/dense"),
+    ("output.dense", "output/dense"),
+    ("output.LayerNorm", "output/LayerNorm"),
+]
+_FIXED = {
+    "embeddings.word_embeddings.weight": "bert/embeddings/word_embeddings",
+    "embeddings.position_embeddings.weight": "bert/embeddings/position_embeddings",
+    "embeddings.token_type_embeddings.weight": "bert/embeddings/token_type_embeddings",
+    "cls.predictions.bias": "cls/predictions/output_bias",
+    # Google stores output_weights as (2, hidden) like torch's Linear: no transpose.
+    "cls.seq_relationship.weight": "cls/seq_relationship/output_weights",
+    "cls.seq_relationship.bias": "cls/seq_relationship/output_bias",
+}
+_MODULES = {
+    "embeddings.LayerNorm": "bert/embeddings/LayerNorm",
+    "pooler.dense": "bert/pooler/dense",
+    "cls.predictions.transform.dense": "cls/predictions/transform/dense",
+    "cls.predictions.transform.LayerNorm": "cls/predictions/transform/LayerNorm",
+}
+# Buffers and weights tied to the word embeddings: nothing to store.
+_SKIP = {
+    "embeddings.position_ids",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+}
+_PARAM = {"weight": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta"}
+
+
+def _google_name(key: str) -> tuple[str, bool] | None:
+    """Map one HF key to (Google name, transpose?); None for keys to skip; KeyError if unknown."""
+    if key in _SKIP:
+        return None
+    if key in _FIXED:
+        return _FIXED[key], False
+    module, _, param = key.rpartition(".")
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
+    if m:
+        suffix = dict(_LAYER_RULES).get(m.group(2))
+        target = suffix and f"bert/encoder/layer_{int(m.group(1))}/{suffix}"
+    else:
+        target = _MODULES.get(module)
+    if not target or param not in _PARAM:
+        raise KeyError(key)
+    if target.endswith("LayerNorm"):
+        return f"{target}/{'gamma' if param in ('weight', 'gamma') else 'beta'}", False
+    return f"{target}/{_PARAM[param]}", param == "weight"
+
+
+def hf_to_google(state_dict: dict) -> dict:
+    """Rename an HF ``BertModel`` state dict to Google BERT names, transposing Linear weights.
+
+    A leading ``bert.`` (as in ``BertForPreTraining``) is dropped; floats become float32.
+    Raises ``ValueError`` listing any key it does not know.
+    """
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        try:
+            mapped = _google_name(key[5:] if key.startswith("bert.") else key)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if mapped is None:
+            continue
+        name, transpose = mapped
+        arr = np.asarray(value)
+        if transpose:
+            if arr.ndim != 2:
+                raise ValueError(f"{key}: expected a 2-D Linear weight, found shape {arr.shape}")
+            arr = arr.T
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        out[name] = np.ascontiguousarray(arr)
+    if unknown:
+        raise ValueError(f"hf_to_google: {len(unknown)} unknown state dict keys: {unknown[:8]}")
+    return out
+
+
+def hf_config_to_google(cfg: dict) -> dict:
+    """Return the ``bert_config.json`` dict for an HF ``BertConfig`` dict."""
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"HF config: missing keys {missing}")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"HF config: position_embedding_type={cfg['position_embedding_type']!r}; "
+            "keras-bert only has absolute position embeddings"
+        )
+    act = cfg["hidden_act"]
+    if act not in _ACTS:
+        raise ValueError(f"HF config: hidden_act={act!r}; expected one of {sorted(_ACTS)}")
+    out = {k: cfg[k] for k in CONFIG_KEYS}
+    out["hidden_act"] = _ACTS[act]
+    return out
+
+
+def vocab_from_tokenizer_json(obj: dict | str | bytes) -> list[str]:
+    """Tokens of an HF ``tokenizer.json`` (WordPiece) in id order; ids must be exactly 0..n-1."""
+    if isinstance(obj, (str, bytes)):
+        obj = json.loads(obj)
+    model = obj.get("model") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"tokenizer.json: expected a WordPiece model, found {model.get('type')!r}")
+    by_id: dict[int, str] = {}
+    entries = list(model["vocab"].items())
+    entries += [(t["content"], t["id"]) for t in obj.get("added_tokens") or []]
+    for token, idx in entries:
+        if not isinstance(idx, int) or idx < 0:
+            raise ValueError(f"tokenizer.json: token {token!r} has id {idx!r}")
+        if by_id.setdefault(idx, token) != token:
+            raise ValueError(f"tokenizer.json: id {idx} is both {by_id[idx]!r} and {token!r}")
+    n = len(by_id)
+    if sorted(by_id) != list(range(n)):
+        gaps = sorted(set(range(max(by_id) + 1)) - set(by_id))
+        raise ValueError(f"tokenizer.json: ids are not 0..{n - 1}; missing ids {gaps[:10]}")
+    tokens = [by_id[i] for i in range(n)]
+    if len(set(tokens)) != n:
+        raise ValueError("tokenizer.json: some token has two ids")
+    return tokens
+
+
+def _token_problem(token: str) -> str | None:
+    # keras_bert.load_vocabulary reads with codecs (splitlines: \u2028, \x85, ... end a line)
+    # and strips each line, so such tokens would shift every later id.
+    if not token:
+        return "is empty"
+    if token != token.strip():
+        return "has surrounding whitespace"
+    if len(token.splitlines()) != 1:
+        return "contains a line break"
+    return None
+
+
+def sanitize_vocab(tokens: list[str]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    """Replace tokens that cannot live on one ``vocab.txt`` line by ``[U+XXXX]`` spellings.
+
+    Such tokens (e.g. ``\\u2028`` in the Chinese BERT vocab) are whitespace that a BERT
+    tokenizer never emits, so renaming them keeps every id and changes no tokenization.
+    Returns the new list and ``{id: (old, new)}``.
+    """
+    out, changed = list(tokens), {}
+    for i, token in enumerate(tokens):
+        if _token_problem(token):
+            new = "".join(
+                c if c.isprintable() and not c.isspace() else f"[U+{ord(c):04X}]" for c in token
+            ) or f"[EMPTY{i}]"
+            out[i], changed[i] = new, (token, new)
+    if len(set(out)) != len(out):
+        raise ValueError(f"sanitize_vocab: replacements {changed} collide with existing tokens")
+    return out, changed
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_checkpoint(prefix: str | os.PathLike, tensors: dict) -> None:
+    """Save ``{name: array}`` as a TF V2 checkpoint at ``prefix`` (``.index`` + ``.data-*``)."""
+    import tensorflow as tf
+
+    import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+
+    if not tf.executing_eagerly():
+        raise RuntimeError("write_checkpoint needs eager execution (TensorFlow 2 default)")
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(np.ascontiguousarray(tensors[n])) for n in names],
+    )
+
+
+def write_bert_dir(
+    out_dir: str | os.PathLike,
+    config: dict,
+    vocab: list[str],
+    tensors: dict,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a complete Google BERT folder atomically and return its path.
+
+    Everything is written into a temporary sibling folder that is renamed into place at the
+    end, so an interrupted run never leaves a folder that looks complete.
+    """
+    out = Path(out_dir).resolve()
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"write_bert_dir: config lacks {missing}")
+    bad = [(i, t, p) for i, t in enumerate(vocab) if (p := _token_problem(t))]
+    if bad:
+        raise ValueError(f"write_bert_dir: vocab tokens unusable in vocab.txt: {bad[:5]} "
+                         "(pass the list through sanitize_vocab)")  # fmt: skip
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("write_bert_dir: vocab has duplicate tokens")
+    rows = np.shape(tensors.get("bert/embeddings/word_embeddings", ()))[:1]
+    if not (len(vocab) == config["vocab_size"] and rows == (len(vocab),)):
+        raise ValueError(
+            f"write_bert_dir: vocab has {len(vocab)} tokens, config vocab_size is "
+            f"{config['vocab_size']}, word_embeddings rows {rows}: all three must agree"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result should be readable
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        with open(tmp / VOCAB_FILE, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(vocab) + "\n")
+        write_checkpoint(tmp / CKPT_PREFIX, tensors)
+        # Lets tf.train.latest_checkpoint(folder) find the checkpoint too.
+        (tmp / "checkpoint").write_text(f'model_checkpoint_path: "{CKPT_PREFIX}"\n')
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def random_hf_state_dict(
+    vocab_size: int, hidden: int = 32, layers: int = 2, intermediate: int = 64,
+    max_position: int = 64, seed: int = 0,
+) -> dict:  # fmt: skip
+    """A random HF-named BERT state dict (with MLM/NSP heads): N(0, 0.02) weights and biases,
+    LayerNorm gamma 1 and beta 0."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    sd = {
+        "embeddings.word_embeddings.weight": normal(vocab_size, hidden),
+        "embeddings.position_embeddings.weight": normal(max_position, hidden),
+        "embeddings.token_type_embeddings.weight": normal(2, hidden),
+    }
+    linears = [f"encoder.layer.{i}.{m}" for i in range(layers) for m in (
+        "attention.self.query", "attention.self.key", "attention.self.value",
+        "attention.output.dense", "intermediate.dense", "output.dense")]  # fmt: skip
+    norms = ["embeddings.LayerNorm", "cls.predictions.transform.LayerNorm"] + [
+        f"encoder.layer.{i}.{m}.LayerNorm"
+        for i in range(layers)
+        for m in ("attention.output", "output")
+    ]
+    for name in linears + ["pooler.dense", "cls.predictions.transform.dense"]:
+        is_ffn_out = name.endswith(".output.dense") and ".attention." not in name
+        n_in = intermediate if is_ffn_out else hidden
+        n_out = intermediate if name.endswith("intermediate.dense") else hidden
+        sd[f"{name}.weight"], sd[f"{name}.bias"] = normal(n_out, n_in), normal(n_out)
+    for name in norms:
+        sd[f"{name}.weight"] = np.ones(hidden, np.float32)
+        sd[f"{name}.bias"] = np.zeros(hidden, np.float32)
+    sd["cls.predictions.bias"] = normal(vocab_size)
+    sd["cls.seq_relationship.weight"] = normal(2, hidden)
+    sd["cls.seq_relationship.bias"] = normal(2)
+    return sd
+
+
+def write_random_bert_dir(
+    out_dir: str | os.PathLike, vocab_tokens: list[str], hidden: int = 32, layers: int = 2,
+    heads: int = 2, intermediate: int = 64, max_position: int = 64, seed: int = 0,
+) -> Path:  # fmt: skip
+    """Write a tiny random BERT folder (for tests). Its HF-named weights are
+    ``random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position,
+    seed)``, so a test can rebuild them for a reference forward pass."""
+    config = {
+        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": intermediate,
+        "max_position_embeddings": max_position, "num_attention_heads": heads,
+        "num_hidden_layers": layers, "type_vocab_size": 2, "vocab_size": len(vocab_tokens),
+    }  # fmt: skip
+    sd = random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position, seed)
+    return write_bert_dir(out_dir, config, list(vocab_tokens), hf_to_google(sd))
+
+
+# ---------------------------------------------------------------- checking
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Checkpoint variables (and shapes) keras-bert reads with ``training=False``."""
+    h, f = config["hidden_size"], config["intermediate_size"]
+    shapes = {
+        "bert/embeddings/word_embeddings": (config["vocab_size"], h),
+        "bert/embeddings/position_embeddings": (config["max_position_embeddings"], h),
+        "bert/embeddings/token_type_embeddings": (2, h),
+        "bert/embeddings/LayerNorm/gamma": (h,),
+        "bert/embeddings/LayerNorm/beta": (h,),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"bert/encoder/layer_{i}"
+        dense = [(f"attention/self/{q}", h, h) for q in ("query", "key", "value")]
+        dense += [("attention/output/dense", h, h), ("intermediate/dense", h, f),
+                  ("output/dense", f, h)]  # fmt: skip
+        for name, n_in, n_out in dense:
+            shapes[f"{p}/{name}/kernel"], shapes[f"{p}/{name}/bias"] = (n_in, n_out), (n_out,)
+        for name in ("attention/output/LayerNorm", "output/LayerNorm"):
+            shapes[f"{p}/{name}/gamma"] = shapes[f"{p}/{name}/beta"] = (h,)
+    return shapes
+
+
+def _fail(path: Path, expected: str, found: str) -> BertDirError:
+    return BertDirError(f"{path}: expected {expected}, found {found}")
+
+
+def check_bert_dir(bert_dir: str | os.PathLike, read_checkpoint: bool = True) -> dict:
+    """Validate a Google BERT folder and return its config.
+
+    Checks that the config, vocabulary and checkpoint exist, that the config has every key,
+    that ``vocab.txt`` has ``vocab_size`` distinct tokens as keras-bert reads it, and (with
+    ``read_checkpoint``, which imports TensorFlow) that every variable keras-bert loads exists
+    with the shape the config implies. Raises ``BertDirError`` naming the file at fault.
+    """
+    d = Path(bert_dir)
+    if not d.is_dir():
+        raise _fail(d, "a BERT folder", f"no such folder; {HOW_TO_MAKE}")
+    ckpt_data = sorted(d.glob(f"{CKPT_PREFIX}.data-*-of-*"))
+    for path in (d / CONFIG_FILE, d / VOCAB_FILE, d / f"{CKPT_PREFIX}.index"):
+        if not path.is_file():
+            raise _fail(path, "this file", f"it missing; {HOW_TO_MAKE}")
+    if not ckpt_data:
+        data = d / f"{CKPT_PREFIX}.data-00000-of-00001"
+        raise _fail(data, "this file", f"it missing; {HOW_TO_MAKE}")
+
+    cfg_path = d / CONFIG_FILE
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _fail(cfg_path, "a JSON object", f"unparsable text ({e})") from None
+    if not isinstance(config, dict):
+        raise _fail(cfg_path, "a JSON object", type(config).__name__)
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise _fail(cfg_path, f"the keys {list(CONFIG_KEYS)}", f"{missing} missing")
+    for key in CONFIG_KEYS:
+        if key != "hidden_act" and not isinstance(config[key], (int, float)):
+            raise _fail(cfg_path, f"a number for {key}", repr(config[key]))
+    if config["type_vocab_size"] != 2:  # keras-bert builds Embedding-Segment with 2 rows
+        raise _fail(cfg_path, "type_vocab_size 2 (keras-bert's only)",
+                    str(config["type_vocab_size"]))  # fmt: skip
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise _fail(cfg_path, "hidden_size divisible by num_attention_heads",
+                    f"{config['hidden_size']} and {config['num_attention_heads']}")  # fmt: skip
+
+    vocab_path = d / VOCAB_FILE
+    try:
+        lines = vocab_path.read_text(encoding="utf-8").splitlines()  # splitlines: as keras-bert
+    except UnicodeDecodeError as e:
+        raise _fail(vocab_path, "UTF-8 text", f"undecodable bytes ({e})") from None
+    if len(lines) != config["vocab_size"]:
+        raise _fail(vocab_path, f"{config['vocab_size']} lines (vocab_size in {CONFIG_FILE})",
+                    f"{len(lines)} lines")  # fmt: skip
+    seen: dict[str, int] = {}
+    for i, line in enumerate(lines, 1):
+        token = line.strip()
+        if not token or token in seen:
+            what = f"{token!r} again (first on line {seen[token]})" if token else "an empty token"
+            raise _fail(vocab_path, "one distinct token per line", f"{what} on line {i}")
+        seen[token] = i
+
+    if read_checkpoint:
+        _check_checkpoint(d / CKPT_PREFIX, config)
+    return config
+
+
+def _check_checkpoint(prefix: Path, config: dict) -> None:
+    import tensorflow as tf
+
+    import core  # noqa: F401
+
+    index = Path(f"{prefix}.index")
+    try:
+        found = {name: tuple(shape) for name, shape in tf.train.list_variables(str(prefix))}
+    except Exception as e:  # TF raises several error types for corrupt files
+        raise _fail(index, "a readable TF checkpoint", f"{type(e).__name__}: {e}") from None
+    for name, shape in expected_shapes(config).items():
+        got = found.get(name)
+        if name == "bert/embeddings/position_embeddings" and got and got[0] >= shape[0]:
+            got = shape  # keras-bert slices the first max_position_embeddings rows
+        if got != shape:
+            raise _fail(
+                index,
+                f"variable {name} of shape {shape} (from {CONFIG_FILE})",
+                "no such variable" if got is None else f"shape {got}",
+            )
