@@ -155,17 +155,19 @@ def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
         cells = [html.escape(label), links, auc, secs]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     results = run_dir / "ensemble" / "results.json"
-    headline = ""
+    headline = submission = ""
     if results.exists():
         r = read_json(results)
         headline = "<pre>" + html.escape(json.dumps(r.get("headline", r), indent=2)) + "</pre>"
+    if (run_dir / "ensemble" / "submission.csv").exists():
+        submission = '<p><a href="ensemble/submission.csv">submission.csv</a></p>'
     page = f"""<!doctype html><meta charset="utf-8"><title>{run_dir.name}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style>
 <h1>Run {html.escape(run_dir.name)}</h1>{headline}
 <table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>
 {"".join(rows)}</table>
 <h2>Parameters</h2><pre>{html.escape(json.dumps(params, indent=2))}</pre>
-<p><a href="ensemble/submission.csv">submission.csv</a></p>"""
+{submission}"""
     return write_text(run_dir / "index.html", page)
 
 
