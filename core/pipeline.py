@@ -18,13 +18,14 @@ import hashlib
 import html
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from core.config import ROOT, Settings
 from core.data import file_sha256
-from core.io import read_json, write_json, write_text
+from core.io import atomic_path, read_json, write_json, write_text
 
 # Shared by every notebook; prefixed keys (stage1.lr) go to one notebook only.
 DEFAULTS = {
@@ -37,8 +38,14 @@ DEFAULTS = {
         "seed": 2020,
     },
     "eda": {},
-    "stage1": {"epochs": 2, "patience": 1, "batch_size": 16, "lr": 5e-5, "jit_compile": True,
-               "strategy": "default"},
+    "stage1": {
+        "epochs": 2,
+        "patience": 1,
+        "batch_size": 16,
+        "lr": 5e-5,
+        "jit_compile": True,
+        "strategy": "default",
+    },
     "stage2": {"loss": "soft_f1", "lr": 1e-4, "epochs": 4, "patience": 1, "batch_size": 16},
     "ensemble": {},
 }
@@ -171,12 +178,43 @@ def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
     return write_text(run_dir / "index.html", page)
 
 
+def reuse_stage1(source: Path, run_dir: Path, params: dict) -> None:
+    """Copy a finished run's stage 1 into ``run_dir``, to try stage-2 or ensemble variants cheaply.
+
+    Allowed only when the source ran with the same common and stage-1 parameters; each fold's
+    files are copied atomically with ``done.json`` last, so a copy interrupted midway resumes.
+    """
+    theirs = read_json(source / "pipeline.json")
+    for section in ("common", "stage1"):
+        if theirs[section] != params[section]:
+            raise SystemExit(
+                f"--stage1-from {source}: its {section} parameters {theirs[section]} differ from "
+                f"this run's {params[section]}; stage 1 can only be reused unchanged"
+            )
+    for name in ("run.json", "folds.csv", "stage1/params.json"):
+        if not (run_dir / name).exists():
+            _copy(source / name, run_dir / name)
+    for done in sorted(source.glob("stage1/fold*/done.json")):
+        target = run_dir / done.parent.relative_to(source)
+        if (target / "done.json").exists():
+            continue
+        for f in sorted(done.parent.iterdir(), key=lambda f: f.name == "done.json"):
+            if not f.name.startswith("."):
+                _copy(f, target / f.name)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def run_pipeline(
     params: dict,
     output_dir: str | Path = "outputs",
     run_dir: Path | None = None,
     only: str | None = None,
     folds: list[int] | None = None,
+    stage1_from: Path | None = None,
 ) -> Path:
     """Execute every step not yet complete; return the run folder.
 
@@ -187,6 +225,8 @@ def run_pipeline(
     run_dir = settings.run_path(run_dir or Path(settings.output_dir) / "runs" / run_name(params))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "pipeline.json", params)
+    if stage1_from is not None:
+        reuse_stage1(settings.run_path(stage1_from), run_dir, params)
     timings_path = run_dir / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
     steps = [
@@ -242,6 +282,9 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", help="use this run folder instead of the hashed name")
     parser.add_argument("--only", choices=sorted(NOTEBOOKS), help="run only this step")
     parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    parser.add_argument(
+        "--stage1-from", help="reuse stage 1 of this finished run (same parameters)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     sets = list(args.set)
@@ -253,7 +296,12 @@ def main(argv=None) -> int:
     start = time.time()
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     run_dir = run_pipeline(
-        params, args.output_dir, Path(args.run_dir) if args.run_dir else None, args.only, folds
+        params,
+        args.output_dir,
+        Path(args.run_dir) if args.run_dir else None,
+        args.only,
+        folds,
+        Path(args.stage1_from) if args.stage1_from else None,
     )
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {run_dir}")
     results = run_dir / "ensemble" / "results.json"

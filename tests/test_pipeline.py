@@ -1,14 +1,13 @@
 """End to end: all four notebooks through papermill on a tiny slice of the real data.
 
 One run (3 folds, one epoch per stage, a tiny random BERT, stage 1 without XLA) is shared by
-every assertion here.
-Run folders live in a unique ``outputs/test-<uuid>/`` folder of the repository, removed afterwards:
-the notebooks only accept a ``run_dir`` inside the repository's ``outputs/`` (see
-``test_output_dir_outside_the_repository``).
+every assertion here. Run folders live in a unique ``outputs/test-<uuid>/`` folder of the
+repository, removed afterwards (``test_output_dir_outside_the_repository`` checks a tmp one too).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -260,3 +259,22 @@ def test_output_dir_outside_the_repository(tiny, tmp_path):
     run_dir = run_pipeline(tiny.params, output_dir=output, only="stage1", folds=[0])
     assert run_dir.is_relative_to(output)
     assert (run_dir / "stage1" / "fold0" / "done.json").is_file()
+
+
+def test_stage1_from_reuses_stage1_for_a_stage2_variant(tiny, run, repo_outputs):
+    params = copy.deepcopy(tiny.params)
+    params["stage2"]["lr"] = params["stage2"]["lr"] / 10
+    variant = run_pipeline(params, output_dir=repo_outputs, stage1_from=run)
+    assert variant != run
+    for k in range(N_FOLDS):
+        for name in ("oof.csv", "test.csv", "weights.h5", "done.json"):
+            copied = variant / "stage1" / f"fold{k}" / name
+            assert copied.read_bytes() == (run / "stage1" / f"fold{k}" / name).read_bytes()
+    executed = {p.stem for p in (variant / "notebooks").glob("*.ipynb")}
+    assert not any(stem.startswith("02_cv") for stem in executed), executed
+    assert (variant / "ensemble" / "submission.csv").is_file()
+
+    changed = copy.deepcopy(tiny.params)
+    changed["stage1"]["lr"] = changed["stage1"]["lr"] * 2
+    with pytest.raises(SystemExit, match="stage1 parameters"):
+        run_pipeline(changed, output_dir=repo_outputs, stage1_from=run)
