@@ -74,7 +74,11 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   setup) setup ;;
-  run) setup; exec "$VENV/bin/python" -m core.pipeline "$@" ;;
+  run)
+    setup
+    exec "$VENV/bin/python" -m core.pipeline --train-path "$DATA_DIR/${DATA_FILES[0]}" \
+      --test-path "$DATA_DIR/${DATA_FILES[1]}" "$@"
+    ;;
   test)
     setup
     "$VENV/bin/ruff" check .

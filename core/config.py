@@ -17,7 +17,6 @@ class ConfigError(ValueError):
 class Settings:
     """Every knob of a run. Relative paths are resolved against the repository root."""
 
-    data_dir: Path = Path("data")
     train_path: Path = Path("data/train_shuffle.txt")
     test_path: Path = Path("data/test_handout.txt")
     bert_dir: Path = Path("pretrained/m3e-small")
@@ -62,12 +61,12 @@ class Settings:
             )
         return fold
 
-    def run_path(self, run_dir: str | Path) -> Path:
+    def run_path(self, run_dir: str | Path, name: str = "parameter run_dir") -> Path:
         """Resolve a run folder; it must lie inside ``output_dir`` (runs write nowhere else)."""
         path = resolve(run_dir)
         if path == self.output_dir or not path.is_relative_to(self.output_dir):
             raise ConfigError(
-                f"parameter run_dir={str(run_dir)!r}: expected a folder inside the output folder "
+                f"{name}={str(run_dir)!r}: expected a path inside the output folder "
                 f"{self.output_dir} (e.g. outputs/runs/my-run)"
             )
         return path

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--run", help="run folder (default: the latest finished run in outputs/runs)"
     )
-    parser.add_argument("--out", help="write text,probability CSV here instead of printing")
+    parser.add_argument("--out", help="write text,probability CSV here (inside outputs/)")
     args = parser.parse_args(argv)
     settings = Settings()
     run_dir = settings.run_path(args.run) if args.run else latest_run(settings.output_dir)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         parser.error("give sentences as arguments or --file")
     scores = score(run_dir, texts)
     if args.out:
-        out = settings.run_path(args.out) if not Path(args.out).is_absolute() else Path(args.out)
+        out = settings.run_path(args.out, "--out")  # inside outputs/, like every other write
         write_csv(out, scores[["text", "probability"]])
         print(
             f"wrote {len(scores)} rows to {out}"

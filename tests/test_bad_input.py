@@ -21,7 +21,7 @@
 | ensemble before the stages exist | `MissingOutputsError` (`results.finalize`) naming each unfinished fold and its `papermill notebooks/02_cv.ipynb …` command |
 | NaN / out-of-range predictions → submission | `SubmissionError` (`write_submission`); no file written, an existing one left unchanged |
 | NaN / out-of-range predictions → fold | `FloatingPointError` (`engine._check_predictions`); nothing written for the fold |
-| `run_dir` outside the output folder | `ConfigError` (`Settings.run_path`): `parameter run_dir=…: expected a folder inside the output folder <outputs>` |
+| `run_dir` outside the output folder | `ConfigError` (`Settings.run_path`): `parameter run_dir=…: expected a path inside the output folder <outputs>` |
 """  # noqa: E501
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def test_run_dir_outside_the_output_folder(tmp_path):
             settings.run_path(bad)
         message = str(info.value)
         assert f"parameter run_dir={str(bad)!r}" in message
-        assert f"expected a folder inside the output folder {tmp_path / 'outputs'}" in message
+        assert f"expected a path inside the output folder {tmp_path / 'outputs'}" in message
 
 
 # -- stages out of order --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def test_relative_paths_resolve_against_root():
     assert s.train_path == ROOT / "data" / "other.txt"
     assert s.bert_dir == ROOT / "pretrained" / "x"
     assert s.output_dir == ROOT / "out"
-    for name in ("data_dir", "train_path", "test_path", "bert_dir", "output_dir"):
+    for name in ("train_path", "test_path", "bert_dir", "output_dir"):
         value = getattr(s, name)
         assert isinstance(value, Path) and value.is_absolute(), name
     assert Settings().test_path == ROOT / "data" / "test_handout.txt"
@@ -32,7 +32,7 @@ def test_absolute_paths_are_kept(tmp_path):
 
 
 def test_dot_dot_is_normalised():
-    assert Settings(data_dir="outputs/../data").data_dir == ROOT / "data"
+    assert Settings(train_path="outputs/../data/x.txt").train_path == ROOT / "data" / "x.txt"
 
 
 def test_as_dict_is_plain():

@@ -278,3 +278,30 @@ def test_stage1_from_reuses_stage1_for_a_stage2_variant(tiny, run, repo_outputs)
     changed["stage1"]["lr"] = changed["stage1"]["lr"] * 2
     with pytest.raises(SystemExit, match="stage1 parameters"):
         run_pipeline(changed, output_dir=repo_outputs, stage1_from=run)
+
+
+def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
+    from core.predict import score
+
+    texts = read_unlabelled(tiny.test_path).texts[:5]
+    scores = score(run, texts)
+    assert list(scores.columns[:2]) == ["text", "probability"]
+    assert scores["text"].tolist() == texts
+    assert scores["probability"].between(0, 1).all()
+    # The ensemble's test predictions of the stage-1 fold mean are the same model on the same text.
+    stage1_test = np.mean([pd.read_csv(run / "stage1" / f"fold{k}" / "test.csv")["pred"][:5]
+                           for k in range(N_FOLDS)], axis=0)  # fmt: skip
+    np.testing.assert_allclose(scores["stage1"], stage1_test, atol=1e-5)
+
+    out = repo_outputs / "scores.csv"
+    done = subprocess.run([sys.executable, "-m", "core.predict", "--run", str(run), "--out",
+                           str(out), *texts[:2]], capture_output=True, text=True, cwd=ROOT,
+                          env=subprocess_env(), timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = pd.read_csv(out)
+    assert written.columns.tolist() == ["text", "probability"] and len(written) == 2
+
+    outside = subprocess.run([sys.executable, "-m", "core.predict", "--run", str(run), "--out",
+                              "/tmp/elsewhere.csv", "好吃"], capture_output=True, text=True,
+                             cwd=ROOT, env=subprocess_env(), timeout=300)  # fmt: skip
+    assert outside.returncode != 0 and "--out='/tmp/elsewhere.csv'" in outside.stderr
