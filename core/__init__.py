@@ -5,7 +5,15 @@ keras-bert and keras-self-attention are Keras 2 libraries.
 """
 
 import os
+import sys
 
+if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+    # TensorFlow picks Keras 3 or tf-keras lazily and keeps its choice; once imported without the
+    # variable, parts of it may already be bound to Keras 3 and keras-bert would mix the two.
+    raise ImportError(
+        "import core before tensorflow (or set TF_USE_LEGACY_KERAS=1 in the environment): "
+        "keras-bert and keras-self-attention need tf-keras, which TensorFlow selects at import"
+    )
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Quiet TensorFlow's C++ start-up banner; real errors still surface as Python exceptions.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -16,6 +16,9 @@ Each variant runs one untimed pass first (graph tracing, XLA compilation), then 
 
 from __future__ import annotations
 
+import core  # noqa: F401  (first: selects tf-keras before TensorFlow is imported below)
+
+# isort: split
 import argparse
 import os
 import threading
@@ -25,7 +28,6 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
-import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import Settings
 from core.data import read_labelled
 from core.generator import BatchSequence, predict_in_order

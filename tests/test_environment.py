@@ -46,3 +46,15 @@ def test_the_stack_is_pinned_as_the_suite_needs():
     for name in ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "papermill"):
         assert name in pins, name
     assert pins["tensorflow"].split(".")[:2] == pins["tf-keras"].split(".")[:2]
+
+
+def test_importing_core_after_tensorflow_fails_clearly():
+    import subprocess
+    import sys
+
+    code = "import tensorflow\nimport core\n"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)  # fmt: skip
+    assert done.returncode != 0
+    assert "import core before tensorflow" in done.stderr
