@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The suite's notebooks by step; error messages name them in the command that fixes the error.
+NOTEBOOKS = {
+    "eda": "notebooks/01_eda.ipynb",
+    "stage1": "notebooks/02_cv.ipynb",
+    "stage2": "notebooks/03_f1_refine.ipynb",
+    "ensemble": "notebooks/04_ensemble.ipynb",
+}
 
 
 class ConfigError(ValueError):
@@ -71,10 +78,6 @@ class Settings:
             )
         return path
 
-    def as_dict(self) -> dict:
-        return {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
-        }
 
 
 def resolve(path: str | Path) -> Path:

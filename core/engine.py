@@ -19,7 +19,7 @@ import pandas as pd
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import Settings
+from core.config import NOTEBOOKS, Settings
 from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
@@ -28,8 +28,6 @@ from core.model import build_head_model, build_model, copy_head_weights
 from core.run import open_run, open_stage
 from core.strategy import get_strategy
 from core.tokenizer import CharTokenizer, load_vocab
-
-STAGE_NOTEBOOKS = {"stage1": "notebooks/02_cv.ipynb", "stage2": "notebooks/03_f1_refine.ipynb"}
 
 
 class MissingStageError(FileNotFoundError):
@@ -255,7 +253,7 @@ def train_stage2(
         raise MissingStageError(
             f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
             f"there (or that fold did not finish). Make them first: papermill "
-            f"{STAGE_NOTEBOOKS['stage1']} out.ipynb -p fold {fold} -p run_dir {run_dir}"
+            f"{NOTEBOOKS['stage1']} out.ipynb -p fold {fold} -p run_dir {run_dir}"
         )
     inputs = inputs or prepare(settings, run_dir)
     batch_size = batch_size or settings.batch_size

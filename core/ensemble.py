@@ -19,12 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from core.config import NOTEBOOKS
 from core.metrics import auc, best_f1
 
-DEFAULT_NOTEBOOKS: dict[str, str] = {
-    "stage1": "notebooks/02_cv.ipynb",
-    "stage2": "notebooks/03_f1_refine.ipynb",
-}
 # Weight of the first stage in ``w*a + (1-w)*b``: 0, 0.05, ..., 1 (rounded so 0.35 prints as 0.35).
 WEIGHT_GRID: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
 _AUC_TIE = 1e-12  # AUCs closer than this count as equal when picking a weight
@@ -114,7 +111,7 @@ def load_stage(
     ``ValueError`` when OOF rows are not each covered exactly once or test ids disagree.
     """
     run_dir = Path(run_dir)
-    notebooks = {**DEFAULT_NOTEBOOKS, **(notebooks or {})}
+    notebooks = {**NOTEBOOKS, **(notebooks or {})}
     fold_dirs = [run_dir / stage / f"fold{k}" for k in range(n_folds)]
 
     missing, reasons = [], []

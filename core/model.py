@@ -86,14 +86,6 @@ class MaskedSeqSelfAttention(SeqSelfAttention):
         return tf.matmul(a, inputs)
 
 
-CUSTOM_OBJECTS = {
-    "MaskedSeqSelfAttention": MaskedSeqSelfAttention,
-    "MaskedGlobalMaxPooling1D": MaskedGlobalMaxPooling1D,
-    "FirstPosition": FirstPosition,
-    "SeqSelfAttention": SeqSelfAttention,
-}
-
-
 def attach_head(sequence):
     """Apply the pooling head to a (batch, time, hidden) tensor that carries a padding mask."""
     avg = keras.layers.GlobalAveragePooling1D(name="head_avg")(sequence)

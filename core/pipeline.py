@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import ROOT, Settings
+from core.config import NOTEBOOKS, ROOT, Settings
 from core.data import file_sha256
 from core.io import atomic_path, read_json, write_json, write_text
 
@@ -48,12 +48,6 @@ DEFAULTS = {
     },
     "stage2": {"loss": "soft_f1", "lr": 1e-4, "epochs": 4, "patience": 1, "batch_size": 16},
     "ensemble": {},
-}
-NOTEBOOKS = {
-    "eda": "notebooks/01_eda.ipynb",
-    "stage1": "notebooks/02_cv.ipynb",
-    "stage2": "notebooks/03_f1_refine.ipynb",
-    "ensemble": "notebooks/04_ensemble.ipynb",
 }
 # Which common parameters each notebook takes.
 COMMON_FOR = {

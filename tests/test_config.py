@@ -35,13 +35,6 @@ def test_dot_dot_is_normalised():
     assert Settings(train_path="outputs/../data/x.txt").train_path == ROOT / "data" / "x.txt"
 
 
-def test_as_dict_is_plain():
-    d = Settings(maxlen=7).as_dict()
-    assert d["maxlen"] == 7
-    assert d["train_path"] == str(ROOT / "data" / "train_shuffle.txt")
-    assert all(not isinstance(v, Path) for v in d.values())
-
-
 @pytest.mark.parametrize(
     "kwargs, name",
     [
