@@ -16,6 +16,9 @@ NOTEBOOKS = {
 }
 
 
+SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)
+
+
 class ConfigError(ValueError):
     """A setting is out of range or names a path it may not use."""
 
@@ -31,7 +34,9 @@ class Settings:
     maxlen: int = 20  # characters kept per text; [CLS] and [SEP] come on top
     batch_size: int = 16
     predict_batch_size: int = 256
-    lr: float = 1e-5  # stage 1, encoder trainable
+    lr: float = 1e-5  # stage 1, encoder trainable (the peak rate under a schedule)
+    schedule: str = "constant"  # or "cosine": warm-up then cosine decay to 0 over all epochs
+    warmup: float = 0.0  # share of the training steps spent warming up (cosine schedule)
     epochs: int = 3
     patience: int = 1  # epochs without a better validation AUC before stopping
     n_folds: int = 5
@@ -54,6 +59,14 @@ class Settings:
                 raise ConfigError(f"setting {name}={value!r}: expected an integer >= 1")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool):
             raise ConfigError(f"setting lr={self.lr!r}: expected a number")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"setting schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, (int, float))
+            or not (0 <= self.warmup < 1)
+        ):
+            raise ConfigError(f"setting warmup={self.warmup!r}: expected a number in [0, 1)")
         if self.n_folds < 2:
             raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
         if not 0 < self.lr < 1:
@@ -77,7 +90,6 @@ class Settings:
                 f"{self.output_dir} (e.g. outputs/runs/my-run)"
             )
         return path
-
 
 
 def resolve(path: str | Path) -> Path:

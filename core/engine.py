@@ -24,7 +24,7 @@ from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
 from core.metrics import auc
-from core.model import build_head_model, build_model, copy_head_weights
+from core.model import build_head_model, build_model, copy_head_weights, learning_rate
 from core.run import open_run, open_stage
 from core.strategy import get_strategy
 from core.tokenizer import CharTokenizer, load_vocab
@@ -179,7 +179,8 @@ def train_stage1(
         return done
     run_dir = Path(run_dir)
     inputs = inputs or prepare(settings, run_dir)
-    params = {"lr": settings.lr, "epochs": settings.epochs, "patience": settings.patience,
+    params = {"lr": settings.lr, "schedule": settings.schedule, "warmup": settings.warmup,
+              "epochs": settings.epochs, "patience": settings.patience,
               "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,
               "group_by_length": settings.group_by_length, "jit_compile": settings.jit_compile,
               "pad_multiple": settings.pad_multiple}  # fmt: skip
@@ -190,8 +191,14 @@ def train_stage1(
     valid_rows = np.flatnonzero(inputs.folds == fold)
     pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
 
+    train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
+                              settings.batch_size, shuffle=True, seed=settings.seed + fold,
+                              group_by_length=settings.group_by_length,
+                              pad_multiple=settings.pad_multiple)  # fmt: skip
+    lr = learning_rate(settings.lr, settings.schedule, len(train_seq) * settings.epochs,
+                       settings.warmup)  # fmt: skip
     with get_strategy(strategy).scope():
-        model = build_model(settings.bert_dir, lr=settings.lr, jit_compile=settings.jit_compile)
+        model = build_model(settings.bert_dir, lr=lr, jit_compile=settings.jit_compile)
     weights = out / "weights.h5"
 
     def predict_valid():
@@ -199,10 +206,6 @@ def train_stage1(
 
     check = ValidationAUC(predict_valid, inputs.train.labels[valid_rows],
                           lambda: save_weights(model, weights), settings.patience)  # fmt: skip
-    train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
-                              settings.batch_size, shuffle=True, seed=settings.seed + fold,
-                              group_by_length=settings.group_by_length,
-                              pad_multiple=settings.pad_multiple)  # fmt: skip
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
     history = model.fit(

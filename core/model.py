@@ -17,6 +17,7 @@ from keras_self_attention import SeqSelfAttention
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from core.config import SCHEDULES
 from core.losses import get_loss
 from core.pretrained import check_bert_dir
 
@@ -109,9 +110,28 @@ def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
     )
 
 
+def learning_rate(lr: float, schedule: str = "constant", total_steps: int = 0, warmup: float = 0.0):
+    """Adam's learning rate: ``lr`` throughout, or a linear warm-up over the first ``warmup``
+    share of ``total_steps`` to ``lr`` followed by a cosine decay to 0 (keras' ``CosineDecay``).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
+    if schedule == "constant":
+        return lr
+    if total_steps < 1 or not 0 <= warmup < 1:
+        raise ValueError(f"total_steps={total_steps}, warmup={warmup}: expected >= 1 and [0, 1)")
+    warmup_steps = int(round(warmup * total_steps))
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(lr, total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
+    )
+
+
 def compile_model(
-    model: keras.Model, loss: str = "bce", lr: float = 1e-5, jit_compile: bool = False
+    model: keras.Model, loss: str = "bce", lr=1e-5, jit_compile: bool = False
 ) -> keras.Model:
+    """Adam at ``lr`` (a float or a schedule from ``learning_rate``) and the named loss."""
     optimizer = keras.optimizers.Adam(learning_rate=lr)
     model.compile(optimizer=optimizer, loss=get_loss(loss), jit_compile=jit_compile)
     return model
@@ -120,11 +140,12 @@ def compile_model(
 def build_model(
     bert_dir: str | Path,
     loss: str = "bce",
-    lr: float = 1e-5,
+    lr=1e-5,
     bert_trainable: bool = True,
     jit_compile: bool = False,
 ) -> keras.Model:
-    """Encoder + head, compiled with Adam at ``lr`` and the named loss (XLA if ``jit_compile``)."""
+    """Encoder + head, compiled with Adam at ``lr`` (float or schedule) and the named loss (XLA
+    if ``jit_compile``)."""
     encoder = load_encoder(bert_dir, trainable=bert_trainable)
     output = attach_head(encoder.output)
     model = keras.Model(encoder.inputs, output, name="classifier")

@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     if args.out:
         out = settings.run_path(args.out, "--out")  # inside outputs/, like every other write
         write_csv(out, scores[["text", "probability"]])
-        print(
-            f"wrote {len(scores)} rows to {out}"
-        )
+        print(f"wrote {len(scores)} rows to {out}")
     else:
         scores[["text", "probability"]].to_csv(sys.stdout, index=False, float_format="%.4f")
     return 0

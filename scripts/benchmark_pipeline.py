@@ -56,8 +56,10 @@ def main() -> None:
     report(run_dir)
     print(f"wall time end to end {total / 60:6.1f} min")
     kernels = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak resident memory: notebook kernels {kernels:.0f} MiB, "
-          f"runner {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"peak resident memory: notebook kernels {kernels:.0f} MiB, "
+        f"runner {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
 """Throughput benchmark (not a test): our input pipeline against a seed-style one, same model.
 
-    .venv/bin/python scripts/benchmark_throughput.py [--rows 1600] [--bert-dir pretrained/m3e-small]
+    .venv/bin/python scripts/benchmark_throughput.py [--rows 1600] [--rounds 3]
 
-In one process it measures, on the default encoder and real sentences from the training file:
-- training and prediction samples/s of a seed-style pipeline (a Python generator of random batches
-  of 16 padded to the batch's longest row, fed to ``model.fit`` / ``model.predict``);
-- the same for our pipeline (length-grouped ``BatchSequence``; predictions in batches of 256),
-  with and without XLA (``jit_compile``);
-- this machine's dense matmul peak with TensorFlow, float32 and bfloat16;
-- the fraction of the float32 peak our training reaches, counting real (non-padding) tokens at
-  6 FLOP per parameter per token (about 76 MFLOP per token for a 4-layer, 512-wide encoder);
-- peak resident memory during training and during prediction.
-Each variant runs one untimed pass first (graph tracing, XLA compilation), then a timed pass.
+In one process, on the default encoder and real sentences from the training file, it measures
+training and prediction samples/s of:
+- ``seed-style``: a Python generator of random batches of 16 padded to the batch's longest row,
+  fed to ``model.fit`` / ``model.predict`` (the reference);
+- ``ours-b16``: our length-grouped ``BatchSequence``, XLA-compiled steps, batch 16 (like for like);
+- ``ours``: the pipeline's stage-1 defaults (``core.pipeline.DEFAULTS``: batch size, XLA), and
+  predictions in batches of 256 through one plain traced graph.
+It also measures this machine's dense matmul peak with TensorFlow (float32 and bfloat16) and the
+fraction of the float32 peak each training pass reaches, counting real (non-padding) tokens at
+6 FLOP per encoder parameter per token (about 76 MFLOP per token for a 4-layer, 512-wide encoder).
+
+This machine's speed drifts by up to 2x over minutes (other tenants of the host), so variants are
+interleaved: each round times every variant once and re-measures the float32 peak right after each
+training pass; the fraction of peak divides by that adjacent peak. Medians over rounds are printed.
+Every variant first runs one untimed pass (graph tracing, XLA compilation of each batch width).
+Peak resident memory is measured on the pipeline's model alone, before the other models exist.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import core  # noqa: F401  (first: selects tf-keras before TensorFlow is importe
 
 # isort: split
 import argparse
+import gc
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
@@ -32,6 +40,7 @@ from core.config import Settings
 from core.data import read_labelled
 from core.generator import BatchSequence, predict_in_order
 from core.model import build_model
+from core.pipeline import DEFAULTS
 from core.tokenizer import CharTokenizer, load_vocab
 
 
@@ -55,20 +64,25 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 20) -> float:
-    """GFLOP/s of a square matmul chain in a compiled function."""
-    a = tf.random.normal((n, n), dtype=tf.float32)
-    a = tf.cast(a, dtype)
+_CHAINS: dict = {}  # one traced matmul chain per (dtype, n, reps): traced once, reused
 
-    @tf.function
-    def chain(x):
-        for _ in range(reps):
-            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)  # rescale: keep values finite
-        return x
 
-    chain(a).numpy()
+def matmul_peak(dtype, n: int = 2048, reps: int = 10, tries: int = 2) -> float:
+    """GFLOP/s of a chain of square matmuls in a traced function (best of ``tries``)."""
+    if (dtype, n, reps) not in _CHAINS:
+        a = tf.cast(tf.random.normal((n, n), dtype=tf.float32), dtype)
+
+        @tf.function
+        def chain(x):
+            for _ in range(reps):
+                x = tf.matmul(x, a) * tf.cast(1e-3, dtype)  # rescale: keep values finite
+            return x
+
+        chain(a).numpy()
+        _CHAINS[dtype, n, reps] = chain, a
+    chain, a = _CHAINS[dtype, n, reps]
     best = float("inf")
-    for _ in range(3):
+    for _ in range(tries):
         start = time.perf_counter()
         chain(a).numpy()
         best = min(best, time.perf_counter() - start)
@@ -89,16 +103,49 @@ def seed_style_batches(token_ids, labels, batch_size, seed):
             yield (ids, np.zeros_like(ids)), labels[rows, None]
 
 
-def time_fit(model, data, steps) -> float:
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # warm-up pass
+@dataclass
+class Variant:
+    name: str
+    batch_size: int
+    jit: bool
+    seed_style: bool
+    model: object = None
+    train: list = field(default_factory=list)  # samples/s per round
+    predict: list = field(default_factory=list)
+    share: list = field(default_factory=list)  # fraction of the adjacent float32 peak
+
+
+def train_pass(v: Variant, token_ids, labels, seed: int) -> float:
+    """Seconds for one epoch of training over ``token_ids``, shuffled with ``seed``."""
+    if v.seed_style:
+        feed = seed_style_batches(token_ids, labels, v.batch_size, seed)
+        steps = -(-len(token_ids) // v.batch_size)
+    else:
+        settings = Settings()
+        feed = BatchSequence(token_ids, labels, v.batch_size, shuffle=True, seed=seed,
+                             group_by_length=True, pad_multiple=settings.pad_multiple)  # fmt: skip
+        steps = len(feed)
     start = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    v.model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    return time.perf_counter() - start
+
+
+def predict_pass(v: Variant, token_ids, labels) -> float:
+    """Seconds to score ``token_ids`` once."""
+    start = time.perf_counter()
+    if v.seed_style:
+        steps = -(-len(token_ids) // v.batch_size)
+        gen = seed_style_batches(token_ids, labels, v.batch_size, 1)
+        v.model.predict(((next(gen)[0],) for _ in range(steps)), steps=steps, verbose=0)
+    else:
+        predict_in_order(v.model, token_ids, Settings().predict_batch_size)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1600, help="training sentences per timed pass")
+    parser.add_argument("--rows", type=int, default=1600, help="training sentences per pass")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes per variant")
     parser.add_argument("--bert-dir", default="pretrained/m3e-small")
     parser.add_argument("--train-path", default="data/train_shuffle.txt")
     args = parser.parse_args()
@@ -108,53 +155,65 @@ def main() -> None:
     token_ids = tokenizer.encode_all(data.texts[: args.rows])
     labels = data.labels[: args.rows].astype(np.float32)
     real_tokens = sum(len(t) for t in token_ids)
-    n_params = None
     print(f"{len(token_ids)} sentences, {real_tokens} real tokens "
           f"({real_tokens / len(token_ids):.1f} per sentence incl. [CLS]/[SEP])")  # fmt: skip
-    peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
-    print(f"matmul peak: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
+    peak32, peak16 = matmul_peak(tf.float32, tries=3), matmul_peak(tf.bfloat16, tries=3)
+    print(f"matmul peak at start: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
 
-    rows = {}
-    steps = int(np.ceil(len(token_ids) / 16))
-    for name, jit, seed_style in [("seed-style", False, True), ("ours", False, False),
-                                  ("ours+xla", True, False)]:  # fmt: skip
-        tf.keras.backend.clear_session()
-        model = build_model(settings.bert_dir, lr=1e-5, jit_compile=jit)
-        encoder_params = sum(
-            int(np.prod(w.shape)) for w in model.trainable_weights if "Embedding" not in w.name
-        )
-        n_params = n_params or encoder_params
-        if seed_style:
-            feed = seed_style_batches(token_ids, labels, 16, 0)
-        else:
-            feed = BatchSequence(token_ids, labels, 16, shuffle=True, group_by_length=True)
+    stage1 = DEFAULTS["stage1"]
+    variants = [
+        Variant("ours", stage1["batch_size"], stage1["jit_compile"], False),
+        Variant("ours-b16", 16, True, False),
+        Variant("seed-style", 16, False, True),
+    ]
+    ours = variants[0]
+    for v in variants:
+        v.model = build_model(settings.bert_dir, lr=1e-5, jit_compile=v.jit)
+        # Untimed: tracing, and XLA compilation of every batch shape (two reshuffled passes).
+        # Memory is measured here on the pipeline's model, built first and alone.
         with PeakRSS() as mem_train:
-            train_s = time_fit(model, feed, steps)
+            for seed in range(2 if v.jit else 1):
+                train_pass(v, token_ids, labels, seed=1000 + seed)
         with PeakRSS() as mem_pred:
-            if seed_style:
-                gen = seed_style_batches(token_ids, labels, 16, 1)
-                xs = ((next(gen)[0],) for _ in range(steps))
-                model.predict(xs, steps=steps, verbose=0)  # warm-up
-                start = time.perf_counter()
-                xs = ((next(gen)[0],) for _ in range(steps))
-                model.predict(xs, steps=steps, verbose=0)
-            else:
-                predict_in_order(model, token_ids, 256)
-                start = time.perf_counter()
-                predict_in_order(model, token_ids, 256)
-            pred_s = time.perf_counter() - start
-        flops = 6 * n_params * real_tokens / train_s / 1e9
-        rows[name] = (len(token_ids) / train_s, len(token_ids) / pred_s, flops)
-        print(f"{name:11s} train {rows[name][0]:6.1f} samples/s ({flops:5.1f} GFLOP/s on real "
-              f"tokens = {flops / peak32:5.1%} of float32 peak), predict {rows[name][1]:6.1f} "
-              f"samples/s; peak RSS train {mem_train.peak / 2**20:.0f} MiB, "
-              f"predict {mem_pred.peak / 2**20:.0f} MiB", flush=True)  # fmt: skip
-    print(f"encoder parameters (without embeddings): {n_params / 1e6:.1f} M "
+            predict_pass(v, token_ids, labels)
+        if v is ours:
+            print(f"peak RSS of the pipeline's model: training {mem_train.peak / 2**20:.0f} MiB, "
+                  f"prediction {mem_pred.peak / 2**20:.0f} MiB", flush=True)  # fmt: skip
+        gc.collect()
+    weights = [w for w in ours.model.trainable_weights if "Embedding" not in w.name]
+    n_params = sum(int(np.prod(w.shape)) for w in weights)
+    gflop = 6 * n_params * real_tokens / 1e9  # per training pass
+
+    peaks = []
+    for r in range(args.rounds):
+        for v in variants:
+            train_s = train_pass(v, token_ids, labels, seed=r)
+            peak = matmul_peak(tf.float32)
+            peaks.append(peak)
+            v.train.append(len(token_ids) / train_s)
+            v.share.append(gflop / train_s / peak)
+            v.predict.append(len(token_ids) / predict_pass(v, token_ids, labels))
+            print(f"round {r + 1} {v.name:10s} train {v.train[-1]:6.1f} samples/s "
+                  f"({gflop / train_s:5.1f} GFLOP/s, {v.share[-1]:5.1%} of the float32 peak "
+                  f"{peak:.0f} measured right after), predict {v.predict[-1]:6.1f} samples/s",
+                  flush=True)  # fmt: skip
+
+    med = np.median
+    print(f"\nencoder parameters (without embeddings): {n_params / 1e6:.1f} M "
           f"-> {6 * n_params / 1e6:.0f} MFLOP per real token in training")  # fmt: skip
-    base = rows["seed-style"]
-    for name in ("ours", "ours+xla"):
-        print(f"{name} vs seed-style: train x{rows[name][0] / base[0]:.2f}, "
-              f"predict x{rows[name][1] / base[1]:.2f}")  # fmt: skip
+    print(
+        f"float32 matmul peak over the rounds: median {med(peaks):.1f}, range "
+        f"{min(peaks):.1f}-{max(peaks):.1f} GFLOP/s; bfloat16 at start {peak16:.1f} GFLOP/s"
+    )
+    print(f"medians over {args.rounds} rounds:")
+    base = variants[-1]
+    for v in variants:
+        print(
+            f"  {v.name:10s} (batch {v.batch_size:2d}, XLA {'on ' if v.jit else 'off'}) "
+            f"train {med(v.train):6.1f} samples/s = {med(v.share):5.1%} of the float32 peak, "
+            f"x{med(np.divide(v.train, base.train)):.2f} the seed-style; predict "
+            f"{med(v.predict):6.1f} samples/s, x{med(np.divide(v.predict, base.predict)):.2f}"
+        )
 
 
 if __name__ == "__main__":

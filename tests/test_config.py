@@ -49,6 +49,11 @@ def test_dot_dot_is_normalised():
         ({"lr": -1e-5}, "lr"),
         ({"lr": 1.0}, "lr"),
         ({"lr": float("nan")}, "lr"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"warmup": 1.0}, "warmup"),
+        ({"warmup": -0.1}, "warmup"),
+        ({"warmup": True}, "warmup"),
+        ({"warmup": "0.1"}, "warmup"),
     ],
 )
 def test_invalid_settings_name_the_setting(kwargs, name):

@@ -19,6 +19,7 @@ from core.model import (
     build_head_model,
     build_model,
     copy_head_weights,
+    learning_rate,
 )
 
 CLS, SEP = 3, 4
@@ -225,6 +226,44 @@ def test_compiled_with_the_named_loss_and_lr(frozen, full):
     assert float(head.optimizer.learning_rate) == pytest.approx(2e-3)
     with pytest.raises(ValueError, match="focal"):
         build_head_model(HIDDEN, loss="focal")
+
+
+def test_constant_schedule_is_the_plain_rate():
+    assert learning_rate(3e-5) == 3e-5
+    assert learning_rate(3e-5, "constant", total_steps=100, warmup=0.5) == 3e-5
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = learning_rate(1e-4, "cosine", total_steps=100, warmup=0.1)
+    at = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert at[0] == pytest.approx(0.0, abs=1e-12)
+    assert at[1] == pytest.approx(5e-5)  # linear warm-up: halfway at step 5 of 10
+    assert at[2] == pytest.approx(1e-4)  # the peak at the end of the warm-up
+    assert at[3] == pytest.approx(5e-5)  # cosine: half the peak halfway through the decay
+    assert at[4] == pytest.approx(0.0, abs=1e-12)
+    no_warmup = learning_rate(1e-4, "cosine", total_steps=10)
+    assert float(no_warmup(0)) == pytest.approx(1e-4)
+    assert float(no_warmup(10)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [(("step",), "schedule="), (("cosine", 0), "total_steps="), (("cosine", 10, 1.0), "warmup=")],
+)
+def test_learning_rate_rejects_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        learning_rate(1e-4, *args)
+
+
+def test_model_compiles_with_a_schedule(tiny_bert_dir):
+    schedule = learning_rate(1e-3, "cosine", 10, 0.2)
+    model = build_model(tiny_bert_dir, lr=schedule)
+    ids = np.array([[CLS, 10, SEP]] * 8, dtype=np.int32)
+    model.fit((ids, np.zeros_like(ids)), np.ones((8, 1)), batch_size=2, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 4
+    # tf-keras reports the rate its last step used: step 3 (0-based), decaying past the peak.
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(3)))
+    assert 0 < float(schedule(3)) < 0.99e-3
 
 
 # ------------------------------------------------------------------ stage 2: head on cached outputs
