@@ -31,7 +31,7 @@ from tiny_run import flat_params, fold_files, make_tiny_inputs, subprocess_env
 
 from core.config import ROOT
 from core.io import read_json
-from core.pipeline import run_pipeline
+from core.pipeline import parse_sets, run_pipeline
 
 N_FOLDS, N_TRAIN, N_TEST = 3, 150, 40
 START_TIMEOUT = 240  # s until fold 1 is under way
@@ -47,7 +47,10 @@ def job(tmp_path_factory):
     run_dir = outputs / "runs" / "resume"
     sets = [f"{k}={v!r}" for k, v in flat_params(tiny.params).items()
             if k not in ("train_path", "test_path")]  # fmt: skip
-    assert {f"n_folds={N_FOLDS}", "stage1.epochs=3", "stage1.patience=3"} <= set(sets)
+    # The command line must rebuild exactly these parameters (3 epochs, so fold 1 runs a while).
+    paths = [f"{k}={str(getattr(tiny, k))!r}" for k in ("train_path", "test_path")]
+    assert parse_sets([*sets, *paths]) == tiny.params
+    assert tiny.params["stage1"]["epochs"] == 3 and tiny.params["common"]["n_folds"] == N_FOLDS
     cmd = [sys.executable, "-m", "core.pipeline", "--only", "stage1",
            "--train-path", str(tiny.train_path), "--test-path", str(tiny.test_path),
            *[arg for pair in sets for arg in ("--set", pair)],
