@@ -64,6 +64,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+PIPELINE = Settings()  # the pipeline's batch-width rounding and prediction batch size
 _CHAINS: dict = {}  # one traced matmul chain per (dtype, n, reps): traced once, reused
 
 
@@ -121,9 +122,8 @@ def train_pass(v: Variant, token_ids, labels, seed: int) -> float:
         feed = seed_style_batches(token_ids, labels, v.batch_size, seed)
         steps = -(-len(token_ids) // v.batch_size)
     else:
-        settings = Settings()
         feed = BatchSequence(token_ids, labels, v.batch_size, shuffle=True, seed=seed,
-                             group_by_length=True, pad_multiple=settings.pad_multiple)  # fmt: skip
+                             group_by_length=True, pad_multiple=PIPELINE.pad_multiple)  # fmt: skip
         steps = len(feed)
     start = time.perf_counter()
     v.model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
@@ -138,7 +138,7 @@ def predict_pass(v: Variant, token_ids, labels) -> float:
         gen = seed_style_batches(token_ids, labels, v.batch_size, 1)
         v.model.predict(((next(gen)[0],) for _ in range(steps)), steps=steps, verbose=0)
     else:
-        predict_in_order(v.model, token_ids, Settings().predict_batch_size)
+        predict_in_order(v.model, token_ids, PIPELINE.predict_batch_size)
     return time.perf_counter() - start
 
 
