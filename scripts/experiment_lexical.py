@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from core.config import Settings
 from core.data import read_labelled
 from core.ensemble import load_stage, stage_blend
+from core.io import read_json
 from core.metrics import auc
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     run_dir = settings.run_path(args.run_dir)
-    data = read_labelled(settings.train_path)
+    data = read_labelled(read_json(run_dir / "run.json")["train_path"])  # the run's own file
     folds = pd.read_csv(run_dir / "folds.csv")["fold"].to_numpy()
     stage = load_stage(run_dir, args.stage, int(folds.max()) + 1)
     labels, texts = np.asarray(data.labels), np.asarray(data.texts)
