@@ -37,6 +37,7 @@ class Settings:
     lr: float = 1e-5  # stage 1, encoder trainable (the peak rate under a schedule)
     schedule: str = "constant"  # or "cosine": warm-up then cosine decay to 0 over all epochs
     warmup: float = 0.0  # share of the training steps spent warming up (cosine schedule)
+    layer_decay: float = 1.0  # each encoder layer learns this much slower than the one above
     epochs: int = 3
     patience: int = 1  # epochs without a better validation AUC before stopping
     n_folds: int = 5
@@ -67,6 +68,14 @@ class Settings:
             or not (0 <= self.warmup < 1)
         ):
             raise ConfigError(f"setting warmup={self.warmup!r}: expected a number in [0, 1)")
+        if (
+            isinstance(self.layer_decay, bool)
+            or not isinstance(self.layer_decay, (int, float))
+            or not (0 < self.layer_decay <= 1)
+        ):
+            raise ConfigError(
+                f"setting layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1 = off)"
+            )
         if self.n_folds < 2:
             raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
         if not 0 < self.lr < 1:

@@ -180,6 +180,7 @@ def train_stage1(
     run_dir = Path(run_dir)
     inputs = inputs or prepare(settings, run_dir)
     params = {"lr": settings.lr, "schedule": settings.schedule, "warmup": settings.warmup,
+              "layer_decay": settings.layer_decay,
               "epochs": settings.epochs, "patience": settings.patience,
               "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,
               "group_by_length": settings.group_by_length, "jit_compile": settings.jit_compile,
@@ -198,7 +199,8 @@ def train_stage1(
     lr = learning_rate(settings.lr, settings.schedule, len(train_seq) * settings.epochs,
                        settings.warmup)  # fmt: skip
     with get_strategy(strategy).scope():
-        model = build_model(settings.bert_dir, lr=lr, jit_compile=settings.jit_compile)
+        model = build_model(settings.bert_dir, lr=lr, jit_compile=settings.jit_compile,
+                            layer_decay=settings.layer_decay)  # fmt: skip
     weights = out / "weights.h5"
 
     def predict_valid():
@@ -209,7 +211,7 @@ def train_stage1(
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
     history = model.fit(
-        train_seq,
+        train_seq.dataset(),
         epochs=settings.epochs,
         shuffle=False,
         verbose=0,

@@ -19,6 +19,7 @@ from tensorflow import keras
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import SCHEDULES
 from core.losses import get_loss
+from core.optimizer import LayerwiseAdam, layer_depth
 from core.pretrained import check_bert_dir
 
 # keras-bert and keras-self-attention share initializer instances across layers; tf-keras warns
@@ -129,10 +130,20 @@ def learning_rate(lr: float, schedule: str = "constant", total_steps: int = 0, w
 
 
 def compile_model(
-    model: keras.Model, loss: str = "bce", lr=1e-5, jit_compile: bool = False
+    model: keras.Model,
+    loss: str = "bce",
+    lr=1e-5,
+    jit_compile: bool = False,
+    layer_decay: float = 1.0,
 ) -> keras.Model:
-    """Adam at ``lr`` (a float or a schedule from ``learning_rate``) and the named loss."""
-    optimizer = keras.optimizers.Adam(learning_rate=lr)
+    """Adam at ``lr`` (a float or a schedule from ``learning_rate``) and the named loss; with
+    ``layer_decay`` < 1, each encoder layer below the top learns that much slower than the next.
+    """
+    if layer_decay == 1.0:
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    else:
+        top = max((layer_depth(w.name) or 0) for w in model.trainable_weights)
+        optimizer = LayerwiseAdam(layer_decay, top, learning_rate=lr)
     model.compile(optimizer=optimizer, loss=get_loss(loss), jit_compile=jit_compile)
     return model
 
@@ -143,13 +154,14 @@ def build_model(
     lr=1e-5,
     bert_trainable: bool = True,
     jit_compile: bool = False,
+    layer_decay: float = 1.0,
 ) -> keras.Model:
-    """Encoder + head, compiled with Adam at ``lr`` (float or schedule) and the named loss (XLA
-    if ``jit_compile``)."""
+    """Encoder + head, compiled with Adam at ``lr`` (float or schedule), the named loss (XLA if
+    ``jit_compile``) and layer-wise rate decay ``layer_decay`` (1 = off)."""
     encoder = load_encoder(bert_dir, trainable=bert_trainable)
     output = attach_head(encoder.output)
     model = keras.Model(encoder.inputs, output, name="classifier")
-    return compile_model(model, loss, lr, jit_compile)
+    return compile_model(model, loss, lr, jit_compile, layer_decay)
 
 
 def build_head_model(hidden_size: int, loss: str = "bce", lr: float = 1e-3) -> keras.Model:

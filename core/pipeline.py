@@ -47,6 +47,7 @@ DEFAULTS = {
         "lr": 1e-4,
         "schedule": "cosine",
         "warmup": 0.06,
+        "layer_decay": 1.0,
         "jit_compile": True,
         "strategy": "default",
     },

@@ -54,6 +54,9 @@ def test_dot_dot_is_normalised():
         ({"warmup": -0.1}, "warmup"),
         ({"warmup": True}, "warmup"),
         ({"warmup": "0.1"}, "warmup"),
+        ({"layer_decay": 0}, "layer_decay"),
+        ({"layer_decay": 1.2}, "layer_decay"),
+        ({"layer_decay": False}, "layer_decay"),
     ],
 )
 def test_invalid_settings_name_the_setting(kwargs, name):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow import keras
 
 from core.generator import BatchSequence, plan_batches, predict_in_order
@@ -124,15 +125,41 @@ def tiny_model() -> keras.Model:
     return model
 
 
+def test_dataset_gives_the_sequence_batches_and_reshuffles_each_epoch():
+    rows, labels = make_rows(40, seed=2), np.arange(40) % 2
+    seq = BatchSequence(rows, labels, batch_size=8, shuffle=True, seed=4, group_by_length=True)
+    twin = BatchSequence(rows, labels, batch_size=8, shuffle=True, seed=4, group_by_length=True)
+    ds = seq.dataset()
+    assert int(ds.cardinality()) == len(seq) == 5
+    assert ds.options().autotune.enabled is False  # see BatchSequence.dataset
+    epochs = []
+    for _ in range(2):
+        got = list(ds.as_numpy_iterator())
+        want = [twin[i] for i in range(len(twin))]
+        twin.on_epoch_end()
+        for ((ids, segs), y), ((want_ids, want_segs), want_y) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_array_equal(segs, want_segs)
+            np.testing.assert_array_equal(y, want_y)
+        epochs.append(np.concatenate([ids[:, 1] for (ids, _), _ in got]))
+    assert seq.epoch == 2
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order in the second epoch
+
+
+def test_dataset_without_labels_yields_inputs_only():
+    ((ids, segs),) = next(iter(BatchSequence(make_rows(5), batch_size=4).dataset()))
+    assert ids.dtype == tf.int32 and ids.shape[0] == 4 and segs.shape == ids.shape
+
+
 def test_fit_and_predict_in_order_end_to_end():
     keras.utils.set_random_seed(0)
     rows = make_rows(150, seed=3)
     labels = np.array([int(r[0] > VOCAB // 2) for r in rows])
     model = tiny_model()
     seq = BatchSequence(rows, labels, batch_size=16, shuffle=True, seed=0, group_by_length=True)
-    history = model.fit(seq, epochs=2, shuffle=False, verbose=0)
+    history = model.fit(seq.dataset(), epochs=2, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
-    assert seq.epoch == 2  # fit called on_epoch_end after each epoch
+    assert seq.epoch == 2  # the dataset redrew the plan after each epoch
 
     preds = predict_in_order(model, rows, batch_size=32, group_by_length=True)
     assert preds.shape == (150,) and preds.dtype == np.float64

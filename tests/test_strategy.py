@@ -92,7 +92,7 @@ rows = [np.concatenate([[3], rng.integers(6, vocab, size=int(n)), [4]])
         for n in rng.integers(2, 12, size=64)]
 labels = (np.arange(64) % 2).astype(np.float32)
 seq = BatchSequence(rows, labels, batch_size=16, shuffle=False)
-hist = model.fit(seq, epochs=1, shuffle=False, verbose=0)
+hist = model.fit(seq.dataset(), epochs=1, shuffle=False, verbose=0)  # as the engine
 preds = model.predict(BatchSequence(rows, batch_size=16), verbose=0)
 print("RESULT " + json.dumps({
     "replicas": strategy.num_replicas_in_sync,
