@@ -471,3 +471,32 @@ def choose_final(table: pd.DataFrame) -> str:
     if scores.isna().all():
         raise ValueError("no candidate has an OOF AUC (do the labels hold both classes?)")
     return str(table.loc[scores.idxmax(), "candidate"])
+
+
+def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
+    """Equal-weight rank average of one stage of several finished runs (other seeds, encoders or
+    machines). Nothing is fitted, so no label is used. The runs must share their folds
+    (``folds.csv``); each run's test score is the mean of its fold models, as in ``fold_mean``.
+    """
+    runs = [Path(r) for r in run_dirs]
+    if len(runs) < 2:
+        raise ValueError(f"blend_runs: expected at least two runs, got {len(runs)}")
+    folds = pd.read_csv(runs[0] / "folds.csv")
+    for run in runs[1:]:
+        if not pd.read_csv(run / "folds.csv").equals(folds):
+            raise ValueError(f"{run / 'folds.csv'}: not the folds of {runs[0]}; runs to blend "
+                             "must be made from the same training file and split")  # fmt: skip
+    n_folds = int(folds["fold"].max()) + 1
+    means = [fold_mean(load_stage(run, stage, n_folds)) for run in runs]
+    for run, m in zip(runs[1:], means[1:], strict=True):
+        if not np.array_equal(np.sort(m.test_ids), np.sort(means[0].test_ids)):
+            raise ValueError(f"{run}: scored other test ids than {runs[0]}")
+    order = [pd.Series(np.arange(len(m.test_ids)), index=m.test_ids) for m in means]
+    ids = means[0].test_ids
+    tests = [m.test[o.loc[ids].to_numpy()] for m, o in zip(means, order, strict=True)]
+    return Blend(
+        name=f"rank average of {len(runs)} runs' {stage}",
+        oof=rank_average([m.oof for m in means]),
+        test=rank_average(tests),
+        test_ids=ids,
+    )

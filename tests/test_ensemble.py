@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from core.ensemble import (
     WEIGHT_GRID,
     MissingOutputsError,
+    blend_runs,
     candidates,
     choose_final,
     fold_mean,
@@ -272,3 +273,38 @@ def test_results_table_and_choose_final(run):
     out = blends[best]
     assert out.test.shape == (60,) and np.array_equal(out.test_ids, s1.test["id"])
     assert ((out.test >= 0) & (out.test <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- across runs
+
+
+def test_blend_runs_rank_averages_the_runs(tmp_path):
+    # The same seed: the same labels and folds; a stronger stage 1 in run b.
+    a, labels, _ = make_run(tmp_path / "a")
+    b, _, _ = make_run(tmp_path / "b", strengths={"stage1": 3.0})
+    blend = blend_runs([a, b], "stage1")
+    sa, sb = load_stage(a, "stage1", N_FOLDS), load_stage(b, "stage1", N_FOLDS)
+    np.testing.assert_allclose(blend.oof, rank_average([sa.oof["pred"], sb.oof["pred"]]))
+    assert auc(labels, blend.oof) > auc(labels, sa.oof["pred"])  # the stronger run helps
+    np.testing.assert_array_equal(blend.test_ids, sa.test["id"])
+    tests = [fold_mean(s).test for s in (sa, sb)]
+    np.testing.assert_allclose(blend.test, rank_average(tests))
+
+
+def test_blend_runs_aligns_test_ids_in_another_order(tmp_path):
+    (a, _, _), (b, _, _) = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    for k in range(N_FOLDS):  # run b lists its test rows backwards
+        path = b / "stage1" / f"fold{k}" / "test.csv"
+        write_csv(path, pd.read_csv(path).iloc[::-1])
+    blend = blend_runs([a, b], "stage1")
+    # b holds the same predictions as a (same seed), so the blend must equal a's own ranks
+    own = fold_mean(load_stage(a, "stage1", N_FOLDS)).test
+    np.testing.assert_allclose(blend.test, rank_average([own]))
+
+
+def test_blend_runs_refuses_other_folds_and_a_single_run(tmp_path):
+    (a, _, _), (b, _, _) = make_run(tmp_path / "a"), make_run(tmp_path / "b", seed=1)
+    with pytest.raises(ValueError, match="folds.csv"):
+        blend_runs([a, b])
+    with pytest.raises(ValueError, match="at least two runs"):
+        blend_runs([a])
