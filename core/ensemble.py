@@ -474,8 +474,8 @@ def choose_final(table: pd.DataFrame) -> str:
 
 
 def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
-    """Equal-weight rank average of one stage of several finished runs (other seeds, encoders or
-    machines). Nothing is fitted, so no label is used. The runs must share their folds
+    """Equal-weight rank average of one stage of several finished runs (other encoders, learning
+    rates or machines). Nothing is fitted, so no label is used. The runs must share their folds
     (``folds.csv``); each run's test score is the mean of its fold models, as in ``fold_mean``.
     """
     runs = [Path(r) for r in run_dirs]

@@ -111,8 +111,9 @@ class BatchSequence(keras.utils.Sequence):
         plan redrawn (reshuffled) after each pass, the next batch prepared during a step.
 
         tf.data's autotuning is switched off. With it on, as when tf-keras wraps a Sequence
-        itself, deleting an epoch's iterator waits for the autotuner's next wake-up, whose
-        period doubles up to 20.5 s: each epoch of ``fit`` ended with a stall of up to 20 s.
+        itself (and recreates its iterator every epoch), deleting the iterator could wait up to
+        20 s, apparently for the autotuner's next wake-up: ``fit`` calls ended on a 20.5 s grid
+        (docs/experiments.md, throughput, session 3).
         """
 
         def one_epoch():
