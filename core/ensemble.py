@@ -473,11 +473,9 @@ def choose_final(table: pd.DataFrame) -> str:
     return str(table.loc[scores.idxmax(), "candidate"])
 
 
-def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
-    """Equal-weight rank average of one stage of several finished runs (other encoders, learning
-    rates or machines). Nothing is fitted, so no label is used. The runs must share their folds
-    (``folds.csv``); each run's test score is the mean of its fold models, as in ``fold_mean``.
-    """
+def load_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> list[StagePredictions]:
+    """One finished stage of each of several runs, checked to share their folds (``folds.csv``)
+    and test ids, for ``rank_blend``."""
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise ValueError(f"blend_runs: expected at least two runs, got {len(runs)}")
@@ -487,16 +485,29 @@ def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
             raise ValueError(f"{run / 'folds.csv'}: not the folds of {runs[0]}; runs to blend "
                              "must be made from the same training file and split")  # fmt: skip
     n_folds = int(folds["fold"].max()) + 1
-    means = [fold_mean(load_stage(run, stage, n_folds)) for run in runs]
-    for run, m in zip(runs[1:], means[1:], strict=True):
-        if not np.array_equal(np.sort(m.test_ids), np.sort(means[0].test_ids)):
+    stages = [load_stage(run, stage, n_folds) for run in runs]
+    ids = set(stages[0].test["id"])
+    for run, st in zip(runs[1:], stages[1:], strict=True):
+        if len(st.test) != len(ids) or set(st.test["id"]) != ids:
             raise ValueError(f"{run}: scored other test ids than {runs[0]}")
-    order = [pd.Series(np.arange(len(m.test_ids)), index=m.test_ids) for m in means]
+    return stages
+
+
+def rank_blend(stages: Sequence[StagePredictions]) -> Blend:
+    """Equal-weight rank average of stages from runs on the same folds (``load_runs``). Nothing
+    is fitted, so no label is used; each run's test score is its fold mean (``fold_mean``)."""
+    means = [fold_mean(st) for st in stages]
     ids = means[0].test_ids
-    tests = [m.test[o.loc[ids].to_numpy()] for m, o in zip(means, order, strict=True)]
+    tests = [pd.Series(m.test, index=m.test_ids).loc[ids].to_numpy() for m in means]
     return Blend(
-        name=f"rank average of {len(runs)} runs' {stage}",
+        name=f"rank average of {len(stages)} runs' {stages[0].stage}",
         oof=rank_average([m.oof for m in means]),
         test=rank_average(tests),
         test_ids=ids,
     )
+
+
+def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
+    """``rank_blend`` of one stage of several finished runs (other encoders, learning rates or
+    machines) that share their folds."""
+    return rank_blend(load_runs(run_dirs, stage))

@@ -153,8 +153,9 @@ def pass_seconds(v: Variant, token_ids, labels, seed: int) -> float:
     """The training time a variant is charged for one epoch.
 
     Ours: the whole ``fit`` call. Seed-style: the call minus its teardown, in which tf-keras's
-    tf.data iterator waits for the autotuner's next wake-up (up to 20 s): the seed's ``fit``
-    runs all its epochs on one iterator and pays that once per training, not once per epoch.
+    tf.data iterator can wait up to 20 s (docs/experiments.md, throughput, session 3): the
+    seed's ``fit`` runs all its epochs on one iterator and pays that once per training, not
+    once per epoch.
     """
     total, teardown = train_pass(v, token_ids, labels, seed)
     v.teardown.append(teardown)

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/blend_runs.py RUN RUN [RUN ...] [--stage stage1] [--out FILE]
 
 Every run must have finished the stage on the same training file and folds (both checked);
-``core.ensemble.blend_runs`` averages normalised ranks of the runs' out-of-fold predictions and of
+``core.ensemble.rank_blend`` averages normalised ranks of the runs' out-of-fold predictions and of
 their fold-mean test predictions. No weight is fitted, so no row's label is used. Prints each
 run's OOF AUC and the blend's, and with ``--out`` writes the blend's test predictions as a
 checked submission (inside ``outputs/``).
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from core.config import Settings
 from core.data import read_unlabelled
-from core.ensemble import blend_runs, load_stage
+from core.ensemble import load_runs, rank_blend
 from core.io import read_json
 from core.metrics import auc
 from core.submission import write_submission
@@ -37,12 +35,11 @@ def main() -> None:
     sha = {read_json(run / "run.json")["train_sha256"] for run in runs}
     if len(sha) > 1:
         raise SystemExit(f"the runs were trained on different files (sha256 {sorted(sha)})")
-    blend = blend_runs(runs, args.stage)
-    n_folds = int(pd.read_csv(runs[0] / "folds.csv")["fold"].max()) + 1
-    labels = load_stage(runs[0], args.stage, n_folds).oof["label"].to_numpy()
-    for run in runs:
-        oof = load_stage(run, args.stage, n_folds).oof["pred"].to_numpy(dtype=float)
-        print(f"{run.name}: {args.stage} OOF AUC {auc(labels, oof):.4f}")
+    stages = load_runs(runs, args.stage)
+    blend = rank_blend(stages)
+    labels = stages[0].oof["label"].to_numpy()
+    for run, st in zip(runs, stages, strict=True):
+        print(f"{run.name}: {args.stage} OOF AUC {auc(labels, st.oof['pred']):.4f}")
     print(f"{blend.name}: OOF AUC {auc(labels, blend.oof):.4f}")
     if args.out:
         out = settings.run_path(args.out, "--out")
