@@ -41,7 +41,10 @@ class Settings:
     epochs: int = 3
     patience: int = 1  # epochs without a better validation AUC before stopping
     n_folds: int = 5
-    seed: int = 2020
+    seed: int = 2020  # the fold split; also the training seed unless train_seed is set
+    # Training randomness (head initialisation, dropout, batch order) on the same folds; None =
+    # ``seed``. Runs that differ only here make a seed ensemble (scripts/blend_runs.py).
+    train_seed: int | None = None
     group_by_length: bool = True
     # XLA-compiled training steps: 2.6x the throughput on this CPU (scripts/benchmark_throughput).
     jit_compile: bool = True
@@ -76,10 +79,21 @@ class Settings:
             raise ConfigError(
                 f"setting layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1 = off)"
             )
+        for name in ("seed", "train_seed"):
+            value = getattr(self, name)
+            if value is None and name == "train_seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"setting {name}={value!r}: expected an integer >= 0")
         if self.n_folds < 2:
             raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
         if not 0 < self.lr < 1:
             raise ConfigError(f"setting lr={self.lr}: expected a learning rate in (0, 1)")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of training's randomness: ``train_seed``, or ``seed`` when that is None."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     def check_fold(self, fold: int) -> int:
         """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones."""

@@ -117,11 +117,15 @@ class Progress(keras.callbacks.Callback):
                   file=sys.stderr, flush=True)  # fmt: skip
 
 
-def _already_done(settings: Settings, run_dir: Path, stage: str, fold: int) -> dict | None:
-    """Validate ``fold``; return the fold's summary if it already finished (a resumed run)."""
+def _already_done(
+    settings: Settings, run_dir: Path, stage: str, fold: int, params: dict
+) -> dict | None:
+    """Validate ``fold``; return the fold's summary if it already finished (a resumed run) with
+    these stage ``params`` — other ones raise RunMismatchError rather than pass off its results."""
     settings.check_fold(fold)
     done = fold_done(Path(run_dir), stage, fold)
     if done:
+        open_stage(Path(run_dir) / stage, params)  # its params.json exists: this checks them
         print(f"{stage} fold {fold}: already complete in {run_dir}, not recomputed")
     return done
 
@@ -175,25 +179,25 @@ def train_stage1(
     strategy: str = "default",
 ) -> dict:
     """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
-    if done := _already_done(settings, run_dir, "stage1", fold):
-        return done
-    run_dir = Path(run_dir)
-    inputs = inputs or prepare(settings, run_dir)
     params = {"lr": settings.lr, "schedule": settings.schedule, "warmup": settings.warmup,
-              "layer_decay": settings.layer_decay,
+              "layer_decay": settings.layer_decay, "train_seed": settings.train_seed,
               "epochs": settings.epochs, "patience": settings.patience,
               "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,
               "group_by_length": settings.group_by_length, "jit_compile": settings.jit_compile,
               "pad_multiple": settings.pad_multiple}  # fmt: skip
+    if done := _already_done(settings, run_dir, "stage1", fold, params):
+        return done
+    run_dir = Path(run_dir)
+    inputs = inputs or prepare(settings, run_dir)
     open_stage(run_dir / "stage1", params)
     out = fold_dir(run_dir, "stage1", fold)
-    keras.utils.set_random_seed(settings.seed + fold)
+    keras.utils.set_random_seed(settings.training_seed + fold)
     train_rows = np.flatnonzero(inputs.folds != fold)
     valid_rows = np.flatnonzero(inputs.folds == fold)
     pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
 
     train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
-                              settings.batch_size, shuffle=True, seed=settings.seed + fold,
+                              settings.batch_size, shuffle=True, seed=settings.training_seed + fold,
                               group_by_length=settings.group_by_length,
                               pad_multiple=settings.pad_multiple)  # fmt: skip
     lr = learning_rate(settings.lr, settings.schedule, len(train_seq) * settings.epochs,
@@ -250,7 +254,10 @@ def train_stage2(
     inputs: Inputs | None = None,
 ) -> dict:
     """Freeze the stage-1 encoder of ``fold`` and train its head with ``loss`` on cached outputs."""
-    if done := _already_done(settings, run_dir, "stage2", fold):
+    batch_size = batch_size or settings.batch_size
+    params = {"loss": loss, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+              "patience": settings.patience, "train_seed": settings.train_seed}  # fmt: skip
+    if done := _already_done(settings, run_dir, "stage2", fold, params):
         return done
     run_dir = Path(run_dir)
     stage1 = fold_dir(run_dir, "stage1", fold)
@@ -261,12 +268,9 @@ def train_stage2(
             f"{NOTEBOOKS['stage1']} out.ipynb -p fold {fold} -p run_dir {run_dir}"
         )
     inputs = inputs or prepare(settings, run_dir)
-    batch_size = batch_size or settings.batch_size
-    params = {"loss": loss, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-              "patience": settings.patience}  # fmt: skip
     open_stage(run_dir / "stage2", params)
     out = fold_dir(run_dir, "stage2", fold)
-    keras.utils.set_random_seed(settings.seed + fold)
+    keras.utils.set_random_seed(settings.training_seed + fold)
     start = time.time()
 
     full = build_model(settings.bert_dir, bert_trainable=False)

@@ -36,6 +36,7 @@ DEFAULTS = {
         "maxlen": 20,
         "n_folds": 5,
         "seed": 2020,
+        "train_seed": None,
     },
     "eda": {},
     # Larger batches and a decaying rate than the seed's (16, constant 1e-5): see
@@ -43,8 +44,8 @@ DEFAULTS = {
     "stage1": {
         "epochs": 3,
         "patience": 1,
-        "batch_size": 32,
-        "lr": 1e-4,
+        "batch_size": 64,  # same OOF AUC as 32 at lr 1e-4, 13-29 % more samples/s
+        "lr": 1.4e-4,
         "schedule": "cosine",
         "warmup": 0.06,
         "layer_decay": 1.0,

@@ -57,6 +57,11 @@ def test_dot_dot_is_normalised():
         ({"layer_decay": 0}, "layer_decay"),
         ({"layer_decay": 1.2}, "layer_decay"),
         ({"layer_decay": False}, "layer_decay"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"train_seed": -1}, "train_seed"),
+        ({"train_seed": "7"}, "train_seed"),
+        ({"train_seed": True}, "train_seed"),
     ],
 )
 def test_invalid_settings_name_the_setting(kwargs, name):
@@ -149,3 +154,9 @@ def test_resolve_relative_and_absolute(tmp_path):
 def test_settings_reject_nul_in_a_path():
     with pytest.raises(ConfigError):
         Settings(train_path="data/\x00train.txt")
+
+
+def test_training_seed_is_seed_unless_train_seed_is_set():
+    assert Settings(seed=11).training_seed == 11
+    assert Settings(seed=11, train_seed=0).training_seed == 0
+    assert Settings(seed=11, train_seed=5).seed == 11  # the folds do not move

@@ -215,15 +215,31 @@ def cli_params(tiny) -> dict:
 
 
 def test_papermill_cli_runs_one_fold(run, tiny, tmp_path):
-    """The documented command, pointed at the tiny run: parameters typed on the command line
-    pass the run folder's identity check, and the finished fold is reused, not recomputed."""
+    """The documented command, pointed at the tiny run with the run's stage-1 parameters typed on
+    the command line: they pass the run folder's checks, and the finished fold is reused."""
     files = fold_files(run, "stage1", 0)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, fold=0, epochs=1, lr=0.001,
-                     run_dir=run.relative_to(ROOT), **cli_params(tiny))  # fmt: skip
+    proc = papermill("notebooks/02_cv.ipynb", out, fold=0, run_dir=run.relative_to(ROOT),
+                     **cli_params(tiny), **tiny.params["stage1"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already complete" in out.read_text(encoding="utf-8")
+    assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
+
+
+@pytest.mark.parametrize("change", [{"train_seed": 7}, {"lr": 0.002}])
+def test_papermill_cli_refuses_a_finished_fold_made_differently(run, tiny, tmp_path, change):
+    """A finished fold is not passed off as the result of other training parameters."""
+    files = fold_files(run, "stage1", 1)
+    before = {name: p.stat().st_mtime_ns for name, p in files.items()}
+    params = {**tiny.params["stage1"], **change}
+    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", fold=1,
+                     run_dir=run.relative_to(ROOT), **cli_params(tiny), **params)  # fmt: skip
+    assert proc.returncode != 0
+    assert "RunMismatchError" in proc.stderr, proc.stderr[-3000:]
+    [(name, value)] = change.items()
+    saved = read_json(run / "stage1" / "params.json")[name]
+    assert f"{name}: was {saved!r}, now {value!r}" in proc.stderr
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
 

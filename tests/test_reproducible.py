@@ -95,6 +95,28 @@ def test_other_seed_in_the_same_run_folder_is_refused(twin_runs):
         open_run(twin_runs["runs"][0], other, np.arange(120))
 
 
+@pytest.mark.parametrize("train_seed", [2020, 7])
+def test_train_seed_changes_the_model_not_the_folds(twin_runs, tmp_path, train_seed):
+    """``train_seed`` = ``seed`` is the default run; another value trains another model on the
+    same folds (what a seed ensemble needs)."""
+    from core import engine
+
+    settings = dataclasses.replace(twin_runs["settings"], train_seed=train_seed,
+                                   output_dir=tmp_path)  # fmt: skip
+    run, default = tmp_path / "run", twin_runs["runs"][0]
+    engine.train_stage1(settings, 0, run)
+    folds = [pd.read_csv(r / "folds.csv") for r in (run, default)]
+    pd.testing.assert_frame_equal(*folds)
+    ours, base = (pd.read_csv(r / "stage1" / "fold0" / "oof.csv") for r in (run, default))
+    assert ours["row"].tolist() == base["row"].tolist()
+    diff = float(np.abs(ours["pred"] - base["pred"]).max())
+    if train_seed == 2020:
+        assert diff <= TOLERANCE
+    else:
+        assert diff > 1e-3, f"train_seed=7 gave the default model (max abs difference {diff:.3g})"
+    assert json.loads((run / "stage1" / "params.json").read_text())["train_seed"] == train_seed
+
+
 @pytest.mark.skipif(not HAS_XLA_SETTING, reason="no jit_compile setting")
 def test_xla_training_is_reproducible_in_one_process():
     """A dense model with dropout, compiled by ``core.model.compile_model(jit_compile=True)``
