@@ -308,9 +308,13 @@ def main(argv=None) -> int:
     results = run_dir / "ensemble" / "results.json"
     if results.exists():
         print(json.dumps(read_json(results).get("headline", {}), indent=2))
-    print(
-        f"review: {run_dir / 'index.html'}\nsubmission: {run_dir / 'ensemble' / 'submission.csv'}"
-    )
+    submission = run_dir / "ensemble" / "submission.csv"
+    print(f"review: {run_dir / 'index.html'}")
+    # A part of a run (--only, --folds) writes no submission: do not point at one that is not there.
+    if submission.exists():
+        print(f"submission: {submission}")
+    else:
+        print("submission: none yet (the same command without --only/--folds finishes the run)")
     return 0
 
 

@@ -179,6 +179,8 @@ def test_rerun_keeps_fold0_and_finishes_the_rest(job, killed, resumed):
     assert snapshot(run_dir / "stage1" / "fold0") == killed["fold0"]  # same bytes, same mtimes
     log = resumed["log"].read_text(encoding="utf-8", errors="replace")
     assert "stage1-fold0: complete, skipped" in log
+    assert "submission: none yet" in log  # --only stage1 writes none; the CLI must not point at one
+    assert not (run_dir / "ensemble").exists()
     oofs = []
     for k in range(N_FOLDS):
         assert all(p.is_file() for p in fold_files(run_dir, "stage1", k).values()), k
