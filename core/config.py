@@ -79,10 +79,10 @@ class Settings:
             raise ConfigError(
                 f"setting layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1 = off)"
             )
-        for name in ("seed", "train_seed"):
-            value = getattr(self, name)
-            if value is None and name == "train_seed":
-                continue
+        seeds = {"seed": self.seed}
+        if self.train_seed is not None:  # None: training uses ``seed``
+            seeds["train_seed"] = self.train_seed
+        for name, value in seeds.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"setting {name}={value!r}: expected an integer >= 0")
         if self.n_folds < 2:

@@ -508,6 +508,6 @@ def rank_blend(stages: Sequence[StagePredictions]) -> Blend:
 
 
 def blend_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> Blend:
-    """``rank_blend`` of one stage of several finished runs (other encoders, learning rates or
-    machines) that share their folds."""
+    """``rank_blend`` of one stage of several finished runs that share their folds: other
+    encoders, learning rates, machines, or training draws (``train_seed``)."""
     return rank_blend(load_runs(run_dirs, stage))
