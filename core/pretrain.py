@@ -6,8 +6,10 @@ train AND test sentences, unlabelled: labels are never read. The result is a Goo
 folder (``bert_config.json``, ``vocab.txt``, ``bert_model.ckpt.*``) that every later stage uses
 through ``bert_dir``.
 
-The model is keras-bert's training model (``training=True``) cut to its MLM output: NSP means
-nothing for single sentences. Its encoder starts from ``bert_dir``; the MLM head (``MLM-Dense``,
+The model is keras-bert's training model (``training=True``) with its MLM head read only at the
+masked positions (BERT's ``masked_lm_positions``): the vocabulary-wide softmax is most of the
+cost, and only about 15 % of the positions are predicted. NSP means nothing for single sentences
+and is dropped. Its encoder starts from ``bert_dir``; the MLM head (``MLM-Dense``,
 ``MLM-Norm`` and the output bias of ``MLM-Sim``, whose output matrix is the token embedding) starts
 from the checkpoint's ``cls/predictions/*`` if present, else fresh. Everything trained is written
 back under Google's names, head included, so a later run can continue from the written folder.
@@ -52,7 +54,9 @@ __all__ = [
     "encoder_of",
     "google_tensors",
     "mask_batch",
+    "max_predictions",
     "pad_ids",
+    "prediction_slots",
     "pretrain",
     "special_token_ids",
     "task_texts",
@@ -114,15 +118,33 @@ def _layer_names(n_layers: int) -> dict[str, list[str]]:
 # ---------------------------------------------------------------- model
 
 
-def build_mlm_model(
-    bert_dir: str | Path, lr: float = 5e-5, seq_len: int = 22, jit_compile: bool = False
-) -> keras.Model:
-    """keras-bert's training model cut to its MLM output, weights from ``bert_dir``, compiled.
+class GatherPositions(keras.layers.Layer):
+    """``[sequence (B, L, H), positions (B, K), valid (B, K)]`` -> ``(B, K, H)``, masked where
+    ``valid`` is 0, so the loss and metrics average over the real slots only."""
 
-    Inputs ``[Input-Token, Input-Segment, Input-Masked]`` of width ``seq_len`` (token id 0 is
-    padding; ``Input-Masked`` is 1 at positions to predict); output the vocabulary softmax at every
-    position, masked by keras-bert's ``Masked`` layer so the loss (sparse cross-entropy) and the
-    ``accuracy`` metric average over the predicted positions only. Adam at ``lr``.
+    def call(self, inputs):
+        sequence, positions, _ = inputs
+        return tf.gather(sequence, positions, batch_dims=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return tf.cast(inputs[2], tf.bool)
+
+
+def build_mlm_model(
+    bert_dir: str | Path,
+    lr: float = 5e-5,
+    seq_len: int = 22,
+    jit_compile: bool = False,
+    n_predictions: int = 4,
+) -> keras.Model:
+    """keras-bert's training model with its MLM head at the masked positions, weights from
+    ``bert_dir``, compiled.
+
+    Inputs ``[Input-Token, Input-Segment]`` of width ``seq_len`` (token id 0 is padding) and
+    ``[Input-Positions, Input-Valid]`` of width ``n_predictions`` (``prediction_slots``); output
+    the vocabulary softmax at those positions, masked where ``Input-Valid`` is 0 so the loss
+    (sparse cross-entropy) and the ``accuracy`` metric average over the predicted positions only.
+    Adam at ``lr``.
     """
     bert_dir = Path(bert_dir)
     check_bert_dir(bert_dir)
@@ -136,7 +158,13 @@ def build_mlm_model(
     for layer, variables in _HEAD.items():  # continue an earlier MLM run's head where there is one
         if all(v in present for v in variables):
             full.get_layer(layer).set_weights([tf.train.load_variable(ckpt, v) for v in variables])
-    model = keras.Model(full.inputs, full.get_layer("MLM").output, name="mlm")
+    # The same head layers (so the same weights and Google names), called on the gathered slots.
+    positions = keras.Input((n_predictions,), dtype="int32", name="Input-Positions")
+    valid = keras.Input((n_predictions,), dtype="int32", name="Input-Valid")
+    x = GatherPositions(name="MLM-Gather")([_last_encoder_layer(full).output, positions, valid])
+    x = full.get_layer("MLM-Norm")(full.get_layer("MLM-Dense")(x))
+    output = full.get_layer("MLM-Sim")([x, full.get_layer("Embedding-Token").output[1]])
+    model = keras.Model([*full.inputs[:2], positions, valid], output, name="mlm")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -146,15 +174,18 @@ def build_mlm_model(
     return model
 
 
-def encoder_of(model: keras.Model) -> keras.Model:
-    """The encoder part of an MLM model: (tokens, segments) -> last layer's output."""
+def _last_encoder_layer(model: keras.Model) -> keras.layers.Layer:
     last = max(
         int(layer.name.split("-")[1])
         for layer in model.layers
         if layer.name.startswith("Encoder-") and layer.name.endswith("-FeedForward-Norm")
     )
-    output = model.get_layer(f"Encoder-{last}-FeedForward-Norm").output
-    return keras.Model(model.inputs[:2], output, name="encoder")
+    return model.get_layer(f"Encoder-{last}-FeedForward-Norm")
+
+
+def encoder_of(model: keras.Model) -> keras.Model:
+    """The encoder part of an MLM model: (tokens, segments) -> last layer's output."""
+    return keras.Model(model.inputs[:2], _last_encoder_layer(model).output, name="encoder")
 
 
 def google_tensors(model: keras.Model, source_dir: str | Path) -> dict[str, np.ndarray]:
@@ -250,6 +281,34 @@ def mask_batch(
         tokens[row, swap] = rng.choice(replacements, size=len(swap))
     inputs = [tokens, np.zeros_like(tokens), masked]
     return inputs, token_ids.astype(np.int32)[..., None]
+
+
+def max_predictions(maxlen: int, rate: float) -> int:
+    """The most positions ``mask_batch`` can choose in a row of at most ``maxlen`` maskable
+    tokens: ``floor(n * rate + u)`` with ``u < 1`` never exceeds ``floor(maxlen * rate) + 1``."""
+    return math.floor(maxlen * rate) + 1
+
+
+def prediction_slots(
+    inputs: list[np.ndarray], target: np.ndarray, n_predictions: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``mask_batch``'s ``(inputs, target)`` -> the MLM model's: each row's masked positions in
+    ``n_predictions`` slots (in order, then position 0 marked invalid), and their original ids.
+
+    Returns ``[tokens, segments, positions, valid]`` and the target ``(batch, n_predictions, 1)``.
+    """
+    tokens, segments, masked = inputs
+    counts = masked.sum(axis=1)
+    if counts.max(initial=0) > n_predictions:
+        row = int(counts.argmax())
+        raise ValueError(f"row {row} has {counts[row]} masked positions, more than "
+                         f"n_predictions={n_predictions}")  # fmt: skip
+    # A stable sort on "not masked" puts each row's masked positions first, in order.
+    order = np.argsort(masked == 0, axis=1, kind="stable")[:, :n_predictions]
+    valid = np.take_along_axis(masked, order, axis=1).astype(np.int32)
+    positions = np.where(valid == 1, order, 0).astype(np.int32)
+    slot_target = np.take_along_axis(target[..., 0], positions, axis=1)[..., None]
+    return [tokens, segments, positions, valid], slot_target.astype(np.int32)
 
 
 def task_texts(train_path: str | Path, test_path: str | Path) -> tuple[list[str], dict[str, str]]:
@@ -353,7 +412,9 @@ def pretrain(
 
     keras.utils.set_random_seed(seed)  # head initialisation and dropout
     rng = np.random.default_rng(seed)  # masks and order
-    model = build_mlm_model(bert_dir, lr, seq_len=maxlen + 2, jit_compile=jit_compile)
+    n_predictions = max_predictions(maxlen, mask_rate)
+    model = build_mlm_model(bert_dir, lr, seq_len=maxlen + 2, jit_compile=jit_compile,
+                            n_predictions=n_predictions)  # fmt: skip
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -363,12 +424,14 @@ def pretrain(
         order = rng.permutation(len(ids))[: max(len(ids) // batch_size, 1) * batch_size]
         inputs, target = mask_batch(ids[order], rng, config["vocab_size"], specials.values(),
                                     mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
+        n_masked = int(inputs[2].sum())
+        inputs, target = prediction_slots(inputs, target, n_predictions)
         fit = model.fit(inputs, target, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         for key in history:
             history[key].append(float(fit.history[key][-1]))
         if verbose:
             print(f"epoch {epoch}/{epochs}: masked-token loss {history['loss'][-1]:.4f}, "
-                  f"accuracy {history['accuracy'][-1]:.4f} ({int(inputs[2].sum()):,} masked "
+                  f"accuracy {history['accuracy'][-1]:.4f} ({n_masked:,} masked "
                   f"tokens, {time.perf_counter() - tick:.0f} s)", flush=True)  # fmt: skip
     seconds = time.perf_counter() - start
 

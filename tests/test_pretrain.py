@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_VOCAB
+from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 
 from core.model import load_encoder
 from core.pretrain import (
@@ -17,7 +18,9 @@ from core.pretrain import (
     build_mlm_model,
     encoder_of,
     mask_batch,
+    max_predictions,
     pad_ids,
+    prediction_slots,
     pretrain,
     special_token_ids,
 )
@@ -119,12 +122,38 @@ def test_mlm_model_head_and_masked_loss(tiny_bert_dir, headless_dir):
 
     ids = _rows(np.random.default_rng(4), 8, 3, 10)
     inputs, target = _mask(ids, rate=0.3)
-    loss, acc = model.evaluate(inputs, target, batch_size=8, verbose=0)
-    probs = model.predict(inputs, verbose=0)
-    picked = np.take_along_axis(probs, target, axis=-1)[..., 0]
     sel = inputs[2].astype(bool)
+    slot_inputs, slot_target = prediction_slots(inputs, target, max_predictions(10, 0.3))
+    loss, acc = model.evaluate(slot_inputs, slot_target, batch_size=8, verbose=0)
+
+    # Reference: keras-bert's own MLM output at every position, same weights, read where masked.
+    full, config = build_model_from_config(str(tiny_bert_dir / "bert_config.json"),
+                                           training=True, seq_len=12)  # fmt: skip
+    load_model_weights_from_checkpoint(full, config, ckpt, training=True)
+    probs = full.predict(inputs, verbose=0)[0]
+    picked = np.take_along_axis(probs, target, axis=-1)[..., 0]
     assert loss == pytest.approx(-np.log(picked[sel]).mean(), rel=1e-4)  # masked tokens only
     assert acc == pytest.approx((probs.argmax(-1) == ids)[sel].mean())
+    slot_probs = model.predict(slot_inputs, verbose=0)
+    np.testing.assert_allclose(slot_probs[slot_inputs[3] == 1], probs[sel], atol=1e-6)
+
+
+def test_prediction_slots_hold_every_masked_position():
+    ids = _rows(np.random.default_rng(6), 3000, 1, 20)  # 1-19 characters, maxlen 20 as default
+    inputs, target = _mask(ids)
+    k = max_predictions(20, 0.15)
+    assert k == 4 and inputs[2].sum(axis=1).max() <= k  # the bound holds on 3,000 rows
+    (tokens, segments, positions, valid), slot_target = prediction_slots(inputs, target, k)
+    assert positions.shape == valid.shape == slot_target.shape[:2] == (len(ids), k)
+    assert (tokens == inputs[0]).all() and (segments == inputs[1]).all()
+    for row in range(len(ids)):
+        where = np.flatnonzero(inputs[2][row])
+        n = len(where)
+        assert (positions[row, :n] == where).all() and valid[row, :n].all()
+        assert not valid[row, n:].any() and not positions[row, n:].any()
+        assert (slot_target[row, :n, 0] == ids[row, where]).all()
+    with pytest.raises(ValueError, match="n_predictions=1"):
+        prediction_slots(inputs, target, 1)
 
 
 def test_pretrain_writes_exact_folder_and_resumes(headless_dir, tmp_path):
