@@ -56,11 +56,15 @@ class Settings:
             value = getattr(self, f.name)
             if f.name.endswith(("_dir", "_path")):
                 setattr(self, f.name, resolve(value))
-        for name in ("maxlen", "batch_size", "predict_batch_size", "epochs", "n_folds",
-                     "patience", "pad_multiple"):  # fmt: skip
+        minimums = dict.fromkeys(("maxlen", "batch_size", "predict_batch_size", "epochs",
+                                  "n_folds", "patience", "pad_multiple"), 1)  # fmt: skip
+        minimums["seed"] = 0
+        if self.train_seed is not None:  # None: training uses ``seed``
+            minimums["train_seed"] = 0
+        for name, minimum in minimums.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"setting {name}={value!r}: expected an integer >= 1")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"setting {name}={value!r}: expected an integer >= {minimum}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool):
             raise ConfigError(f"setting lr={self.lr!r}: expected a number")
         if self.schedule not in SCHEDULES:
@@ -79,12 +83,6 @@ class Settings:
             raise ConfigError(
                 f"setting layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1 = off)"
             )
-        seeds = {"seed": self.seed}
-        if self.train_seed is not None:  # None: training uses ``seed``
-            seeds["train_seed"] = self.train_seed
-        for name, value in seeds.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"setting {name}={value!r}: expected an integer >= 0")
         if self.n_folds < 2:
             raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
         if not 0 < self.lr < 1:
