@@ -9,12 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The suite's notebooks by step; error messages name them in the command that fixes the error.
 NOTEBOOKS = {
+    "stage0": "notebooks/00_pretrain.ipynb",
     "eda": "notebooks/01_eda.ipynb",
     "stage1": "notebooks/02_cv.ipynb",
     "stage2": "notebooks/03_f1_refine.ipynb",
     "ensemble": "notebooks/04_ensemble.ipynb",
 }
 
+# Written last into stage 0's encoder folder (core.pretrain): its presence marks the folder done.
+PRETRAIN_FILE = "PRETRAIN.json"
 
 SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)
 

@@ -1,4 +1,5 @@
-"""Run the notebook suite with papermill: EDA -> stage 1 per fold -> stage 2 per fold -> ensemble.
+"""Run the notebook suite with papermill: stage 0 (within-task MLM) -> EDA -> stage 1 per fold ->
+stage 2 per fold -> ensemble.
 
     python -m core.pipeline                      # the default model on data/
     python -m core.pipeline --set stage1.lr=3e-5 --set n_folds=3 --test-path other.txt
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import NOTEBOOKS, ROOT, Settings
+from core.config import NOTEBOOKS, PRETRAIN_FILE, ROOT, Settings
 from core.data import file_sha256
 from core.io import atomic_path, read_json, write_json, write_text
 
@@ -38,6 +39,9 @@ DEFAULTS = {
         "seed": 2020,
         "train_seed": None,
     },
+    # Within-task MLM on the train + test sentences before fine-tuning (Sun et al. 2019); its
+    # encoder, written to <run>/stage0/bert, is the one stages 1 and 2 start from. epochs=0: off.
+    "stage0": {"epochs": 3, "lr": 1e-4, "batch_size": 32, "mask_rate": 0.15},
     "eda": {},
     # Larger batches and a decaying rate than the seed's (16, constant 1e-5): see
     # docs/experiments.md for the runs behind these.
@@ -58,6 +62,7 @@ DEFAULTS = {
 }
 # Which common parameters each notebook takes.
 COMMON_FOR = {
+    "stage0": ("train_path", "test_path", "bert_dir", "maxlen"),
     "eda": ("train_path", "test_path", "bert_dir", "maxlen"),
     "stage1": tuple(DEFAULTS["common"]),
     "stage2": tuple(DEFAULTS["common"]),
@@ -76,7 +81,7 @@ def parse_sets(pairs: list[str]) -> dict:
         section = section or "common"
         if not sep or section not in params or (name not in params[section]):
             known = [k for k in DEFAULTS["common"]] + [
-                f"{s}.{k}" for s in ("stage1", "stage2") for k in DEFAULTS[s]
+                f"{s}.{k}" for s in ("stage0", "stage1", "stage2") for k in DEFAULTS[s]
             ]
             raise SystemExit(f"--set {pair!r}: expected NAME=VALUE with NAME one of {known}")
         try:
@@ -103,6 +108,13 @@ def run_name(params: dict) -> str:
     return f"run-{digest[:10]}"
 
 
+def uses_stage0(params: dict) -> bool:
+    epochs = params["stage0"]["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise SystemExit(f"--set stage0.epochs={epochs!r}: expected an integer >= 0 (0: off)")
+    return epochs > 0
+
+
 def plan(params: dict, run_dir: Path, output_dir: Path) -> list[tuple[str, str, dict, Path]]:
     """(label, notebook, papermill parameters, the file whose presence marks the step done)."""
     common, n_folds = params["common"], int(params["common"]["n_folds"])
@@ -115,11 +127,21 @@ def plan(params: dict, run_dir: Path, output_dir: Path) -> list[tuple[str, str, 
             where["output_dir"] = str(output_dir)
         return {**base, **params[section], **where, **extra}
 
-    steps = [("eda", "eda", args("eda", run_dir=f"{rel_run}/eda"), run_dir / "eda" / "eda.json")]
+    steps, encoder = [], {}
+    if uses_stage0(params):
+        bert = f"{rel_run}/stage0/bert"
+        # A seed ensemble (train_seed) also draws its own masks, so its encoders differ too.
+        seed = common["seed"] if common["train_seed"] is None else common["train_seed"]
+        stage0 = {k: common[k] for k in COMMON_FOR["stage0"]}
+        stage0.update(params["stage0"], seed=seed, out_dir=bert, output_dir=str(output_dir))
+        steps.append(("stage0", "stage0", stage0, run_dir / "stage0" / "bert" / PRETRAIN_FILE))
+        encoder = {"bert_dir": bert}  # what stages 1 and 2 fine-tune
+    eda = args("eda", run_dir=f"{rel_run}/eda")
+    steps.append(("eda", "eda", eda, run_dir / "eda" / "eda.json"))
     for stage in ("stage1", "stage2"):
         for fold in range(n_folds):
             done = run_dir / stage / f"fold{fold}" / "done.json"
-            steps.append((f"{stage}-fold{fold}", stage, args(stage, fold=fold), done))
+            steps.append((f"{stage}-fold{fold}", stage, args(stage, fold=fold, **encoder), done))
     steps.append(("ensemble", "ensemble", args("ensemble"), run_dir / "ensemble" / "results.json"))
     return steps
 
@@ -186,13 +208,17 @@ def reuse_stage1(source: Path, run_dir: Path, params: dict) -> None:
     files are copied atomically with ``done.json`` last, so a copy interrupted midway resumes.
     """
     theirs = read_json(source / "pipeline.json")
-    for section in ("common", "stage1"):
-        if theirs[section] != params[section]:
+    for section in ("common", "stage0", "stage1"):
+        if theirs.get(section, {"epochs": 0}) != params[section]:  # runs before stage 0: none
             raise SystemExit(
                 f"--stage1-from {source}: its {section} parameters {theirs[section]} differ from "
                 f"this run's {params[section]}; stage 1 can only be reused unchanged"
             )
-    for name in ("run.json", "folds.csv", "stage1/params.json"):
+    encoder = source / "stage0" / "bert"  # stage 2 reads its config and vocabulary
+    names = [f.relative_to(source) for f in sorted(encoder.iterdir())] if encoder.is_dir() else []
+    # PRETRAIN.json last: it marks the folder complete.
+    names.sort(key=lambda name: name.name == PRETRAIN_FILE)
+    for name in [*names, "run.json", "folds.csv", "stage1/params.json"]:
         if not (run_dir / name).exists():
             _copy(source / name, run_dir / name)
     for done in sorted(source.glob("stage1/fold*/done.json")):
@@ -236,6 +262,11 @@ def run_pipeline(
         if (only is None or s[1] == only)
         and (folds is None or "-fold" not in s[0] or int(s[0].rsplit("fold", 1)[1]) in folds)
     ]
+    if any(s[1] in ("stage1", "stage2") for s in steps) and uses_stage0(params):
+        # Their encoder: a part of a run (--only stage1 --folds 3) makes it first if need be.
+        steps = [s for s in plan(params, run_dir, settings.output_dir) if s[1] == "stage0"] + [
+            s for s in steps if s[1] != "stage0"
+        ]
     for i, (label, section, parameters, done) in enumerate(steps, 1):
         if done.exists():
             log.info("[%d/%d] %s: complete, skipped", i, len(steps), label)

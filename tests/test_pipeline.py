@@ -27,13 +27,14 @@ from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 from core.config import ROOT
 from core.data import read_labelled, read_unlabelled
 from core.io import read_json
-from core.pipeline import run_name, run_pipeline
+from core.pipeline import plan, run_name, run_pipeline
+from core.run import weights_sha256
 from core.submission import HEADER, check_submission
 
 N_FOLDS = 3
 STAGES = ("stage1", "stage2")
 NOTEBOOK_STEMS = (
-    ["01_eda-eda"]
+    ["00_pretrain-stage0", "01_eda-eda"]
     + [f"02_cv-stage1-fold{k}" for k in range(N_FOLDS)]
     + [f"03_f1_refine-stage2-fold{k}" for k in range(N_FOLDS)]
     + ["04_ensemble-ensemble"]
@@ -78,7 +79,7 @@ def read_oof(run_dir: Path, stage: str) -> pd.DataFrame:
 
 
 def stage_file_mtimes(run_dir: Path) -> dict[str, int]:
-    folders = ["eda", "stage1", "stage2", "ensemble", "notebooks"]
+    folders = ["stage0", "eda", "stage1", "stage2", "ensemble", "notebooks"]
     files = [p for f in folders for p in (run_dir / f).rglob("*") if p.is_file()]
     files += [run_dir / "run.json", run_dir / "folds.csv"]
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
@@ -105,6 +106,28 @@ def test_every_output_exists(run):
             assert done["stage"] == stage and done["fold"] == k
     leftovers = [p for p in run.rglob(".*")]  # atomic writes' and papermill's temporary files
     assert not leftovers, leftovers
+
+
+def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, tiny):
+    encoder = run / "stage0" / "bert"
+    record = read_json(encoder / "PRETRAIN.json")
+    assert record["params"]["epochs"] == tiny.params["stage0"]["epochs"]
+    assert record["params"]["seed"] == tiny.params["common"]["seed"]
+    assert record["source_weights_sha256"] == weights_sha256(tiny.bert_dir)
+    manifest = read_json(run / "run.json")  # written by stage 1, checked by stage 2
+    assert manifest["bert_dir"] == str(encoder)
+    assert manifest["bert_sha256"] == weights_sha256(encoder) != weights_sha256(tiny.bert_dir)
+
+
+def test_stage0_epochs_0_fine_tunes_bert_dir_itself(tiny, tmp_path):
+    params = copy.deepcopy(tiny.params)
+    params["stage0"]["epochs"] = 0
+    steps = plan(params, tmp_path / "run", tmp_path)
+    assert [s[0] for s in steps if s[1] == "stage0"] == []
+    assert {s[2]["bert_dir"] for s in steps if s[1] in STAGES} == {str(tiny.bert_dir)}
+    params["stage0"]["epochs"] = -1
+    with pytest.raises(SystemExit, match=r"stage0\.epochs=-1: expected an integer >= 0"):
+        plan(params, tmp_path / "run", tmp_path)
 
 
 def test_executed_notebooks_hold_their_parameters(run):
@@ -209,9 +232,11 @@ def papermill(notebook: str, out: Path, **params) -> subprocess.CompletedProcess
                           timeout=300)  # fmt: skip
 
 
-def cli_params(tiny) -> dict:
+def cli_params(tiny, run: Path | None = None) -> dict:
+    """The common parameters; for a pipeline ``run``, its encoder is the one stage 0 wrote."""
+    bert_dir = run / "stage0" / "bert" if run else tiny.bert_dir
     return {"train_path": str(tiny.train_path), "test_path": str(tiny.test_path),
-            "bert_dir": str(tiny.bert_dir), "n_folds": N_FOLDS}  # fmt: skip
+            "bert_dir": str(bert_dir), "n_folds": N_FOLDS}  # fmt: skip
 
 
 def test_papermill_cli_runs_one_fold(run, tiny, tmp_path):
@@ -221,7 +246,7 @@ def test_papermill_cli_runs_one_fold(run, tiny, tmp_path):
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     out = tmp_path / "out.ipynb"
     proc = papermill("notebooks/02_cv.ipynb", out, fold=0, run_dir=run.relative_to(ROOT),
-                     **cli_params(tiny), **tiny.params["stage1"])  # fmt: skip
+                     **cli_params(tiny, run), **tiny.params["stage1"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already complete" in out.read_text(encoding="utf-8")
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
@@ -234,7 +259,7 @@ def test_papermill_cli_refuses_a_finished_fold_made_differently(run, tiny, tmp_p
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     params = {**tiny.params["stage1"], **change}
     proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", fold=1,
-                     run_dir=run.relative_to(ROOT), **cli_params(tiny), **params)  # fmt: skip
+                     run_dir=run.relative_to(ROOT), **cli_params(tiny, run), **params)  # fmt: skip
     assert proc.returncode != 0
     assert "RunMismatchError" in proc.stderr, proc.stderr[-3000:]
     [(name, value)] = change.items()
@@ -274,6 +299,8 @@ def test_output_dir_outside_the_repository(tiny, tmp_path):
     output = tmp_path / "outputs"
     run_dir = run_pipeline(tiny.params, output_dir=output, only="stage1", folds=[0])
     assert run_dir.is_relative_to(output)
+    # A part of a run makes the encoder it fine-tunes first.
+    assert (run_dir / "stage0" / "bert" / "PRETRAIN.json").is_file()
     assert (run_dir / "stage1" / "fold0" / "done.json").is_file()
 
 
@@ -286,8 +313,10 @@ def test_stage1_from_reuses_stage1_for_a_stage2_variant(tiny, run, repo_outputs)
         for name in ("oof.csv", "test.csv", "weights.h5", "done.json"):
             copied = variant / "stage1" / f"fold{k}" / name
             assert copied.read_bytes() == (run / "stage1" / f"fold{k}" / name).read_bytes()
+    encoder = sorted(p.relative_to(run) for p in (run / "stage0" / "bert").iterdir())
+    assert encoder and all((variant / f).read_bytes() == (run / f).read_bytes() for f in encoder)
     executed = {p.stem for p in (variant / "notebooks").glob("*.ipynb")}
-    assert not any(stem.startswith("02_cv") for stem in executed), executed
+    assert not any(stem.startswith(("00_pretrain", "02_cv")) for stem in executed), executed
     assert (variant / "ensemble" / "submission.csv").is_file()
 
     changed = copy.deepcopy(tiny.params)

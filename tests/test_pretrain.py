@@ -17,6 +17,7 @@ from core.pretrain import (
     _done,
     build_mlm_model,
     encoder_of,
+    length_batches,
     mask_batch,
     max_predictions,
     pad_ids,
@@ -154,6 +155,26 @@ def test_prediction_slots_hold_every_masked_position():
         assert (slot_target[row, :n, 0] == ids[row, where]).all()
     with pytest.raises(ValueError, match="n_predictions=1"):
         prediction_slots(inputs, target, 1)
+
+
+def test_length_batches_pad_each_batch_only_as_far_as_it_needs():
+    rng = np.random.default_rng(8)
+    rows = [np.full(n, i + 1) for i, n in enumerate(rng.integers(7, 23, size=100))]  # 7-22 tokens
+    epoch1 = length_batches(rows, 16, seed=3, epoch=1, multiple=4, seq_len=22)
+    assert [b.shape[0] for b in epoch1] == [16] * 6  # full batches; 4 rows wait for an epoch
+    seen = []
+    for batch in epoch1:
+        lengths = (batch != 0).sum(axis=1)
+        assert batch.shape[1] == min(-(-lengths.max() // 4) * 4, 22)  # longest, rounded up
+        seen += [tuple(r[r != 0]) for r in batch]
+    assert len(set(seen)) == len(seen) and set(seen) <= {tuple(r) for r in rows}
+    assert np.mean([b.shape[1] for b in epoch1]) < 20  # grouped: most batches narrower than 22
+    again = length_batches(rows, 16, seed=3, epoch=1, multiple=4, seq_len=22)
+    assert all((a == b).all() for a, b in zip(epoch1, again, strict=True))
+    epoch2 = length_batches(rows, 16, seed=3, epoch=2, multiple=4, seq_len=22)
+    assert [tuple(b[0]) for b in epoch2] != [tuple(b[0]) for b in epoch1]  # a fresh order
+    [whole] = length_batches(rows[:5], 16, seed=3, epoch=1, multiple=4, seq_len=22)
+    assert whole.shape[0] == 5  # fewer rows than a batch: all of them
 
 
 def test_pretrain_writes_exact_folder_and_resumes(headless_dir, tmp_path):
