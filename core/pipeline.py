@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import NOTEBOOKS, PRETRAIN_FILE, ROOT, Settings
+from core.config import NOTEBOOKS, PRETRAIN_FILE, ROOT, Settings, resolve
 from core.data import file_sha256
 from core.io import atomic_path, read_json, write_json, write_text
 
@@ -201,6 +201,47 @@ def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
     return write_text(run_dir / "index.html", page)
 
 
+def check_same_params(path: Path, params: dict) -> None:
+    """Stop if the run folder of ``path`` was started with other parameters: one folder holds one
+    configuration (only an explicit ``--run-dir`` can point at another's folder)."""
+    saved = read_json(path)
+    changed = [
+        f"{section}.{key}: was {saved.get(section, {}).get(key, '(none)')!r}, now {value!r}"
+        for section, values in params.items()
+        for key, value in values.items()
+        if saved.get(section, {}).get(key, "(none)") != value
+    ]
+    if changed:
+        raise SystemExit(
+            f"{path.parent} was started with other parameters ({'; '.join(changed)}); "
+            "results must not mix. Use a new --run-dir (or none: the default folder name follows "
+            "the parameters)"
+        )
+
+
+def check_stage0(record_path: Path, parameters: dict) -> None:
+    """Stop if a finished stage-0 folder was made from other inputs than ``parameters`` (a reused
+    ``--run-dir``): its encoder is what every later step of the run fine-tunes."""
+    from core.run import weights_sha256  # local: hashing helpers, no TensorFlow
+
+    record = read_json(record_path)
+    keys = ("epochs", "lr", "batch_size", "mask_rate", "maxlen", "seed")
+    made = {k: record["params"].get(k) for k in keys}
+    wanted = {k: parameters[k] for k in keys}
+    made["bert_dir weights"] = record["source_weights_sha256"]
+    wanted["bert_dir weights"] = weights_sha256(resolve(parameters["bert_dir"]))
+    for name in ("train", "test"):
+        made[f"{name}_path data"] = record["data_files"].get(name, {}).get("sha256")
+        wanted[f"{name}_path data"] = file_sha256(resolve(parameters[f"{name}_path"]))
+    changed = [f"{k}: was {made[k]!r}, now {wanted[k]!r}" for k in made if made[k] != wanted[k]]
+    if changed:
+        raise SystemExit(
+            f"{record_path.parent} was made with other stage-0 inputs ({'; '.join(changed)}); "
+            "every later step of the run fine-tunes it. Use a new --run-dir (or none: the "
+            "default folder name follows the parameters)"
+        )
+
+
 def reuse_stage1(source: Path, run_dir: Path, params: dict) -> None:
     """Copy a finished run's stage 1 into ``run_dir``, to try stage-2 or ensemble variants cheaply.
 
@@ -208,11 +249,15 @@ def reuse_stage1(source: Path, run_dir: Path, params: dict) -> None:
     files are copied atomically with ``done.json`` last, so a copy interrupted midway resumes.
     """
     theirs = read_json(source / "pipeline.json")
+    theirs.setdefault("stage0", {"epochs": 0})  # runs from before stage 0 had none
     for section in ("common", "stage0", "stage1"):
-        if theirs.get(section, {"epochs": 0}) != params[section]:  # runs before stage 0: none
+        mine, other = params[section], theirs[section]
+        if section == "stage0" and not (uses_stage0(params) or uses_stage0(theirs)):
+            continue  # both off: the other stage-0 values do not matter
+        if other != mine:
             raise SystemExit(
-                f"--stage1-from {source}: its {section} parameters {theirs[section]} differ from "
-                f"this run's {params[section]}; stage 1 can only be reused unchanged"
+                f"--stage1-from {source}: its {section} parameters {other} differ from "
+                f"this run's {mine}; stage 1 can only be reused unchanged"
             )
     encoder = source / "stage0" / "bert"  # stage 2 reads its config and vocabulary
     names = [f.relative_to(source) for f in sorted(encoder.iterdir())] if encoder.is_dir() else []
@@ -251,6 +296,8 @@ def run_pipeline(
     settings = Settings(output_dir=output_dir)
     run_dir = settings.run_path(run_dir or Path(settings.output_dir) / "runs" / run_name(params))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "pipeline.json").exists():  # a resumed run (or a --run-dir used before)
+        check_same_params(run_dir / "pipeline.json", params)
     write_json(run_dir / "pipeline.json", params)
     if stage1_from is not None:
         reuse_stage1(settings.run_path(stage1_from), run_dir, params)
@@ -268,6 +315,8 @@ def run_pipeline(
             s for s in steps if s[1] != "stage0"
         ]
     for i, (label, section, parameters, done) in enumerate(steps, 1):
+        if section == "stage0" and done.exists():
+            check_stage0(done, parameters)
         if done.exists():
             log.info("[%d/%d] %s: complete, skipped", i, len(steps), label)
             continue

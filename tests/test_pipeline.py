@@ -27,7 +27,7 @@ from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 from core.config import ROOT
 from core.data import read_labelled, read_unlabelled
 from core.io import read_json
-from core.pipeline import plan, run_name, run_pipeline
+from core.pipeline import check_stage0, plan, run_name, run_pipeline
 from core.run import weights_sha256
 from core.submission import HEADER, check_submission
 
@@ -128,6 +128,26 @@ def test_stage0_epochs_0_fine_tunes_bert_dir_itself(tiny, tmp_path):
     params["stage0"]["epochs"] = -1
     with pytest.raises(SystemExit, match=r"stage0\.epochs=-1: expected an integer >= 0"):
         plan(params, tmp_path / "run", tmp_path)
+
+
+def test_a_run_folder_refuses_other_parameters(run, tiny, repo_outputs):
+    """An explicit run folder of another configuration stops before anything runs or is written."""
+    saved = (run / "pipeline.json").read_bytes()
+    changed = copy.deepcopy(tiny.params)
+    changed["stage0"]["lr"] = 2e-4
+    with pytest.raises(SystemExit, match=r"stage0\.lr: was 0\.0001, now 0\.0002"):
+        run_pipeline(changed, output_dir=repo_outputs, run_dir=run)
+    assert (run / "pipeline.json").read_bytes() == saved
+
+
+def test_a_finished_stage0_refuses_other_data(run, tiny, tmp_path):
+    [(_, _, parameters, done)] = [s for s in plan(tiny.params, run, run.parent) if s[1] == "stage0"]
+    check_stage0(done, parameters)  # the run's own inputs: accepted
+    other = tmp_path / "train.txt"
+    other.write_text(tiny.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
+                     encoding="utf-8")  # fmt: skip
+    with pytest.raises(SystemExit, match="train_path data: was '[0-9a-f]{64}', now '[0-9a-f]{64}'"):
+        check_stage0(done, {**parameters, "train_path": str(other)})
 
 
 def test_executed_notebooks_hold_their_parameters(run):
