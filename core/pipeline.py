@@ -205,40 +205,31 @@ def check_same_params(path: Path, params: dict) -> None:
     """Stop if the run folder of ``path`` was started with other parameters: one folder holds one
     configuration (only an explicit ``--run-dir`` can point at another's folder)."""
     saved = read_json(path)
-    changed = [
-        f"{section}.{key}: was {saved.get(section, {}).get(key, '(none)')!r}, now {value!r}"
-        for section, values in params.items()
-        for key, value in values.items()
-        if saved.get(section, {}).get(key, "(none)") != value
-    ]
-    if changed:
-        raise SystemExit(
-            f"{path.parent} was started with other parameters ({'; '.join(changed)}); "
-            "results must not mix. Use a new --run-dir (or none: the default folder name follows "
-            "the parameters)"
-        )
+    flat = lambda p: {f"{s}.{k}": v for s, values in p.items() for k, v in values.items()}  # noqa: E731
+    _stop_if_changed(path.parent, "was started with other parameters", flat(saved), flat(params))
 
 
 def check_stage0(record_path: Path, parameters: dict) -> None:
-    """Stop if a finished stage-0 folder was made from other inputs than ``parameters`` (a reused
-    ``--run-dir``): its encoder is what every later step of the run fine-tunes."""
+    """Stop if a finished stage-0 folder was made from other weights or data than ``parameters``
+    name (a reused ``--run-dir``; its parameters are those of pipeline.json, checked before)."""
     from core.run import weights_sha256  # local: hashing helpers, no TensorFlow
 
     record = read_json(record_path)
-    keys = ("epochs", "lr", "batch_size", "mask_rate", "maxlen", "seed")
-    made = {k: record["params"].get(k) for k in keys}
-    wanted = {k: parameters[k] for k in keys}
-    made["bert_dir weights"] = record["source_weights_sha256"]
-    wanted["bert_dir weights"] = weights_sha256(resolve(parameters["bert_dir"]))
+    made = {"bert_dir weights": record["source_weights_sha256"]}
+    wanted = {"bert_dir weights": weights_sha256(resolve(parameters["bert_dir"]))}
     for name in ("train", "test"):
         made[f"{name}_path data"] = record["data_files"].get(name, {}).get("sha256")
         wanted[f"{name}_path data"] = file_sha256(resolve(parameters[f"{name}_path"]))
-    changed = [f"{k}: was {made[k]!r}, now {wanted[k]!r}" for k in made if made[k] != wanted[k]]
+    _stop_if_changed(record_path.parent, "was made from other inputs", made, wanted)
+
+
+def _stop_if_changed(folder: Path, what: str, saved: dict, wanted: dict) -> None:
+    changed = [f"{k}: was {saved.get(k, '(none)')!r}, now {v!r}" for k, v in wanted.items()
+               if saved.get(k, "(none)") != v]  # fmt: skip
     if changed:
         raise SystemExit(
-            f"{record_path.parent} was made with other stage-0 inputs ({'; '.join(changed)}); "
-            "every later step of the run fine-tunes it. Use a new --run-dir (or none: the "
-            "default folder name follows the parameters)"
+            f"{folder} {what} ({'; '.join(changed)}); results must not mix. Use a new --run-dir "
+            "(or none: the default folder name follows the parameters)"
         )
 
 
@@ -303,17 +294,16 @@ def run_pipeline(
         reuse_stage1(settings.run_path(stage1_from), run_dir, params)
     timings_path = run_dir / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
+    planned = plan(params, run_dir, settings.output_dir)
     steps = [
         s
-        for s in plan(params, run_dir, settings.output_dir)
+        for s in planned
         if (only is None or s[1] == only)
         and (folds is None or "-fold" not in s[0] or int(s[0].rsplit("fold", 1)[1]) in folds)
     ]
-    if any(s[1] in ("stage1", "stage2") for s in steps) and uses_stage0(params):
+    if any(s[1] in ("stage1", "stage2") for s in steps):
         # Their encoder: a part of a run (--only stage1 --folds 3) makes it first if need be.
-        steps = [s for s in plan(params, run_dir, settings.output_dir) if s[1] == "stage0"] + [
-            s for s in steps if s[1] != "stage0"
-        ]
+        steps = [s for s in planned if s[1] == "stage0"] + [s for s in steps if s[1] != "stage0"]
     for i, (label, section, parameters, done) in enumerate(steps, 1):
         if section == "stage0" and done.exists():
             check_stage0(done, parameters)
