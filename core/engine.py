@@ -19,13 +19,13 @@ import pandas as pd
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import NOTEBOOKS, Settings
+from core.config import Settings
 from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
 from core.metrics import auc
 from core.model import build_head_model, build_model, copy_head_weights, learning_rate
-from core.run import open_run, open_stage
+from core.run import fold_command, open_run, open_stage
 from core.strategy import get_strategy
 from core.tokenizer import CharTokenizer, load_vocab
 
@@ -264,8 +264,8 @@ def train_stage2(
     if fold_done(run_dir, "stage1", fold) is None:
         raise MissingStageError(
             f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
-            f"there (or that fold did not finish). Make them first: papermill "
-            f"{NOTEBOOKS['stage1']} out.ipynb -p fold {fold} -p run_dir {run_dir}"
+            f"there (or that fold did not finish). Make them first: "
+            f"{fold_command('stage1', fold, run_dir)}"
         )
     inputs = inputs or prepare(settings, run_dir)
     open_stage(run_dir / "stage2", params)

@@ -10,7 +10,6 @@ Nothing here writes files; callers save tables with ``core.io.write_csv`` / ``wr
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from core.config import NOTEBOOKS
 from core.metrics import auc, best_f1
+from core.run import fold_command
 
 # Weight of the first stage in ``w*a + (1-w)*b``: 0, 0.05, ..., 1 (rounded so 0.35 prints as 0.35).
 WEIGHT_GRID: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
@@ -92,13 +91,6 @@ class F1Result:
 # ----------------------------------------------------------------------------- loading
 
 
-def fold_command(stage: str, fold: int, run_dir: str | Path, notebooks: Mapping[str, str]) -> str:
-    """The papermill command that produces ``stage``'s fold ``fold`` in ``run_dir``."""
-    notebook = notebooks.get(stage, f"<notebook for {stage}>")
-    run = shlex.quote(str(run_dir))
-    return f"papermill {notebook} out.ipynb -p fold {fold} -p run_dir {run}"
-
-
 def load_stage(
     run_dir: str | Path,
     stage: str,
@@ -111,7 +103,6 @@ def load_stage(
     ``ValueError`` when OOF rows are not each covered exactly once or test ids disagree.
     """
     run_dir = Path(run_dir)
-    notebooks = {**NOTEBOOKS, **(notebooks or {})}
     fold_dirs = [run_dir / stage / f"fold{k}" for k in range(n_folds)]
 
     missing, reasons = [], []

@@ -6,19 +6,24 @@ resumed fold checks it still is, so results of different data or settings never 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata as metadata
 import platform
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from core.config import Settings
+from core.config import NOTEBOOKS, ROOT, Settings, resolve
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json
 
+# run.json's entries that are also notebook parameters (fold_command repeats them).
+RECORDED = ("train_path", "bert_dir", "n_folds", "seed", "maxlen")
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
 IDENTITY = ("train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
@@ -127,3 +132,58 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def fold_command(
+    stage: str, fold: int, run_dir: str | Path, notebooks: Mapping[str, str] | None = None
+) -> str:
+    """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``.
+
+    It repeats every parameter the run recorded (``run.json``, ``<stage>/params.json``) that
+    differs from the notebook's default, so the fold it makes passes the run's checks (a
+    pipeline run with stage 0, say, fine-tunes ``<run>/stage0/bert``, not the default encoder).
+    """
+    notebook = {**NOTEBOOKS, **(notebooks or {})}.get(stage, f"<notebook for {stage}>")
+    words = ["papermill", notebook, "out.ipynb", "-p", "fold", str(fold), "-p", "run_dir",
+             str(run_dir)]  # fmt: skip
+    for name, value in recorded_parameters(Path(run_dir), stage, ROOT / notebook).items():
+        words += ["-p", name, _shown(value)]
+    return shlex.join(words)
+
+
+def recorded_parameters(run_dir: Path, stage: str, notebook: Path) -> dict:
+    """The run's recorded values of ``notebook``'s parameters, where they differ from its
+    defaults, in the notebook's order. Empty when the notebook or the records are missing."""
+    if not notebook.is_file():
+        return {}
+    import papermill  # only on this error path: it takes a second to import
+
+    recorded = {}
+    if (run_dir / "run.json").is_file():
+        run = read_json(run_dir / "run.json")
+        recorded.update({k: run[k] for k in RECORDED if k in run})
+    if (run_dir / stage / "params.json").is_file():
+        recorded.update(read_json(run_dir / stage / "params.json"))
+    differing = {}
+    for name, spec in papermill.inspect_notebook(str(notebook)).items():
+        if name in recorded and recorded[name] != _default(name, spec["default"]):
+            differing[name] = recorded[name]
+    return differing
+
+
+def _default(name: str, source: str):
+    """A notebook parameter's default as the run records it (paths resolved, as Settings does)."""
+    try:
+        value = ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return source
+    if name.endswith(("_path", "_dir")) and isinstance(value, str):
+        return str(resolve(value))
+    return value
+
+
+def _shown(value) -> str:
+    """``value`` as papermill's ``-p`` reads it back; paths inside the repository relative."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(ROOT):
+        return Path(value).relative_to(ROOT).as_posix()
+    return str(value)

@@ -17,7 +17,7 @@
 | `fold` outside 0..n_folds-1 | `ConfigError` (`Settings.check_fold`): `parameter fold=7: expected an integer in 0..2 (n_folds=3)` |
 | `bert_dir` without `vocab.txt` | `BertDirError` (`check_bert_dir`): `<dir>/vocab.txt: expected this file, found it missing`; `load_vocab`: `FileNotFoundError` naming the file |
 | `vocab.txt` size ≠ config `vocab_size` | `BertDirError`: `<dir>/vocab.txt: expected N lines (vocab_size in bert_config.json), found M lines` |
-| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` |
+| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` and the run's other recorded, non-default parameters (`core.run.fold_command`) |
 | ensemble before the stages exist | `MissingOutputsError` (`results.finalize`) naming each unfinished fold and its `papermill notebooks/02_cv.ipynb …` command |
 | NaN / out-of-range predictions → submission | `SubmissionError` (`write_submission`); no file written, an existing one left unchanged |
 | NaN / out-of-range predictions → fold | `FloatingPointError` (`engine._check_predictions`); nothing written for the fold |

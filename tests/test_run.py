@@ -6,15 +6,17 @@ import dataclasses
 import hashlib
 import importlib.metadata as metadata
 import json
+import shlex
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from core.config import Settings
+from core.config import ROOT, Settings, resolve
 from core.data import read_labelled
-from core.run import RunMismatchError, make_folds, open_run, open_stage
+from core.io import write_json
+from core.run import RunMismatchError, fold_command, make_folds, open_run, open_stage
 
 TEXTS = ["菜很好吃", "服务态度差", "环境干净卫生", "价格便宜", "味道一般", "老板热情", "不推荐",
          "下次再来", "量少价格贵", "强烈推荐", "鱼很新鲜", "汤太咸了", "性价比高"]  # fmt: skip
@@ -165,3 +167,50 @@ def test_open_stage_records_and_checks_params(tmp_path):
     assert "loss: was" not in message
     with pytest.raises(RunMismatchError, match="loss"):
         open_stage(stage, {**params, "loss": "bce"})
+
+
+# ------------------------------------------------------------------ fold_command
+
+
+def _passed(command: str) -> dict:
+    """The ``-p name value`` pairs of a papermill command."""
+    words = shlex.split(command)
+    return {words[i + 1]: words[i + 2] for i, w in enumerate(words) if w == "-p"}
+
+
+def test_fold_command_repeats_what_the_run_recorded(run_setup):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    open_stage(run_dir / "stage1", {"lr": 1e-4, "batch_size": 64, "epochs": 3, "loss": "bce",
+                                    "train_seed": None, "jit_compile": False})  # fmt: skip
+    command = fold_command("stage1", 2, run_dir)
+    assert command.startswith("papermill notebooks/02_cv.ipynb out.ipynb -p fold 2 ")
+    # What differs from the notebook's defaults, and nothing else: epochs=3 and train_seed=None
+    # are its defaults, and loss is no parameter of it.
+    assert _passed(command) == {
+        "fold": "2", "run_dir": str(run_dir), "maxlen": "12",
+        "bert_dir": str(settings.bert_dir), "train_path": str(settings.train_path),
+        "n_folds": "3", "seed": "7", "batch_size": "64", "lr": "0.0001", "jit_compile": "False",
+    }  # fmt: skip
+    # Stage 2 has no params.json yet: only the run's own record is repeated.
+    assert set(_passed(fold_command("stage2", 0, run_dir))) == {
+        "fold", "run_dir", "maxlen", "bert_dir", "train_path", "n_folds", "seed"
+    }  # fmt: skip
+
+
+def test_fold_command_shows_paths_in_the_repository_relative(tmp_path):
+    run_dir = tmp_path / "run"
+    # train_path is the notebook's default, recorded resolved as Settings resolves it: not repeated.
+    record = {"bert_dir": str(ROOT / "outputs/runs/x/stage0/bert"),
+              "train_path": str(resolve("data/train_shuffle.txt"))}  # fmt: skip
+    write_json(run_dir / "run.json", record)
+    assert fold_command("stage1", 0, run_dir) == (
+        f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 0 -p run_dir {run_dir} "
+        "-p bert_dir outputs/runs/x/stage0/bert"
+    )
+    # Without a record, or for a notebook that is not there, the command names fold and run only.
+    bare = tmp_path / "none"
+    assert fold_command("stage1", 0, bare).endswith(f"out.ipynb -p fold 0 -p run_dir {bare}")
+    assert fold_command("stage1", 0, run_dir, {"stage1": "nb/other.ipynb"}) == (
+        f"papermill nb/other.ipynb out.ipynb -p fold 0 -p run_dir {run_dir}"
+    )
