@@ -74,7 +74,7 @@ def _is_csv(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
 
-def _show(path: Path) -> str:
+def show_path(path: Path) -> str:
     """The path as a user would type it: relative to the repository when inside it."""
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -87,7 +87,7 @@ def _snip(s: str, limit: int = 40) -> str:
 
 
 def _fail(path: Path, line: int | None, message: str) -> DataError:
-    where = _show(path) if line is None else f"{_show(path)}, line {line}"
+    where = show_path(path) if line is None else f"{show_path(path)}, line {line}"
     return DataError(f"{where}: {message}", path=path, line=line)
 
 

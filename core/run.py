@@ -7,6 +7,8 @@ resumed fold checks it still is, so results of different data or settings never 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import hashlib
 import importlib.metadata as metadata
 import platform
@@ -19,7 +21,7 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from core.config import NOTEBOOKS, ROOT, Settings, resolve
-from core.data import file_sha256
+from core.data import file_sha256, show_path
 from core.io import read_json, write_csv, write_json
 
 # run.json's entries that are also notebook parameters (fold_command repeats them).
@@ -147,7 +149,7 @@ def fold_command(
     words = ["papermill", notebook, "out.ipynb", "-p", "fold", str(fold), "-p", "run_dir",
              str(run_dir)]  # fmt: skip
     for name, value in recorded_parameters(Path(run_dir), stage, ROOT / notebook).items():
-        words += ["-p", name, _shown(value)]
+        words += ["-p", name, _shown(name, value)]
     return shlex.join(words)
 
 
@@ -156,34 +158,49 @@ def recorded_parameters(run_dir: Path, stage: str, notebook: Path) -> dict:
     defaults, in the notebook's order. Empty when the notebook or the records are missing."""
     if not notebook.is_file():
         return {}
-    import papermill  # only on this error path: it takes a second to import
-
     recorded = {}
     if (run_dir / "run.json").is_file():
         run = read_json(run_dir / "run.json")
         recorded.update({k: run[k] for k in RECORDED if k in run})
     if (run_dir / stage / "params.json").is_file():
         recorded.update(read_json(run_dir / stage / "params.json"))
-    differing = {}
+    defaults = notebook_defaults(notebook)
+    return {k: recorded[k] for k in defaults if k in recorded and recorded[k] != defaults[k]}
+
+
+@functools.lru_cache
+def notebook_defaults(notebook: Path) -> dict:
+    """``notebook``'s parameters and their defaults as a run records them (paths resolved, as
+    Settings does), in the notebook's order. Cached: one hint names every missing fold."""
+    import papermill  # only on the error paths that use this: it takes a second to import
+
+    defaults = {}
     for name, spec in papermill.inspect_notebook(str(notebook)).items():
-        if name in recorded and recorded[name] != _default(name, spec["default"]):
-            differing[name] = recorded[name]
-    return differing
+        try:
+            value = ast.literal_eval(spec["default"])
+        except (ValueError, SyntaxError):
+            value = spec["default"]
+        if _is_path(name) and isinstance(value, str):
+            value = str(resolve(value))
+        defaults[name] = value
+    return defaults
 
 
-def _default(name: str, source: str):
-    """A notebook parameter's default as the run records it (paths resolved, as Settings does)."""
-    try:
-        value = ast.literal_eval(source)
-    except (ValueError, SyntaxError):
-        return source
-    if name.endswith(("_path", "_dir")) and isinstance(value, str):
-        return str(resolve(value))
-    return value
+def run_settings(run_dir: Path, stage: str | None = None) -> Settings:
+    """The settings a run was made with: its data, encoder and folds (``run.json``) and, with
+    ``stage``, that stage's recorded parameters that are settings (``<stage>/params.json``)."""
+    values = {k: v for k, v in read_json(run_dir / "run.json").items() if k in RECORDED}
+    if stage is not None:
+        fields = {f.name for f in dataclasses.fields(Settings)}
+        params = read_json(run_dir / stage / "params.json")
+        values.update({k: v for k, v in params.items() if k in fields})
+    return Settings(**values)
 
 
-def _shown(value) -> str:
+def _is_path(name: str) -> bool:
+    return name.endswith(("_path", "_dir"))
+
+
+def _shown(name: str, value) -> str:
     """``value`` as papermill's ``-p`` reads it back; paths inside the repository relative."""
-    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(ROOT):
-        return Path(value).relative_to(ROOT).as_posix()
-    return str(value)
+    return show_path(Path(value)) if _is_path(name) and isinstance(value, str) else str(value)

@@ -27,6 +27,7 @@ from core.engine import fold_dir, prepare, train_stage1
 from core.generator import predict_in_order
 from core.io import read_json
 from core.metrics import auc
+from core.run import run_settings
 
 
 class EMAProbe(keras.callbacks.Callback):
@@ -75,14 +76,7 @@ def main() -> None:
     parser.add_argument("--momenta", default="0.98,0.99,0.995")
     args = parser.parse_args()
     run_dir = Settings().run_path(args.run_dir)
-    run, params = read_json(run_dir / "run.json"), read_json(run_dir / "stage1" / "params.json")
-    settings = Settings(
-        bert_dir=run["bert_dir"], train_path=run["train_path"], n_folds=run["n_folds"],
-        seed=run["seed"], maxlen=run["maxlen"],
-        **{k: params[k] for k in ("lr", "schedule", "warmup", "layer_decay", "train_seed",
-                                  "epochs", "patience", "batch_size", "group_by_length",
-                                  "jit_compile", "pad_multiple")},
-    )  # fmt: skip
+    settings = run_settings(run_dir, "stage1")
     scratch = settings.run_path(f"outputs/exp/ema/{run_dir.name}")
     inputs = prepare(settings, scratch)
     valid = np.flatnonzero(inputs.folds == args.fold)

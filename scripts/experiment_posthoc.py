@@ -28,9 +28,9 @@ from tensorflow import keras
 from core.config import Settings
 from core.engine import prepare
 from core.generator import pad_batch, plan_batches, predict_in_order
-from core.io import read_json
 from core.metrics import auc
 from core.model import build_model
+from core.run import run_settings
 
 
 def traced(net: keras.Model, training: bool):
@@ -68,9 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     run_dir = Settings().run_path(args.run_dir)
     # The run's own encoder and data (a pipeline run with stage 0 records <run>/stage0/bert).
-    run = read_json(run_dir / "run.json")
-    settings = Settings(bert_dir=run["bert_dir"], train_path=run["train_path"],
-                        n_folds=run["n_folds"], seed=run["seed"], maxlen=run["maxlen"])  # fmt: skip
+    settings = run_settings(run_dir)
     inputs = prepare(settings, run_dir)
     labels = inputs.train.labels.astype(float)
     for fold in (int(f) for f in args.folds.split(",")):

@@ -16,7 +16,14 @@ from sklearn.model_selection import KFold
 from core.config import ROOT, Settings, resolve
 from core.data import read_labelled
 from core.io import write_json
-from core.run import RunMismatchError, fold_command, make_folds, open_run, open_stage
+from core.run import (
+    RunMismatchError,
+    fold_command,
+    make_folds,
+    open_run,
+    open_stage,
+    run_settings,
+)
 
 TEXTS = ["菜很好吃", "服务态度差", "环境干净卫生", "价格便宜", "味道一般", "老板热情", "不推荐",
          "下次再来", "量少价格贵", "强烈推荐", "鱼很新鲜", "汤太咸了", "性价比高"]  # fmt: skip
@@ -214,3 +221,12 @@ def test_fold_command_shows_paths_in_the_repository_relative(tmp_path):
     assert fold_command("stage1", 0, run_dir, {"stage1": "nb/other.ipynb"}) == (
         f"papermill nb/other.ipynb out.ipynb -p fold 0 -p run_dir {run_dir}"
     )
+
+
+def test_run_settings_are_the_settings_the_run_recorded(run_setup):
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    open_stage(run_dir / "stage1", {"lr": 1e-4, "batch_size": 64, "loss": "bce"})
+    wanted = dataclasses.replace(settings, output_dir=Settings().output_dir)
+    assert run_settings(run_dir) == wanted
+    assert run_settings(run_dir, "stage1") == dataclasses.replace(wanted, lr=1e-4, batch_size=64)
