@@ -271,7 +271,7 @@ def train_stage2(
         raise MissingStageError(
             f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
             f"there (or that fold did not finish). Make them first: "
-            f"{fold_command('stage1', fold, run_dir)}"
+            f"{fold_command('stage1', fold, run_dir, settings=settings)}"
         )
     inputs = inputs or prepare(settings, run_dir)
     open_stage(run_dir / "stage2", params)

@@ -137,31 +137,42 @@ def _version(name: str) -> str | None:
 
 
 def fold_command(
-    stage: str, fold: int, run_dir: str | Path, notebooks: Mapping[str, str] | None = None
+    stage: str,
+    fold: int,
+    run_dir: str | Path,
+    notebooks: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> str:
     """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``.
 
     It repeats every parameter the run recorded (``run.json``, ``<stage>/params.json``) that
     differs from the notebook's default, so the fold it makes passes the run's checks (a
     pipeline run with stage 0, say, fine-tunes ``<run>/stage0/bert``, not the default encoder).
+    A run without ``run.json`` yet records ``settings``' values when its first fold starts.
     """
     notebook = {**NOTEBOOKS, **(notebooks or {})}.get(stage, f"<notebook for {stage}>")
     words = ["papermill", notebook, "out.ipynb", "-p", "fold", str(fold), "-p", "run_dir",
              str(run_dir)]  # fmt: skip
-    for name, value in recorded_parameters(Path(run_dir), stage, ROOT / notebook).items():
+    recorded = recorded_parameters(Path(run_dir), stage, ROOT / notebook, settings)
+    for name, value in recorded.items():
         words += ["-p", name, _shown(name, value)]
     return shlex.join(words)
 
 
-def recorded_parameters(run_dir: Path, stage: str, notebook: Path) -> dict:
+def recorded_parameters(
+    run_dir: Path, stage: str, notebook: Path, settings: Settings | None = None
+) -> dict:
     """The run's recorded values of ``notebook``'s parameters, where they differ from its
-    defaults, in the notebook's order. Empty when the notebook or the records are missing."""
+    defaults, in the notebook's order; ``settings`` stand in for a missing ``run.json``.
+    Empty when the notebook or the records are missing."""
     if not notebook.is_file():
         return {}
     recorded = {}
     if (run_dir / "run.json").is_file():
         run = read_json(run_dir / "run.json")
         recorded.update({k: run[k] for k in RECORDED if k in run})
+    elif settings is not None:
+        recorded.update({k: _plain(getattr(settings, k)) for k in RECORDED})
     if (run_dir / stage / "params.json").is_file():
         recorded.update(read_json(run_dir / stage / "params.json"))
     defaults = notebook_defaults(notebook)

@@ -17,7 +17,7 @@
 | `fold` outside 0..n_folds-1 | `ConfigError` (`Settings.check_fold`): `parameter fold=7: expected an integer in 0..2 (n_folds=3)` |
 | `bert_dir` without `vocab.txt` | `BertDirError` (`check_bert_dir`): `<dir>/vocab.txt: expected this file, found it missing`; `load_vocab`: `FileNotFoundError` naming the file |
 | `vocab.txt` size ≠ config `vocab_size` | `BertDirError`: `<dir>/vocab.txt: expected N lines (vocab_size in bert_config.json), found M lines` |
-| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` and the run's other recorded, non-default parameters (`core.run.fold_command`) |
+| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` and the run's other recorded (or, before its first fold, given), non-default parameters (`core.run.fold_command`) |
 | ensemble before the stages exist | `MissingOutputsError` (`results.finalize`) naming each unfinished fold and its `papermill notebooks/02_cv.ipynb …` command |
 | NaN / out-of-range predictions → submission | `SubmissionError` (`write_submission`); no file written, an existing one left unchanged |
 | NaN / out-of-range predictions → fold | `FloatingPointError` (`engine._check_predictions`); nothing written for the fold |
@@ -33,7 +33,7 @@ import pytest
 from conftest import TINY_VOCAB
 
 from core.config import ConfigError, Settings
-from core.data import DataError, read_labelled, read_unlabelled
+from core.data import DataError, read_labelled, read_unlabelled, show_path
 from core.ensemble import MissingOutputsError
 from core.pretrained.google_ckpt import BertDirError, check_bert_dir
 from core.submission import SubmissionError, write_submission
@@ -189,6 +189,8 @@ def test_stage2_before_stage1(tmp_path, tiny_bert_dir):
     message = str(info.value)
     assert str(run_dir / "stage1" / "fold2" / "weights.h5") in message
     assert f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 2 -p run_dir {run_dir}" in message
+    # No run.json yet: the hint carries stage 2's own settings, which the run will record.
+    assert "-p n_folds 3" in message and f"-p bert_dir {show_path(tiny_bert_dir)}" in message
     assert not run_dir.exists()
 
 

@@ -218,6 +218,14 @@ def test_fold_command_shows_paths_in_the_repository_relative(tmp_path):
     # Without a record, or for a notebook that is not there, the command names fold and run only.
     bare = tmp_path / "none"
     assert fold_command("stage1", 0, bare).endswith(f"out.ipynb -p fold 0 -p run_dir {bare}")
+    # Unless the settings the run will record stand in (stage 2 asked for before any stage 1).
+    settings = Settings(bert_dir="outputs/runs/x/stage0/bert", maxlen=12)
+    assert fold_command("stage1", 0, bare, settings=settings) == (
+        f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 0 -p run_dir {bare} "
+        "-p maxlen 12 -p bert_dir outputs/runs/x/stage0/bert"
+    )
+    write_json(bare / "run.json", {"maxlen": 16})  # a record wins over the settings
+    assert fold_command("stage1", 0, bare, settings=settings).endswith("-p maxlen 16")
     assert fold_command("stage1", 0, run_dir, {"stage1": "nb/other.ipynb"}) == (
         f"papermill nb/other.ipynb out.ipynb -p fold 0 -p run_dir {run_dir}"
     )
