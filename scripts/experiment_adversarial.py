@@ -28,8 +28,7 @@ from tensorflow import keras
 
 import core.engine
 from core.config import Settings
-from core.engine import fold_dir, prepare, train_stage1
-from core.io import read_json
+from core.engine import fold_dir, fold_done, prepare, train_stage1
 from core.run import run_settings
 
 
@@ -88,7 +87,7 @@ def main() -> None:
     for fold in (int(f) for f in args.folds.split(",")):
         shutil.rmtree(fold_dir(scratch, "stage1", fold), ignore_errors=True)  # else: skipped
         summary = train_stage1(settings, fold, scratch, inputs)
-        before = read_json(fold_dir(run_dir, "stage1", fold) / "done.json")["val_auc"]
+        before = fold_done(run_dir, "stage1", fold)["val_auc"]
         print(f"{name} fold {fold}: best epoch {summary['best_epoch']}, val AUC "
               f"{summary['val_auc']:.4f} (the run's own: {before:.4f}), "
               f"{summary['seconds']:.0f} s", flush=True)  # fmt: skip

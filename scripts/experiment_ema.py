@@ -23,9 +23,8 @@ import tensorflow as tf
 from tensorflow import keras
 
 from core.config import Settings
-from core.engine import fold_dir, prepare, train_stage1
+from core.engine import fold_dir, fold_done, prepare, train_stage1
 from core.generator import predict_in_order
-from core.io import read_json
 from core.metrics import auc
 from core.run import run_settings
 
@@ -84,7 +83,7 @@ def main() -> None:
                      [inputs.train_ids[i] for i in valid], inputs.train.labels[valid])  # fmt: skip
     shutil.rmtree(fold_dir(scratch, "stage1", args.fold), ignore_errors=True)  # else: skipped
     summary = train_stage1(settings, args.fold, scratch, inputs, callbacks=[probe])
-    before = read_json(fold_dir(run_dir, "stage1", args.fold) / "done.json")["val_auc"]
+    before = fold_done(run_dir, "stage1", args.fold)["val_auc"]
     print(f"fold {args.fold}: best epoch {summary['best_epoch']}, val AUC "
           f"{summary['val_auc']:.4f} (the run's own: {before:.4f})")  # fmt: skip
 

@@ -18,7 +18,6 @@ import core  # noqa: F401  (first: selects tf-keras before TensorFlow is importe
 
 # isort: split
 import argparse
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +25,7 @@ from scipy.stats import rankdata
 from tensorflow import keras
 
 from core.config import Settings
-from core.engine import prepare
+from core.engine import fold_dir, prepare
 from core.generator import pad_batch, plan_batches, predict_in_order
 from core.metrics import auc
 from core.model import build_model
@@ -76,7 +75,7 @@ def main() -> None:
         valid_rows = np.flatnonzero(inputs.folds == fold)
         keras.utils.set_random_seed(fold)  # the dropout draws of ``mc``
         model = build_model(settings.bert_dir, jit_compile=False)
-        model.load_weights(str(Path(run_dir) / "stage1" / f"fold{fold}" / "weights.h5"))
+        model.load_weights(str(fold_dir(run_dir, "stage1", fold) / "weights.h5"))
         valid_ids = [inputs.train_ids[i] for i in valid_rows]
         y = labels[valid_rows]
         base = predict_in_order(model, valid_ids)
