@@ -67,7 +67,7 @@ setup() {
   setup_venv
   setup_font
   setup_data
-  "$VENV/bin/python" -m core.pretrained
+  "$VENV/bin/python" -m core.weights
 }
 
 cmd=${1:-}

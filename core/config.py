@@ -16,7 +16,7 @@ NOTEBOOKS = {
     "ensemble": "notebooks/04_ensemble.ipynb",
 }
 
-# Written last into stage 0's encoder folder (core.pretrain): its presence marks the folder done.
+# Written last into stage 0's encoder folder (core.mlm): its presence marks the folder done.
 PRETRAIN_FILE = "PRETRAIN.json"
 
 SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,13 +177,8 @@ def train_stage1(
     run_dir: Path,
     inputs: Inputs | None = None,
     strategy: str = "default",
-    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict:
-    """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary.
-
-    ``callbacks`` run after the fold's own ones (progress, best checkpoint): experiments
-    (``scripts/experiment_ema.py``) watch training through them without changing it.
-    """
+    """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
     params = {"lr": settings.lr, "schedule": settings.schedule, "warmup": settings.warmup,
               "layer_decay": settings.layer_decay, "train_seed": settings.train_seed,
               "epochs": settings.epochs, "patience": settings.patience,
@@ -225,7 +219,7 @@ def train_stage1(
         epochs=settings.epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check, *callbacks],
+        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check],
     )
     model.load_weights(str(weights))
     test = predict_in_order(model, inputs.test_ids, settings.predict_batch_size)

@@ -20,7 +20,7 @@ import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import SCHEDULES
 from core.losses import get_loss
 from core.optimizer import LayerwiseAdam, layer_depth
-from core.pretrained import check_bert_dir
+from core.weights import check_bert_dir
 
 # keras-bert and keras-self-attention share initializer instances across layers; tf-keras warns
 # about it on every build. Their weights come from the checkpoint or from set_random_seed anyway.

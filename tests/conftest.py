@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` without a
 
 import core  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from core.config import ROOT  # noqa: E402
-from core.pretrained.google_ckpt import check_bert_dir, write_random_bert_dir  # noqa: E402
+from core.weights.google_ckpt import check_bert_dir, write_random_bert_dir  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _CHARS = (
@@ -46,13 +46,13 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def m3e_dir() -> Path:
-    """The converted m3e-small folder (``python -m core.pretrained`` writes it)."""
+    """The converted m3e-small folder (``python -m core.weights`` writes it)."""
     path = ROOT / "pretrained" / "m3e-small"
     try:
         check_bert_dir(path, read_checkpoint=False)
     except ValueError as e:
         pytest.fail(f"{path} is not a usable BERT folder ({e}); "
-                    "run python -m core.pretrained first")  # fmt: skip
+                    "run python -m core.weights first")  # fmt: skip
     return path
 
 

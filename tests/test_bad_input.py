@@ -35,9 +35,9 @@ from conftest import TINY_VOCAB
 from core.config import ConfigError, Settings
 from core.data import DataError, read_labelled, read_unlabelled, show_path
 from core.ensemble import MissingOutputsError
-from core.pretrained.google_ckpt import BertDirError, check_bert_dir
 from core.submission import SubmissionError, write_submission
 from core.tokenizer import CharTokenizer, load_vocab
+from core.weights.google_ckpt import BertDirError, check_bert_dir
 
 
 def write(tmp_path, content: str | bytes, name: str = "train.txt"):

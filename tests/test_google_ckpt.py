@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy_bert import bert_forward, encode
 
-from core.pretrained import google_ckpt
-from core.pretrained.google_ckpt import (
+from core.weights import google_ckpt
+from core.weights.google_ckpt import (
     BertDirError,
     check_bert_dir,
     expected_shapes,
@@ -131,7 +131,7 @@ def test_check_names_missing_file(bert_copy, missing):
     (bert_copy / missing).unlink()
     with pytest.raises(BertDirError, match=missing) as err:
         check_bert_dir(bert_copy)
-    assert "python -m core.pretrained" in str(err.value)
+    assert "python -m core.weights" in str(err.value)
 
 
 def test_check_vocab_disagreeing_with_config(bert_copy):

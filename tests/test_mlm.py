@@ -11,8 +11,7 @@ import tensorflow as tf
 from conftest import TINY_VOCAB
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 
-from core.model import load_encoder
-from core.pretrain import (
+from core.mlm import (
     PRETRAIN_FILE,
     _done,
     build_mlm_model,
@@ -25,13 +24,14 @@ from core.pretrain import (
     pretrain,
     special_token_ids,
 )
-from core.pretrained.google_ckpt import (
+from core.model import load_encoder
+from core.tokenizer import CharTokenizer, load_vocab
+from core.weights.google_ckpt import (
     check_bert_dir,
     hf_to_google,
     random_hf_state_dict,
     write_bert_dir,
 )
-from core.tokenizer import CharTokenizer, load_vocab
 
 VOCAB = {t: i for i, t in enumerate(TINY_VOCAB)}
 SPECIALS = special_token_ids(VOCAB)  # [PAD] 0, [UNK] 2, [CLS] 3, [SEP] 4, [MASK] 5

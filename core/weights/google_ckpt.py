@@ -38,7 +38,7 @@ CONFIG_KEYS = (
     "num_hidden_layers", "type_vocab_size", "vocab_size",
 )  # fmt: skip
 CONFIG_FILE, VOCAB_FILE, CKPT_PREFIX = "bert_config.json", "vocab.txt", "bert_model.ckpt"
-HOW_TO_MAKE = "produce it with `python -m core.pretrained` (or write_bert_dir)"
+HOW_TO_MAKE = "produce it with `python -m core.weights` (or write_bert_dir)"
 # HF activation name -> keras-bert's. keras-bert's "gelu" is the tanh approximation (= HF
 # "gelu_new"); HF "gelu" is the exact erf form, so it maps with a ~1e-3 activation difference.
 _ACTS = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}

@@ -34,7 +34,9 @@ import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import PRETRAIN_FILE, Settings, resolve
 from core.data import file_sha256, read_labelled, read_unlabelled
 from core.generator import plan_batches
-from core.pretrained.google_ckpt import (
+from core.run import weights_sha256
+from core.tokenizer import CharTokenizer, load_vocab
+from core.weights.google_ckpt import (
     CKPT_PREFIX,
     CONFIG_FILE,
     VOCAB_FILE,
@@ -42,8 +44,6 @@ from core.pretrained.google_ckpt import (
     check_bert_dir,
     write_bert_dir,
 )
-from core.run import weights_sha256
-from core.tokenizer import CharTokenizer, load_vocab
 
 # keras-bert shares initializer instances across layers; tf-keras warns on every build (as in
 # core.model). The seeded set_random_seed makes the MLM head's initialisation reproducible anyway.

