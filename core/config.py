@@ -1,9 +1,19 @@
-"""One typed settings object shared by the code, the notebooks and the command line."""
+"""Every setting of a run, with its default, its check and its help: the one source of defaults.
+
+``Settings`` is flat, the way papermill passes parameters: the data and folds unprefixed, each
+stage's own settings prefixed (``stage1_lr``). The notebooks' parameters cells, the main job's
+``--set``/``--config`` and the functions that train all read these fields; a test fails when a
+parameters cell drifts from them. The defaults are the best measured method (docs/method.md);
+``configs/*.yaml`` hold named variants, the reference method among them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,86 +25,163 @@ NOTEBOOKS = {
     "stage2": "notebooks/03_f1_refine.ipynb",
     "ensemble": "notebooks/04_ensemble.ipynb",
 }
-
 # Written last into stage 0's encoder folder (core.mlm): its presence marks the folder done.
 PRETRAIN_FILE = "PRETRAIN.json"
+# A run folder's resolved settings, as a papermill parameters file (-f) and --config file.
+CONFIG_FILE = "config.yaml"
 
 SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)
+LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.losses)
+STRATEGIES = ("default", "mirrored", "multiworker")  # core.strategy
+PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
 
 
 class ConfigError(ValueError):
     """A setting is out of range or names a path it may not use."""
 
 
+def _setting(default, help: str, check: str, *args, section: str = "data"):
+    """A field with its check (``check``: int, number, choice, bool, path, seed) and help text."""
+    return field(
+        default=default, metadata={"help": help, "check": (check, *args), "section": section}
+    )
+
+
+def _stage(n: int):
+    return lambda default, help, check, *args: _setting(
+        default, help, check, *args, section=f"stage{n}"
+    )
+
+
+_s0, _s1, _s2 = _stage(0), _stage(1), _stage(2)
+
+
 @dataclass
 class Settings:
     """Every knob of a run. Relative paths are resolved against the repository root."""
 
-    train_path: Path = Path("data/train_shuffle.txt")
-    test_path: Path = Path("data/test_handout.txt")
-    bert_dir: Path = Path("pretrained/m3e-small")
-    output_dir: Path = Path("outputs")
-    maxlen: int = 20  # characters kept per text; [CLS] and [SEP] come on top
-    batch_size: int = 16
-    predict_batch_size: int = 256
-    lr: float = 1e-5  # stage 1, encoder trainable (the peak rate under a schedule)
-    schedule: str = "constant"  # or "cosine": warm-up then cosine decay to 0 over all epochs
-    warmup: float = 0.0  # share of the training steps spent warming up (cosine schedule)
-    layer_decay: float = 1.0  # each encoder layer learns this much slower than the one above
-    epochs: int = 3
-    patience: int = 1  # epochs without a better validation AUC before stopping
-    n_folds: int = 5
-    seed: int = 2020  # the fold split; also the training seed unless train_seed is set
-    # Training randomness (head initialisation, dropout, batch order) on the same folds; None =
-    # ``seed``. Runs that differ only here make a seed ensemble (scripts/blend_runs.py).
-    train_seed: int | None = None
-    group_by_length: bool = True
-    # XLA-compiled training steps: 2.6x the throughput on this CPU (scripts/benchmark_throughput).
-    jit_compile: bool = True
-    # Batch widths are rounded up to a multiple of this, so XLA compiles a handful of shapes.
-    pad_multiple: int = 4
+    # The data, the encoder and the folds: shared by every step.
+    train_path: Path = _setting(
+        Path("data/train_shuffle.txt"), "labelled file: 'label<TAB>text' rows, or a CSV", "path"
+    )
+    test_path: Path = _setting(
+        Path("data/test_handout.txt"),
+        "unlabelled file to score; a row's index from 0 is its ID",
+        "path",
+    )
+    bert_dir: Path = _setting(
+        Path("pretrained/m3e-small"), "Google-format BERT folder to start from", "path"
+    )
+    output_dir: Path = _setting(Path("outputs"), "every run writes under this folder", "path")
+    maxlen: int = _setting(20, "characters kept per sentence ([CLS] and [SEP] on top)", "int", 1)
+    n_folds: int = _setting(5, "folds of the shuffled KFold split by seed", "int", 2)
+    seed: int = _setting(2020, "the fold split; also training's seed unless train_seed", "int", 0)
+    train_seed: int | None = _setting(
+        None, "training randomness on the same folds (None: seed); for seed ensembles", "seed"
+    )
+    predict_batch_size: int = _setting(256, "rows per prediction batch", "int", 1)
+    # Stage 0: within-task masked-LM training of the encoder on the train + test sentences.
+    stage0_epochs: int = _s0(
+        3, "passes over all sentences with fresh masks (0: no stage 0)", "int", 0
+    )
+    stage0_lr: float = _s0(1e-4, "Adam learning rate", "number", 0, 1)
+    stage0_batch_size: int = _s0(32, "sentences per step", "int", 1)
+    stage0_mask_rate: float = _s0(
+        0.15, "share of each sentence's characters to predict", "number", 0, 1
+    )
+    stage0_jit_compile: bool = _s0(True, "XLA-compile the training step", "bool")
+    # Stage 1: fine-tune encoder + head with binary cross-entropy, one fold at a time.
+    stage1_epochs: int = _s1(
+        3, "at most this many epochs (early stopping on validation AUC)", "int", 1
+    )
+    stage1_patience: int = _s1(
+        1, "epochs without a better validation AUC before stopping", "int", 1
+    )
+    stage1_batch_size: int = _s1(64, "training batch size", "int", 1)
+    stage1_lr: float = _s1(1.4e-4, "Adam learning rate (the peak under a schedule)", "number", 0, 1)
+    stage1_schedule: str = _s1(
+        "cosine", "constant, or cosine: warm-up then decay to 0", "choice", SCHEDULES
+    )
+    stage1_warmup: float = _s1(
+        0.06, "share of the steps spent warming up (cosine)", "number", 0, 1, "[)"
+    )
+    stage1_layer_decay: float = _s1(
+        1.0,
+        "each encoder layer learns this much slower than the one above (1: off)",
+        "number",
+        0,
+        1,
+        "(]",
+    )
+    stage1_group_by_length: bool = _s1(True, "batch sentences of similar length together", "bool")
+    stage1_pad_multiple: int = _s1(4, "round batch widths up to a multiple of this (XLA)", "int", 1)
+    stage1_jit_compile: bool = _s1(True, "XLA-compile the training step", "bool")
+    stage1_strategy: str = _s1(
+        "default", "tf.distribute strategy (mirrored: several GPUs)", "choice", STRATEGIES
+    )
+    # Stage 2: freeze the encoder, train the head alone on its cached outputs.
+    stage2_loss: str = _s2("pairwise_auc", "head loss (the reference: soft_f1)", "choice", LOSSES)
+    stage2_lr: float = _s2(1e-4, "Adam learning rate of the head", "number", 0, 1)
+    stage2_epochs: int = _s2(
+        4, "at most this many epochs (early stopping on validation AUC)", "int", 1
+    )
+    stage2_patience: int = _s2(
+        1, "epochs without a better validation AUC before stopping", "int", 1
+    )
+    stage2_batch_size: int = _s2(16, "head training batch size", "int", 1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith(("_dir", "_path")):
-                setattr(self, f.name, resolve(value))
-        minimums = dict.fromkeys(("maxlen", "batch_size", "predict_batch_size", "epochs",
-                                  "n_folds", "patience", "pad_multiple"), 1)  # fmt: skip
-        minimums["seed"] = 0
-        if self.train_seed is not None:  # None: training uses ``seed``
-            minimums["train_seed"] = 0
-        for name, minimum in minimums.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"setting {name}={value!r}: expected an integer >= {minimum}")
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool):
-            raise ConfigError(f"setting lr={self.lr!r}: expected a number")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"setting schedule={self.schedule!r}: expected one of {SCHEDULES}")
-        if (
-            isinstance(self.warmup, bool)
-            or not isinstance(self.warmup, (int, float))
-            or not (0 <= self.warmup < 1)
-        ):
-            raise ConfigError(f"setting warmup={self.warmup!r}: expected a number in [0, 1)")
-        if (
-            isinstance(self.layer_decay, bool)
-            or not isinstance(self.layer_decay, (int, float))
-            or not (0 < self.layer_decay <= 1)
-        ):
-            raise ConfigError(
-                f"setting layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1 = off)"
-            )
-        if self.n_folds < 2:
-            raise ConfigError(f"setting n_folds={self.n_folds}: expected at least 2 folds")
-        if not 0 < self.lr < 1:
-            raise ConfigError(f"setting lr={self.lr}: expected a learning rate in (0, 1)")
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
 
     @property
     def training_seed(self) -> int:
         """The seed of training's randomness: ``train_seed``, or ``seed`` when that is None."""
         return self.seed if self.train_seed is None else self.train_seed
+
+    @property
+    def uses_stage0(self) -> bool:
+        return self.stage0_epochs > 0
+
+    def stage(self, section: str) -> dict:
+        """``{"lr": ..., ...}``: the settings of one section, unprefixed (a stage's params.json)."""
+        prefix = "" if section == "data" else f"{section}_"
+        return {
+            f.name[len(prefix) :]: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["section"] == section
+        }
+
+    def values(self, paths_as_given: bool = True) -> dict:
+        """Every setting, paths shown relative to the repository where they lie inside it."""
+        return {
+            f.name: show(v) if isinstance(v, Path) and paths_as_given else v
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+    def changed(self) -> dict:
+        """The settings that differ from the defaults (what a run's parameters file must say)."""
+        base = Settings().values()
+        return {k: v for k, v in self.values().items() if v != base[k]}
+
+    def identity(self) -> dict:
+        """What a run is: every setting but where it writes, and the inputs' contents (not their
+        paths: the same files elsewhere make the same run)."""
+        from core.data import file_sha256
+        from core.run import weights_sha256  # local: run imports this module
+
+        values = {k: v for k, v in self.values().items() if k not in PATHS}
+        values["train_sha256"] = file_sha256(self.train_path)
+        values["test_sha256"] = file_sha256(self.test_path)
+        values["bert_sha256"] = weights_sha256(self.bert_dir)
+        return values
+
+    def default_run_dir(self) -> Path:
+        """``<output_dir>/runs/run-<hash of identity()>``: the main job's folder for these
+        settings, which a notebook run by hand with the same settings uses too."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+        return self.output_dir / "runs" / f"run-{digest[:10]}"
 
     def check_fold(self, fold: int) -> int:
         """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones."""
@@ -105,8 +192,11 @@ class Settings:
             )
         return fold
 
-    def run_path(self, run_dir: str | Path, name: str = "parameter run_dir") -> Path:
-        """Resolve a run folder; it must lie inside ``output_dir`` (runs write nowhere else)."""
+    def run_path(self, run_dir: str | Path | None, name: str = "parameter run_dir") -> Path:
+        """Resolve a run folder (None: ``default_run_dir()``); it must lie inside
+        ``output_dir`` (runs write nowhere else)."""
+        if run_dir is None:
+            return self.default_run_dir()
         path = resolve(run_dir)
         if path == self.output_dir or not path.is_relative_to(self.output_dir):
             raise ConfigError(
@@ -116,10 +206,164 @@ class Settings:
         return path
 
 
-def resolve(path: str | Path) -> Path:
+def default(name: str):
+    """The default of one setting (for functions that take a setting as a keyword)."""
+    return getattr(DEFAULTS, name)
+
+
+def _checked(f: dataclasses.Field, value):
+    """``value`` as the setting ``f`` holds it, or a ConfigError naming the setting."""
+    kind, *args = f.metadata["check"]
+    if isinstance(value, str) and kind in ("int", "number", "seed"):
+        value = _number(value)  # a YAML file or a raw -r parameter may give numbers as text
+    bad = None
+    if kind == "path":
+        return resolve(value, f"setting {f.name}")
+    if kind in ("int", "seed"):
+        if kind == "seed" and value is None:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        minimum = 0 if kind == "seed" else args[0]
+        if not ok or value < minimum:
+            bad = f"an integer >= {minimum}" + (" or None" if kind == "seed" else "")
+    elif kind == "number":
+        low, high, ends = (*args, "()")[:3]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        inside = ok and math.isfinite(value) and (value > low if ends[0] == "(" else value >= low)
+        inside = inside and (value < high if ends[1] == ")" else value <= high)
+        if not inside:
+            bad = f"a number in {ends[0]}{low}, {high}{ends[1]}"
+        else:
+            value = float(value)
+    elif kind == "choice":
+        if value not in args[0]:
+            bad = f"one of {', '.join(args[0])}"
+    elif kind == "bool" and not isinstance(value, bool):
+        bad = "True or False"
+    if bad:
+        raise ConfigError(f"setting {f.name}={value!r}: expected {bad} ({f.metadata['help']})")
+    return value
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text  # left for the check to refuse, named
+
+
+def resolve(path: str | Path, name: str = "path") -> Path:
     """Resolve ``path`` against the repository root, refusing empty strings and NUL bytes."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"{name}={path!r}: expected a file or folder path")
     text = str(path)
     if not text.strip() or "\x00" in text:
-        raise ConfigError(f"path {text!r}: expected a non-empty file or folder path")
+        raise ConfigError(f"{name}={text!r}: expected a non-empty file or folder path")
     p = Path(text).expanduser()
     return (p if p.is_absolute() else ROOT / p).resolve()
+
+
+def show(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it (shorter messages and commands)."""
+    p = Path(path)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(p)
+
+
+DEFAULTS = Settings()
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def from_values(values: dict, source: str) -> Settings:
+    """Settings from flat ``{name: value}`` (a config file, papermill parameters, --set), with
+    ``stage1.lr`` accepted for ``stage1_lr``; unknown names are refused, naming ``source``."""
+    clean = {}
+    for key, value in values.items():
+        name = str(key).replace(".", "_")
+        if name not in FIELDS:
+            raise ConfigError(
+                f"{source}: unknown setting {key!r}; expected one of {', '.join(FIELDS)}"
+            )
+        clean[name] = value
+    return Settings(**clean)
+
+
+def from_notebook(namespace: dict) -> Settings:
+    """Settings from a notebook's parameters (its globals after papermill's injected cell)."""
+    return from_values({k: namespace[k] for k in FIELDS if k in namespace}, "notebook parameters")
+
+
+def read_config(path: str | Path) -> dict:
+    """A configuration file's ``{name: value}`` (flat YAML, as papermill's ``-f`` reads it)."""
+    import yaml
+
+    file = resolve(path, "--config")
+    if not file.is_file():
+        raise ConfigError(
+            f"--config {path}: not found; expected a YAML file such as configs/reference.yaml"
+        )
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{show(file)}: expected flat YAML 'name: value' lines ({e})") from None
+    if not isinstance(values, dict):
+        found = type(values).__name__
+        raise ConfigError(f"{show(file)}: expected 'name: value' lines, found a {found}")
+    from_values(values, show(file))  # names and values checked here, before anything runs
+    return values
+
+
+def config_text(settings: Settings, header: str = "") -> str:
+    """``settings.changed()`` as a papermill parameters file (``-f``), one line per setting."""
+    import yaml
+
+    body = yaml.safe_dump(settings.changed(), sort_keys=False, allow_unicode=True)
+    return header + ("" if body.strip() == "{}" else body)
+
+
+SETTINGS_HEADER = (
+    "# The run's settings (core.config.Settings): the same in every notebook of a run."
+)
+
+
+def parameters_source() -> str:
+    """The settings part of a notebook's parameters cell: every setting with its default and
+    help, after the notebook's own parameters. tests/test_notebooks.py holds every notebook to
+    it; ``python -m core.config`` rewrites the cells after a change here."""
+    titles = {"data": "the data, the encoder and the folds", "stage0": "stage 0 (00_pretrain)",
+              "stage1": "stage 1 (02_cv)", "stage2": "stage 2 (03_f1_refine)"}  # fmt: skip
+    lines, section = [SETTINGS_HEADER], None
+    for f in dataclasses.fields(Settings):
+        if f.metadata["section"] != section:
+            section = f.metadata["section"]
+            lines.append(f"# - {titles[section]}")
+        value = getattr(DEFAULTS, f.name)
+        shown = json.dumps(show(value) if isinstance(value, Path) else value)
+        shown = {"null": "None", "true": "True", "false": "False"}.get(shown, shown)
+        lines.append(f"{f.name} = {shown}  # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def sync_notebooks() -> list[Path]:
+    """Rewrite each notebook's parameters cell from ``SETTINGS_HEADER`` on; return those changed."""
+    import nbformat
+
+    changed = []
+    for rel in NOTEBOOKS.values():
+        path = ROOT / rel
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        own = cell.source.split(SETTINGS_HEADER)[0].rstrip("\n")
+        source = (own + "\n\n" if own else "") + parameters_source().rstrip("\n")
+        if cell.source != source:
+            cell.source = source
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for path in sync_notebooks():
+        print(f"rewrote the parameters cell of {show(path)}")

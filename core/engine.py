@@ -25,13 +25,16 @@ from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
 from core.metrics import auc
 from core.model import build_head_model, build_model, copy_head_weights, learning_rate
-from core.run import fold_command, open_run, open_stage
+from core.run import (
+    MissingStageError,
+    encoder_dir,
+    fold_command,
+    fold_dir,
+    open_run,
+    open_stage,
+)
 from core.strategy import get_strategy
 from core.tokenizer import CharTokenizer, load_vocab
-
-
-class MissingStageError(FileNotFoundError):
-    """A stage needs the outputs of an earlier one that are not there yet."""
 
 
 @dataclass
@@ -65,10 +68,6 @@ def prepare(settings: Settings, run_dir: Path) -> Inputs:
     )
 
 
-def fold_dir(run_dir: Path, stage: str, fold: int) -> Path:
-    return Path(run_dir) / stage / f"fold{fold}"
-
-
 def fold_done(run_dir: Path, stage: str, fold: int) -> dict | None:
     """The fold's summary if it finished, else None."""
     path = fold_dir(run_dir, stage, fold) / "done.json"
@@ -94,8 +93,11 @@ class ValidationAUC(keras.callbacks.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 self.model.stop_training = True
-        print(f"  epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val AUC {score:.4f}"
-              f"{'  (best)' if self.best_epoch == epoch else ''}", flush=True)  # fmt: skip
+        print(
+            f"  epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val AUC {score:.4f}"
+            f"{'  (best)' if self.best_epoch == epoch else ''}",
+            flush=True,
+        )
 
 
 class Progress(keras.callbacks.Callback):
@@ -112,9 +114,12 @@ class Progress(keras.callbacks.Callback):
         steps = self.params.get("steps") or 1
         if (batch + 1) % max(1, steps // 10) == 0 or batch + 1 == steps:
             rate = (batch + 1) / max(time.time() - self.start, 1e-9)
-            print(f"  [{self.label}] epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/{steps}"
-                  f"  loss {logs.get('loss', float('nan')):.4f}  {rate:.1f} batch/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  [{self.label}] epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/{steps}"
+                f"  loss {logs.get('loss', float('nan')):.4f}  {rate:.1f} batch/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _already_done(
@@ -150,10 +155,17 @@ def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start) 
 
 def _write_fold(out: Path, inputs: Inputs, fold: int, oof, test, history: dict, summary: dict):
     valid = np.flatnonzero(inputs.folds == fold)
-    write_csv(out / "oof.csv", pd.DataFrame({
-        "row": valid, "id": inputs.train.ids[valid],
-        "label": inputs.train.labels[valid], "pred": oof,
-    }))  # fmt: skip
+    write_csv(
+        out / "oof.csv",
+        pd.DataFrame(
+            {
+                "row": valid,
+                "id": inputs.train.ids[valid],
+                "label": inputs.train.labels[valid],
+                "pred": oof,
+            }
+        ),
+    )
     write_csv(out / "test.csv", pd.DataFrame({"id": inputs.test.ids, "pred": test}))
     write_json(out / "history.json", history)
     write_json(out / "done.json", summary)  # last: marks the fold complete
@@ -176,18 +188,15 @@ def train_stage1(
     fold: int,
     run_dir: Path,
     inputs: Inputs | None = None,
-    strategy: str = "default",
 ) -> dict:
-    """Fine-tune encoder + head on every fold but ``fold``; return the fold's summary."""
-    params = {"lr": settings.lr, "schedule": settings.schedule, "warmup": settings.warmup,
-              "layer_decay": settings.layer_decay, "train_seed": settings.train_seed,
-              "epochs": settings.epochs, "patience": settings.patience,
-              "batch_size": settings.batch_size, "loss": "bce", "strategy": strategy,
-              "group_by_length": settings.group_by_length, "jit_compile": settings.jit_compile,
-              "pad_multiple": settings.pad_multiple}  # fmt: skip
+    """Fine-tune encoder + head (``settings.stage1_*``) on every fold but ``fold``; return the
+    fold's summary."""
+    s = settings
+    params = {**s.stage("stage1"), "loss": "bce", "train_seed": s.train_seed}
     if done := _already_done(settings, run_dir, "stage1", fold, params):
         return done
     run_dir = Path(run_dir)
+    bert_dir = encoder_dir(settings, run_dir)
     inputs = inputs or prepare(settings, run_dir)
     open_stage(run_dir / "stage1", params)
     out = fold_dir(run_dir, "stage1", fold)
@@ -196,30 +205,41 @@ def train_stage1(
     valid_rows = np.flatnonzero(inputs.folds == fold)
     pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
 
-    train_seq = BatchSequence(pick(train_rows), inputs.train.labels[train_rows],
-                              settings.batch_size, shuffle=True, seed=settings.training_seed + fold,
-                              group_by_length=settings.group_by_length,
-                              pad_multiple=settings.pad_multiple)  # fmt: skip
-    lr = learning_rate(settings.lr, settings.schedule, len(train_seq) * settings.epochs,
-                       settings.warmup)  # fmt: skip
-    with get_strategy(strategy).scope():
-        model = build_model(settings.bert_dir, lr=lr, jit_compile=settings.jit_compile,
-                            layer_decay=settings.layer_decay)  # fmt: skip
+    train_seq = BatchSequence(
+        pick(train_rows),
+        inputs.train.labels[train_rows],
+        s.stage1_batch_size,
+        shuffle=True,
+        seed=s.training_seed + fold,
+        group_by_length=s.stage1_group_by_length,
+        pad_multiple=s.stage1_pad_multiple,
+    )
+    lr = learning_rate(
+        s.stage1_lr, s.stage1_schedule, len(train_seq) * s.stage1_epochs, s.stage1_warmup
+    )
+    with get_strategy(s.stage1_strategy).scope():
+        model = build_model(
+            bert_dir, lr=lr, jit_compile=s.stage1_jit_compile, layer_decay=s.stage1_layer_decay
+        )
     weights = out / "weights.h5"
 
     def predict_valid():
         return predict_in_order(model, pick(valid_rows), settings.predict_batch_size)
 
-    check = ValidationAUC(predict_valid, inputs.train.labels[valid_rows],
-                          lambda: save_weights(model, weights), settings.patience)  # fmt: skip
+    check = ValidationAUC(
+        predict_valid,
+        inputs.train.labels[valid_rows],
+        lambda: save_weights(model, weights),
+        s.stage1_patience,
+    )
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
     history = model.fit(
         train_seq.dataset(),
-        epochs=settings.epochs,
+        epochs=s.stage1_epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[Progress(f"stage1 fold {fold}", settings.epochs), check],
+        callbacks=[Progress(f"stage1 fold {fold}", s.stage1_epochs), check],
     )
     model.load_weights(str(weights))
     test = predict_in_order(model, inputs.test_ids, settings.predict_batch_size)
@@ -247,16 +267,12 @@ def train_stage2(
     settings: Settings,
     fold: int,
     run_dir: Path,
-    loss: str = "soft_f1",
-    lr: float = 1e-7,
-    epochs: int = 3,
-    batch_size: int | None = None,
     inputs: Inputs | None = None,
 ) -> dict:
-    """Freeze the stage-1 encoder of ``fold`` and train its head with ``loss`` on cached outputs."""
-    batch_size = batch_size or settings.batch_size
-    params = {"loss": loss, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-              "patience": settings.patience, "train_seed": settings.train_seed}  # fmt: skip
+    """Freeze the stage-1 encoder of ``fold`` and train its head (``settings.stage2_*``) on
+    cached outputs."""
+    s = settings
+    params = {**s.stage("stage2"), "train_seed": s.train_seed}
     if done := _already_done(settings, run_dir, "stage2", fold, params):
         return done
     run_dir = Path(run_dir)
@@ -265,15 +281,16 @@ def train_stage2(
         raise MissingStageError(
             f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
             f"there (or that fold did not finish). Make them first: "
-            f"{fold_command('stage1', fold, run_dir, settings=settings)}"
+            f"{fold_command('stage1', fold, run_dir, settings)}"
         )
+    bert_dir = encoder_dir(settings, run_dir)
     inputs = inputs or prepare(settings, run_dir)
     open_stage(run_dir / "stage2", params)
     out = fold_dir(run_dir, "stage2", fold)
     keras.utils.set_random_seed(settings.training_seed + fold)
     start = time.time()
 
-    full = build_model(settings.bert_dir, bert_trainable=False)
+    full = build_model(bert_dir, bert_trainable=False)
     full.load_weights(str(stage1 / "weights.h5"))
     encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
     width = settings.maxlen + 2
@@ -285,7 +302,7 @@ def train_stage2(
     train_x = encode(encoder, inputs.train_ids, width, settings.predict_batch_size)
     test_x = encode(encoder, inputs.test_ids, width, settings.predict_batch_size)
 
-    head = build_head_model(train_x.shape[-1], loss=loss, lr=lr)
+    head = build_head_model(train_x.shape[-1], loss=s.stage2_loss, lr=s.stage2_lr)
     copy_head_weights(full, head)
     train_rows = np.flatnonzero(inputs.folds != fold)
     valid_rows = np.flatnonzero(inputs.folds == fold)
@@ -293,18 +310,27 @@ def train_stage2(
     weights = out / "head.h5"
 
     def predict_valid():
-        return head.predict(train_x[valid_rows], batch_size=settings.predict_batch_size,
-                            verbose=0).reshape(-1)  # fmt: skip
+        return head.predict(
+            train_x[valid_rows], batch_size=settings.predict_batch_size, verbose=0
+        ).reshape(-1)
 
-    check = ValidationAUC(predict_valid, labels[valid_rows], lambda: save_weights(head, weights),
-                          settings.patience)  # fmt: skip
+    check = ValidationAUC(
+        predict_valid, labels[valid_rows], lambda: save_weights(head, weights), s.stage2_patience
+    )
     # The stage-1 head is epoch 0: stage 2 keeps it unless an epoch beats it on validation AUC.
     check.best, check.best_epoch = auc(labels[valid_rows], predict_valid()), -1
     save_weights(head, weights)
     print(f"  epoch 0 (stage-1 head): val AUC {check.best:.4f}", flush=True)
     # shuffle=True here is seeded: set_random_seed above fixed TensorFlow's global seed.
-    history = head.fit(train_x[train_rows], labels[train_rows, None], batch_size=batch_size,
-                       epochs=epochs, shuffle=True, verbose=0, callbacks=[check])  # fmt: skip
+    history = head.fit(
+        train_x[train_rows],
+        labels[train_rows, None],
+        batch_size=s.stage2_batch_size,
+        epochs=s.stage2_epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[check],
+    )
     head.load_weights(str(weights))
     test = head.predict(test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1)
     return _finish("stage2", fold, out, inputs, predict_valid(), test, check, history, start)

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from core.config import CONFIG_FILE, Settings
 from core.metrics import auc, best_f1
-from core.run import fold_command
+from core.run import fold_command, fold_dir, run_settings
 
 # Weight of the first stage in ``w*a + (1-w)*b``: 0, 0.05, ..., 1 (rounded so 0.35 prints as 0.35).
 WEIGHT_GRID: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
@@ -95,15 +96,16 @@ def load_stage(
     run_dir: str | Path,
     stage: str,
     n_folds: int,
-    notebooks: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> StagePredictions:
     """Read ``<run_dir>/<stage>/fold<k>/{oof,test}.csv`` of every fold, once all are done.
 
-    Raises ``MissingOutputsError`` naming every unfinished fold and its command, and
+    Raises ``MissingOutputsError`` naming every unfinished fold and its command (for the run's
+    ``settings``, by default those its ``config.yaml`` records), and
     ``ValueError`` when OOF rows are not each covered exactly once or test ids disagree.
     """
     run_dir = Path(run_dir)
-    fold_dirs = [run_dir / stage / f"fold{k}" for k in range(n_folds)]
+    fold_dirs = [fold_dir(run_dir, stage, k) for k in range(n_folds)]
 
     missing, reasons = [], []
     for k, d in enumerate(fold_dirs):
@@ -115,7 +117,10 @@ def load_stage(
             damaged = "done.json" not in absent
             reasons.append(f" ({', '.join(absent)} missing despite done.json)" if damaged else "")
     if missing:
-        commands = [fold_command(stage, k, run_dir, notebooks) for k in missing]
+        settings = settings or (
+            run_settings(run_dir) if (run_dir / CONFIG_FILE).exists() else Settings()
+        )
+        commands = [fold_command(stage, k, run_dir, settings) for k in missing]
         lines = [
             f'{stage} fold {k} is not finished in {run_dir}{why}: run "{cmd}"'
             for k, why, cmd in zip(missing, reasons, commands, strict=True)
@@ -473,8 +478,10 @@ def load_runs(run_dirs: Sequence[str | Path], stage: str = "stage1") -> list[Sta
     folds = pd.read_csv(runs[0] / "folds.csv")
     for run in runs[1:]:
         if not pd.read_csv(run / "folds.csv").equals(folds):
-            raise ValueError(f"{run / 'folds.csv'}: not the folds of {runs[0]}; runs to blend "
-                             "must be made from the same training file and split")  # fmt: skip
+            raise ValueError(
+                f"{run / 'folds.csv'}: not the folds of {runs[0]}; runs to blend "
+                "must be made from the same training file and split"
+            )
     n_folds = int(folds["fold"].max()) + 1
     stages = [load_stage(run, stage, n_folds) for run in runs]
     ids = set(stages[0].test["id"])

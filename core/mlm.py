@@ -31,7 +31,7 @@ from keras_bert import build_model_from_config, load_model_weights_from_checkpoi
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import PRETRAIN_FILE, Settings, resolve
+from core.config import PRETRAIN_FILE, default, resolve
 from core.data import file_sha256, read_labelled, read_unlabelled
 from core.generator import plan_batches
 from core.run import weights_sha256
@@ -368,28 +368,28 @@ def _done(out_dir: Path, identity: dict) -> dict | None:
 
 
 def pretrain(
-    bert_dir: str | Path | Settings,
+    bert_dir: str | Path,
     texts: Sequence[str],
     out_dir: str | Path,
     *,
-    epochs: int = 3,
-    batch_size: int = 32,
-    lr: float = 5e-5,
-    maxlen: int | None = None,
-    seed: int = 2020,
-    mask_rate: float = 0.15,
+    epochs: int = default("stage0_epochs"),
+    batch_size: int = default("stage0_batch_size"),
+    lr: float = default("stage0_lr"),
+    maxlen: int = default("maxlen"),
+    seed: int = default("seed"),
+    mask_rate: float = default("stage0_mask_rate"),
     data_files: Mapping[str, str | Path] | None = None,
-    jit_compile: bool = True,
+    jit_compile: bool = default("stage0_jit_compile"),
     verbose: bool = True,
     return_model: bool = False,
 ) -> dict:
     """Continue MLM training of ``bert_dir``'s encoder on ``texts``; write ``out_dir``.
 
-    ``bert_dir`` may be a ``Settings`` (its ``bert_dir`` and ``maxlen`` are used; ``maxlen``
-    defaults to 20 otherwise). Texts are tokenized with ``CharTokenizer`` into rows of at most
-    ``maxlen + 2`` tokens; each epoch draws fresh masks and a fresh length-grouped order from
-    ``seed`` and trains on its full batches (``length_batches``: the ``len(texts) % batch_size``
-    left over wait for a later epoch's order; the whole set if smaller than a batch).
+    The defaults are stage 0's settings (core.config). Texts are tokenized with
+    ``CharTokenizer`` into rows of at most ``maxlen + 2`` tokens; each epoch draws fresh masks
+    and a fresh length-grouped order from ``seed`` and trains on its full batches
+    (``length_batches``: the ``len(texts) % batch_size`` left over wait for a later epoch's
+    order; the whole set if smaller than a batch).
     ``data_files`` (``{name: path}``) are recorded with
     their sha256. ``out_dir`` gets the source's config and vocabulary, the trained weights under
     Google names (MLM head included) and ``PRETRAIN.json``, all at once; a folder there made from
@@ -401,10 +401,6 @@ def pretrain(
     ``accuracy``), ``final_loss``, ``seconds``, ``skipped``; with ``return_model`` also
     ``model``, the trained MLM model (None when skipped).
     """
-    if isinstance(bert_dir, Settings):
-        maxlen = bert_dir.maxlen if maxlen is None else maxlen
-        bert_dir = bert_dir.bert_dir
-    maxlen = 20 if maxlen is None else maxlen
     bert_dir, out_dir = resolve(bert_dir), resolve(out_dir)
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("maxlen", maxlen)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -39,6 +39,7 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
     import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
     from core.engine import encode
     from core.model import build_head_model, build_model, copy_head_weights
+    from core.run import fold_dir
     from core.tokenizer import CharTokenizer, load_vocab
 
     run = read_json(run_dir / "run.json")
@@ -52,11 +53,11 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
     head = build_head_model(encoder.output_shape[-1])
     stage1, stage2 = [], []
     for fold in range(run["n_folds"]):
-        full.load_weights(str(run_dir / "stage1" / f"fold{fold}" / "weights.h5"))
+        full.load_weights(str(fold_dir(run_dir, "stage1", fold) / "weights.h5"))
         feats = encode(encoder, token_ids, run["maxlen"] + 2, batch_size)
         copy_head_weights(full, head)
         stage1.append(head.predict(feats, batch_size=batch_size, verbose=0).reshape(-1))
-        head.load_weights(str(run_dir / "stage2" / f"fold{fold}" / "head.h5"))
+        head.load_weights(str(fold_dir(run_dir, "stage2", fold) / "head.h5"))
         stage2.append(head.predict(feats, batch_size=batch_size, verbose=0).reshape(-1))
     p1, p2 = np.mean(stage1, axis=0), np.mean(stage2, axis=0)
     return pd.DataFrame({"text": texts, "probability": weight * p1 + (1 - weight) * p2,

@@ -6,26 +6,20 @@ resumed fold checks it still is, so results of different data or settings never 
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import functools
 import hashlib
 import importlib.metadata as metadata
 import platform
 import shlex
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from core.config import NOTEBOOKS, ROOT, Settings, resolve
-from core.data import file_sha256, show_path
-from core.io import read_json, write_csv, write_json
+from core.config import CONFIG_FILE, NOTEBOOKS, PATHS, PRETRAIN_FILE, Settings, config_text, show
+from core.data import file_sha256
+from core.io import read_json, write_csv, write_json, write_text
 
-# run.json's entries that are also notebook parameters (fold_command repeats them).
-RECORDED = ("train_path", "bert_dir", "n_folds", "seed", "maxlen")
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
 IDENTITY = ("train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
@@ -33,6 +27,15 @@ IDENTITY = ("train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256"
 
 class RunMismatchError(RuntimeError):
     """A run folder holds results made from other data or settings."""
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage needs the outputs of an earlier one that are not there yet."""
+
+
+def fold_dir(run_dir: str | Path, stage: str, fold: int) -> Path:
+    """A fold's folder: the one place its layout is spelt."""
+    return Path(run_dir) / stage / f"fold{fold}"
 
 
 def weights_sha256(bert_dir: Path) -> str:
@@ -63,6 +66,7 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
     on its own.
     """
     run_dir = Path(run_dir)
+    record_settings(run_dir, settings)
     manifest = {
         "train_path": str(settings.train_path),
         "train_sha256": file_sha256(settings.train_path),
@@ -136,82 +140,77 @@ def _version(name: str) -> str | None:
         return None
 
 
-def fold_command(
-    stage: str,
-    fold: int,
-    run_dir: str | Path,
-    notebooks: Mapping[str, str] | None = None,
-    settings: Settings | None = None,
-) -> str:
-    """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``.
-
-    It repeats every parameter the run recorded (``run.json``, ``<stage>/params.json``) that
-    differs from the notebook's default, so the fold it makes passes the run's checks (a
-    pipeline run with stage 0, say, fine-tunes ``<run>/stage0/bert``, not the default encoder).
-    A run without ``run.json`` yet records ``settings``' values when its first fold starts.
-    """
-    notebook = {**NOTEBOOKS, **(notebooks or {})}.get(stage, f"<notebook for {stage}>")
-    words = ["papermill", notebook, "out.ipynb", "-p", "fold", str(fold), "-p", "run_dir",
-             str(run_dir)]  # fmt: skip
-    recorded = recorded_parameters(Path(run_dir), stage, ROOT / notebook, settings)
-    for name, value in recorded.items():
-        words += ["-p", name, _shown(name, value)]
-    return shlex.join(words)
+def record_settings(run_dir: Path, settings: Settings) -> Path:
+    """Write ``<run>/config.yaml`` (the settings that differ from the defaults), or check that the
+    folder's recorded settings are these: one folder holds one configuration."""
+    path = Path(run_dir) / CONFIG_FILE
+    wanted = settings.values()
+    if path.exists():
+        saved = Settings(**{**read_config_values(path), "output_dir": settings.output_dir})
+        # Paths may differ (the same files elsewhere are the same run: run.json checks contents).
+        check_same(path, saved.values(), wanted, [k for k in wanted if k not in PATHS])
+    else:
+        header = (
+            "# Settings of this run that differ from core.config's defaults. Finish or\n"
+            f"# repeat a step by hand: papermill <notebook> out.ipynb -f {show(path)}\n"
+        )
+        write_text(path, config_text(settings, header))
+    return path
 
 
-def recorded_parameters(
-    run_dir: Path, stage: str, notebook: Path, settings: Settings | None = None
-) -> dict:
-    """The run's recorded values of ``notebook``'s parameters, where they differ from its
-    defaults, in the notebook's order; ``settings`` stand in for a missing ``run.json``.
-    Empty when the notebook or the records are missing."""
-    if not notebook.is_file():
-        return {}
-    recorded = {}
-    if (run_dir / "run.json").is_file():
-        run = read_json(run_dir / "run.json")
-        recorded.update({k: run[k] for k in RECORDED if k in run})
-    elif settings is not None:
-        recorded.update({k: _plain(getattr(settings, k)) for k in RECORDED})
-    if (run_dir / stage / "params.json").is_file():
-        recorded.update(read_json(run_dir / stage / "params.json"))
-    defaults = notebook_defaults(notebook)
-    return {k: recorded[k] for k in defaults if k in recorded and recorded[k] != defaults[k]}
+def read_config_values(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
-@functools.lru_cache
-def notebook_defaults(notebook: Path) -> dict:
-    """``notebook``'s parameters and their defaults as a run records them (paths resolved, as
-    Settings does), in the notebook's order. Cached: one hint names every missing fold."""
-    import papermill  # only on the error paths that use this: it takes a second to import
-
-    defaults = {}
-    for name, spec in papermill.inspect_notebook(str(notebook)).items():
-        try:
-            value = ast.literal_eval(spec["default"])
-        except (ValueError, SyntaxError):
-            value = spec["default"]
-        if _is_path(name) and isinstance(value, str):
-            value = str(resolve(value))
-        defaults[name] = value
-    return defaults
-
-
-def run_settings(run_dir: Path, stage: str | None = None) -> Settings:
-    """The settings a run was made with: its data, encoder and folds (``run.json``) and, with
-    ``stage``, that stage's recorded parameters that are settings (``<stage>/params.json``)."""
-    values = {k: v for k, v in read_json(run_dir / "run.json").items() if k in RECORDED}
-    if stage is not None:
-        fields = {f.name for f in dataclasses.fields(Settings)}
-        params = read_json(run_dir / stage / "params.json")
-        values.update({k: v for k, v in params.items() if k in fields})
+def run_settings(run_dir: Path, output_dir: str | Path | None = None) -> Settings:
+    """The settings a run folder was made with (its ``config.yaml``)."""
+    values = read_config_values(Path(run_dir) / CONFIG_FILE)
+    if output_dir is not None:
+        values["output_dir"] = output_dir
     return Settings(**values)
 
 
-def _is_path(name: str) -> bool:
-    return name.endswith(("_path", "_dir"))
+def encoder_dir(settings: Settings, run_dir: Path) -> Path:
+    """The encoder stages 1 and 2 fine-tune: the run's stage-0 folder, or ``bert_dir`` without
+    stage 0. A missing stage-0 folder raises MissingStageError with the command that makes it."""
+    if not settings.uses_stage0:
+        return settings.bert_dir
+    folder = Path(run_dir) / "stage0" / "bert"
+    if not (folder / PRETRAIN_FILE).is_file():
+        raise MissingStageError(
+            f"{show(folder)}: this run's stage-0 encoder is not there yet (stage0_epochs="
+            f"{settings.stage0_epochs}). Make it first: {step_command('stage0', run_dir, settings)}"
+            " (or pass -p stage0_epochs 0 to fine-tune bert_dir as it is)"
+        )
+    return folder
 
 
-def _shown(name: str, value) -> str:
-    """``value`` as papermill's ``-p`` reads it back; paths inside the repository relative."""
-    return show_path(Path(value)) if _is_path(name) and isinstance(value, str) else str(value)
+def step_command(
+    stage: str, run_dir: str | Path, settings: Settings, fold: int | None = None
+) -> str:
+    """The papermill command that makes ``stage`` (``fold``) of the run in ``run_dir``: the run's
+    own ``config.yaml`` as parameters file (before it exists, the settings that differ from the
+    defaults), and ``run_dir`` when it is not the folder those settings name."""
+    run_dir = Path(run_dir)
+    words = ["papermill", NOTEBOOKS.get(stage, f"<notebook for {stage}>"), "out.ipynb"]
+    if (run_dir / CONFIG_FILE).is_file() and settings.changed():
+        words += ["-f", show(run_dir / CONFIG_FILE)]
+    else:  # no record yet (nothing of the run was made): the settings themselves
+        for name, value in settings.changed().items():
+            words += ["-p", name, str(value)]
+    if fold is not None:
+        words += ["-p", "fold", str(fold)]
+    try:
+        default_dir = settings.default_run_dir()
+    except (OSError, ValueError):  # inputs gone: name the folder rather than fail on a hint
+        default_dir = None
+    if run_dir.resolve() != default_dir:
+        words += ["-p", "run_dir", show(run_dir)]
+    return shlex.join(words)
+
+
+def fold_command(stage: str, fold: int, run_dir: str | Path, settings: Settings) -> str:
+    """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``."""
+    return step_command(stage, run_dir, settings, fold)

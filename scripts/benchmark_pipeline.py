@@ -19,7 +19,7 @@ import pandas as pd
 
 from core.config import Settings
 from core.io import read_json
-from core.pipeline import parse_sets, run_pipeline, setup_logging
+from core.pipeline import resolve_settings, run_pipeline, setup_logging
 
 
 def report(run_dir: Path) -> None:
@@ -42,6 +42,7 @@ def report(run_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a settings file, e.g. configs/reference.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--run-dir", help="report on this finished run instead of running")
     args = parser.parse_args()
@@ -51,7 +52,7 @@ def main() -> None:
     setup_logging()
     run_dir = Settings().run_path(f"outputs/benchmarks/{time.strftime('%Y%m%d-%H%M%S')}")
     start = time.time()
-    run_pipeline(parse_sets(args.set), run_dir=run_dir)
+    run_pipeline(resolve_settings(args.config, args.set), run_dir=run_dir)
     total = time.time() - start
     report(run_dir)
     print(f"wall time end to end {total / 60:6.1f} min")

@@ -8,7 +8,7 @@ training and prediction samples/s of:
   fed to ``model.fit`` / ``model.predict`` (the reference);
 - ``ours-b16``: our length-grouped ``BatchSequence`` fed as its ``dataset()`` (as the engine
   does), XLA-compiled steps, batch 16 (like for like);
-- ``ours``: the pipeline's stage-1 defaults (``core.pipeline.DEFAULTS``: batch size, XLA), and
+- ``ours``: the pipeline's stage-1 defaults (``core.config.DEFAULTS``: batch size, XLA), and
   predictions in batches of 256 through one plain traced graph.
 It also measures this machine's dense matmul peak with TensorFlow (float32 and bfloat16) and the
 fraction of the float32 peak each training pass reaches, counting real (non-padding) tokens at
@@ -40,11 +40,10 @@ import psutil
 import tensorflow as tf
 from tensorflow import keras
 
-from core.config import Settings
+from core.config import DEFAULTS, Settings
 from core.data import read_labelled
 from core.generator import BatchSequence, predict_in_order
 from core.model import build_model
-from core.pipeline import DEFAULTS
 from core.tokenizer import CharTokenizer, load_vocab
 
 
@@ -68,7 +67,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-PIPELINE = Settings()  # the pipeline's batch-width rounding and prediction batch size
+PIPELINE = DEFAULTS  # the pipeline's batch-width rounding and prediction batch size
 _CHAINS: dict = {}  # one traced matmul chain per (dtype, n, reps): traced once, reused
 
 
@@ -139,7 +138,8 @@ def train_pass(v: Variant, token_ids, labels, seed: int) -> tuple[float, float]:
         steps = -(-len(token_ids) // v.batch_size)
     else:
         seq = BatchSequence(token_ids, labels, v.batch_size, shuffle=True, seed=seed,
-                            group_by_length=True, pad_multiple=PIPELINE.pad_multiple)  # fmt: skip
+                            group_by_length=True,
+                            pad_multiple=PIPELINE.stage1_pad_multiple)  # fmt: skip
         feed, steps = seq.dataset(), len(seq)  # as core.engine feeds stage 1
     window = TrainWindow()
     start = time.perf_counter()
@@ -192,9 +192,8 @@ def main() -> None:
     peak32, peak16 = matmul_peak(tf.float32, tries=3), matmul_peak(tf.bfloat16, tries=3)
     print(f"matmul peak at start: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
 
-    stage1 = DEFAULTS["stage1"]
     variants = [
-        Variant("ours", stage1["batch_size"], stage1["jit_compile"], False),
+        Variant("ours", DEFAULTS.stage1_batch_size, DEFAULTS.stage1_jit_compile, False),
         Variant("ours-b16", 16, True, False),
         Variant("seed-style", 16, False, True),
     ]

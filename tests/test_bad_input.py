@@ -188,7 +188,9 @@ def test_stage2_before_stage1(tmp_path, tiny_bert_dir):
         train_stage2(settings, 2, run_dir)
     message = str(info.value)
     assert str(run_dir / "stage1" / "fold2" / "weights.h5") in message
-    assert f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 2 -p run_dir {run_dir}" in message
+    hint = message.split("Make them first: ")[1]
+    assert hint.startswith("papermill notebooks/02_cv.ipynb out.ipynb")
+    assert f"-p fold 2 -p run_dir {run_dir}" in message
     # No run.json yet: the hint carries stage 2's own settings, which the run will record.
     assert "-p n_folds 3" in message and f"-p bert_dir {show_path(tiny_bert_dir)}" in message
     assert not run_dir.exists()

@@ -39,28 +39,28 @@ def test_dot_dot_is_normalised():
     "kwargs, name",
     [
         ({"maxlen": 0}, "maxlen"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"stage1_batch_size": 0}, "stage1_batch_size"),
         ({"predict_batch_size": -1}, "predict_batch_size"),
-        ({"epochs": 0}, "epochs"),
+        ({"stage1_epochs": 0}, "stage1_epochs"),
         ({"n_folds": 1}, "n_folds"),
         ({"n_folds": 0}, "n_folds"),
-        ({"lr": 0}, "lr"),
-        ({"lr": 0.0}, "lr"),
-        ({"lr": -1e-5}, "lr"),
-        ({"lr": 1.0}, "lr"),
-        ({"lr": float("nan")}, "lr"),
-        ({"schedule": "linear"}, "schedule"),
-        ({"warmup": 1.0}, "warmup"),
-        ({"warmup": -0.1}, "warmup"),
-        ({"warmup": True}, "warmup"),
-        ({"warmup": "0.1"}, "warmup"),
-        ({"layer_decay": 0}, "layer_decay"),
-        ({"layer_decay": 1.2}, "layer_decay"),
-        ({"layer_decay": False}, "layer_decay"),
+        ({"stage1_lr": 0}, "stage1_lr"),
+        ({"stage1_lr": 0.0}, "stage1_lr"),
+        ({"stage1_lr": -1e-5}, "stage1_lr"),
+        ({"stage1_lr": 1.0}, "stage1_lr"),
+        ({"stage1_lr": float("nan")}, "stage1_lr"),
+        ({"stage1_schedule": "linear"}, "stage1_schedule"),
+        ({"stage1_warmup": 1.0}, "stage1_warmup"),
+        ({"stage1_warmup": -0.1}, "stage1_warmup"),
+        ({"stage1_warmup": True}, "stage1_warmup"),
+        ({"stage1_warmup": "0.1x"}, "stage1_warmup"),
+        ({"stage1_layer_decay": 0}, "stage1_layer_decay"),
+        ({"stage1_layer_decay": 1.2}, "stage1_layer_decay"),
+        ({"stage1_layer_decay": False}, "stage1_layer_decay"),
         ({"seed": -1}, "seed"),
         ({"seed": 1.5}, "seed"),
         ({"train_seed": -1}, "train_seed"),
-        ({"train_seed": "7"}, "train_seed"),
+        ({"train_seed": "seven"}, "train_seed"),
         ({"train_seed": True}, "train_seed"),
     ],
 )
@@ -75,7 +75,7 @@ def test_config_error_is_a_value_error():
 
 
 def test_smallest_valid_settings():
-    s = Settings(maxlen=1, batch_size=1, n_folds=2, lr=1e-9, epochs=1)
+    s = Settings(maxlen=1, stage1_batch_size=1, n_folds=2, stage1_lr=1e-9, stage1_epochs=1)
     assert (s.maxlen, s.n_folds) == (1, 2)
 
 
@@ -160,3 +160,85 @@ def test_training_seed_is_seed_unless_train_seed_is_set():
     assert Settings(seed=11).training_seed == 11
     assert Settings(seed=11, train_seed=0).training_seed == 0
     assert Settings(seed=11, train_seed=5).seed == 11  # the folds do not move
+
+
+# ------------------------------------------------------------------ one source of defaults
+
+
+def test_defaults_are_the_measured_method():
+    s = Settings()
+    assert (s.stage0_epochs, s.stage1_batch_size, s.stage1_lr, s.stage1_schedule) == (
+        3,
+        64,
+        1.4e-4,
+        "cosine",
+    )
+    assert (s.stage2_loss, s.stage2_lr) == ("pairwise_auc", 1e-4)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("stage0_lr", 5),
+        ("stage2_loss", "f1"),
+        ("stage1_strategy", "tpu"),
+        ("stage0_epochs", -1),
+        ("stage1_jit_compile", "yes"),
+        ("stage0_mask_rate", 1.0),
+        ("stage2_batch_size", 0),
+    ],
+)
+def test_every_stage_is_checked_when_settings_are_made(name, value):
+    with pytest.raises(ConfigError, match=f"setting {name}="):
+        Settings(**{name: value})
+
+
+def test_numbers_given_as_text_are_read():
+    # YAML reads 1e-5 (no dot) as text; papermill -r passes text.
+    assert Settings(stage1_lr="1e-5", n_folds="3").stage1_lr == 1e-5
+
+
+def test_from_values_accepts_dotted_names_and_refuses_unknown_ones():
+    from core.config import from_values
+
+    assert from_values({"stage1.lr": 3e-5}, "x").stage1_lr == 3e-5
+    with pytest.raises(ConfigError, match=r"configs/x.yaml: unknown setting 'stage1_lrr'"):
+        from_values({"stage1_lrr": 3e-5}, "configs/x.yaml")
+
+
+def test_config_files_resolve_and_differ_from_the_defaults_only_where_they_say(tmp_path):
+    from core.config import from_values, read_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        values = read_config(path)
+        settings = from_values(values, path.name)
+        assert settings.changed().keys() == values.keys(), path.name
+    reference = from_values(read_config(ROOT / "configs" / "reference.yaml"), "reference")
+    assert (reference.stage0_epochs, reference.stage1_batch_size, reference.stage1_lr) == (
+        0,
+        16,
+        1e-5,
+    )
+    assert (reference.stage1_schedule, reference.stage2_loss, reference.stage2_lr) == (
+        "constant",
+        "soft_f1",
+        1e-7,
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1_lr: 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="setting stage1_lr=5"):
+        read_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        read_config(tmp_path / "missing.yaml")
+
+
+def test_stage_views_are_unprefixed():
+    s = Settings()
+    assert s.stage("stage2") == {
+        "loss": "pairwise_auc",
+        "lr": 1e-4,
+        "epochs": 4,
+        "patience": 1,
+        "batch_size": 16,
+    }
+    assert "train_path" in s.stage("data") and "stage1_lr" not in s.stage("data")

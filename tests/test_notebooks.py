@@ -43,3 +43,40 @@ def test_committed_without_outputs(path):
     for cell in _cells(path):
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)
+def test_parameters_cell_holds_every_setting_with_its_default(path):
+    """The drift check: a parameters cell is the notebook's own parameters, then core.config's
+    settings exactly (regenerate with ``python -m core.config``)."""
+    from core.config import DEFAULTS, FIELDS, SETTINGS_HEADER, parameters_source
+
+    [cell] = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    source = "".join(cell["source"])
+    assert SETTINGS_HEADER in source, f"{path.name}: run python -m core.config"
+    assert source.endswith(parameters_source().rstrip("\n")), (
+        f"{path.name}: its settings differ from core.config's; run python -m core.config"
+    )
+    defaults = pm.inspect_notebook(str(path))
+    for name in FIELDS:
+        value = ast.literal_eval(defaults[name]["default"])
+        expected = getattr(DEFAULTS, name)
+        shown = expected if not hasattr(expected, "is_absolute") else value  # paths: shown form
+        assert value == shown, (path.name, name)
+    # Besides the settings, a notebook takes only its own few: where it writes and which fold.
+    assert set(defaults) - set(FIELDS) <= {"fold", "run_dir"}, path.name
+    assert ast.literal_eval(defaults["run_dir"]["default"]) is None, path.name
+
+
+def test_drift_is_caught(tmp_path, monkeypatch):
+    """The drift check fails for a parameters cell whose default differs from core.config."""
+    import core.config as config
+
+    monkeypatch.setattr(config.DEFAULTS, "stage1_lr", 3e-5)
+    assert not "".join(
+        next(
+            c
+            for c in _cells(ROOT / NOTEBOOKS["stage1"])
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        )["source"]
+    ).endswith(config.parameters_source().rstrip("\n"))

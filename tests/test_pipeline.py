@@ -7,7 +7,7 @@ repository, removed afterwards (``test_output_dir_outside_the_repository`` check
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -24,11 +24,11 @@ from papermill.exceptions import PapermillExecutionError
 from sklearn.metrics import roc_auc_score
 from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 
-from core.config import ROOT
+from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.data import read_labelled, read_unlabelled
 from core.io import read_json
-from core.pipeline import check_stage0, plan, run_name, run_pipeline
-from core.run import weights_sha256
+from core.pipeline import check_stage0, plan, run_pipeline
+from core.run import RunMismatchError, encoder_dir, weights_sha256
 from core.submission import HEADER, check_submission
 
 N_FOLDS = 3
@@ -63,9 +63,14 @@ def repo_outputs():
 
 
 @pytest.fixture(scope="module")
-def run(tiny, repo_outputs) -> Path:
+def settings(tiny, repo_outputs) -> Settings:
+    return dataclasses.replace(tiny.settings, output_dir=repo_outputs)
+
+
+@pytest.fixture(scope="module")
+def run(settings) -> Path:
     start = time.time()
-    run_dir = run_pipeline(tiny.params, output_dir=repo_outputs)
+    run_dir = run_pipeline(settings)
     print(f"tiny pipeline: {time.time() - start:.0f} s in {run_dir}")
     return run_dir
 
@@ -88,13 +93,13 @@ def stage_file_mtimes(run_dir: Path) -> dict[str, int]:
 # -- outputs --------------------------------------------------------------------------------------
 
 
-def test_every_output_exists(run):
-    assert run.name == run_name(read_json(run / "pipeline.json"))
+def test_every_output_exists(run, settings):
+    assert run == settings.default_run_dir()  # the folder a notebook run by hand uses too
     for stem in NOTEBOOK_STEMS:
         for suffix in (".ipynb", ".html"):
             path = run / "notebooks" / f"{stem}{suffix}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for name in ("index.html", "run.json", "folds.csv", "eda/eda.json",
+    for name in ("index.html", "run.json", CONFIG_FILE, "folds.csv", "eda/eda.json",
                  "ensemble/results.json", "ensemble/submission.csv"):  # fmt: skip
         assert (run / name).is_file(), name
     for stage in STAGES:
@@ -108,52 +113,50 @@ def test_every_output_exists(run):
     assert not leftovers, leftovers
 
 
-def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, tiny):
+def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, settings):
     encoder = run / "stage0" / "bert"
     record = read_json(encoder / "PRETRAIN.json")
-    assert record["params"]["epochs"] == tiny.params["stage0"]["epochs"]
-    assert record["params"]["seed"] == tiny.params["common"]["seed"]
-    assert record["source_weights_sha256"] == weights_sha256(tiny.bert_dir)
-    manifest = read_json(run / "run.json")  # written by stage 1, checked by stage 2
-    assert manifest["bert_dir"] == str(encoder)
-    assert manifest["bert_sha256"] == weights_sha256(encoder) != weights_sha256(tiny.bert_dir)
+    assert record["params"]["epochs"] == settings.stage0_epochs
+    assert record["params"]["seed"] == settings.training_seed
+    assert record["source_weights_sha256"] == weights_sha256(settings.bert_dir)
+    assert encoder_dir(settings, run) == encoder
+    for stage in STAGES:  # the executed notebooks did not pass another encoder
+        nb = json.loads((run / "notebooks" / f"{'02_cv' if stage == 'stage1' else '03_f1_refine'}"
+                         f"-{stage}-fold0.ipynb").read_text(encoding="utf-8"))  # fmt: skip
+        assert nb["metadata"]["papermill"]["parameters"]["bert_dir"] == str(settings.bert_dir)
 
 
-def test_stage0_epochs_0_fine_tunes_bert_dir_itself(tiny, tmp_path):
-    params = copy.deepcopy(tiny.params)
-    params["stage0"]["epochs"] = 0
-    steps = plan(params, tmp_path / "run", tmp_path)
-    assert [s[0] for s in steps if s[1] == "stage0"] == []
-    assert {s[2]["bert_dir"] for s in steps if s[1] in STAGES} == {str(tiny.bert_dir)}
-    params["stage0"]["epochs"] = -1
-    with pytest.raises(SystemExit, match=r"stage0\.epochs=-1: expected an integer >= 0"):
-        plan(params, tmp_path / "run", tmp_path)
+def test_stage0_epochs_0_fine_tunes_bert_dir_itself(settings, tmp_path):
+    off = dataclasses.replace(settings, stage0_epochs=0)
+    assert [s for s in plan(off, tmp_path / "run") if s.section == "stage0"] == []
+    assert encoder_dir(off, tmp_path / "run") == settings.bert_dir
+    with pytest.raises(ConfigError, match=r"setting stage0_epochs=-1: expected an integer >= 0"):
+        dataclasses.replace(settings, stage0_epochs=-1)
 
 
-def test_a_run_folder_refuses_other_parameters(run, tiny, repo_outputs):
+def test_a_run_folder_refuses_other_settings(run, settings):
     """An explicit run folder of another configuration stops before anything runs or is written."""
-    saved = (run / "pipeline.json").read_bytes()
-    changed = copy.deepcopy(tiny.params)
-    changed["stage0"]["lr"] = 2e-4
-    with pytest.raises(SystemExit, match=r"stage0\.lr: was 0\.0001, now 0\.0002"):
-        run_pipeline(changed, output_dir=repo_outputs, run_dir=run)
-    assert (run / "pipeline.json").read_bytes() == saved
+    saved = (run / CONFIG_FILE).read_bytes()
+    changed = dataclasses.replace(settings, stage0_lr=2e-4)
+    with pytest.raises(RunMismatchError, match=r"stage0_lr: was 0\.0001, now 0\.0002"):
+        run_pipeline(changed, run_dir=run)
+    assert (run / CONFIG_FILE).read_bytes() == saved
 
 
-def test_a_finished_stage0_refuses_other_data(run, tiny, tmp_path):
-    [(_, _, parameters, done)] = [s for s in plan(tiny.params, run, run.parent) if s[1] == "stage0"]
-    check_stage0(done, parameters)  # the run's own inputs: accepted
+def test_a_finished_stage0_refuses_other_data(run, settings, tmp_path):
+    [step] = [s for s in plan(settings, run) if s.section == "stage0"]
+    check_stage0(step.done, settings)  # the run's own inputs: accepted
     other = tmp_path / "train.txt"
-    other.write_text(tiny.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
+    other.write_text(settings.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
                      encoding="utf-8")  # fmt: skip
-    with pytest.raises(SystemExit, match="train_path data: was '[0-9a-f]{64}', now '[0-9a-f]{64}'"):
-        check_stage0(done, {**parameters, "train_path": str(other)})
+    with pytest.raises(RunMismatchError, match="train_path data: was '[0-9a-f]{64}', now '"):
+        check_stage0(step.done, dataclasses.replace(settings, train_path=other))
 
 
 def test_executed_notebooks_hold_their_parameters(run):
     nb = json.loads((run / "notebooks" / "02_cv-stage1-fold2.ipynb").read_text(encoding="utf-8"))
     params = nb["metadata"]["papermill"]["parameters"]
-    assert params["fold"] == 2 and params["n_folds"] == N_FOLDS and params["lr"] == 1e-3
+    assert params["fold"] == 2 and params["n_folds"] == N_FOLDS and params["stage1_lr"] == 1e-3
     assert not [c for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
 
 
@@ -216,118 +219,127 @@ def test_submission_passes_the_competition_checks(run, tiny):
 # -- resuming and run identity --------------------------------------------------------------------
 
 
-def test_rerun_skips_every_step(run, tiny, repo_outputs):
+def test_rerun_skips_every_step(run, settings):
     before = stage_file_mtimes(run)
     start = time.time()
-    again = run_pipeline(tiny.params, output_dir=repo_outputs)
+    again = run_pipeline(settings)
     seconds = time.time() - start
     assert again == run
     assert stage_file_mtimes(run) == before  # nothing recomputed, rewritten, added or removed
     assert seconds < 30, f"a rerun with nothing to do took {seconds:.0f} s"
 
 
-def test_changed_parameter_gives_another_run_folder(run, tiny):
-    changed = json.loads(json.dumps(tiny.params))
-    changed["stage1"]["lr"] = 2e-3
-    assert run_name(tiny.params) == run.name
-    assert run_name(changed) != run.name
-    changed = json.loads(json.dumps(tiny.params))
-    changed["stage2"]["epochs"] = 2  # a later stage's parameter counts too
-    assert run_name(changed) != run.name
+def test_changed_setting_gives_another_run_folder(run, settings):
+    assert dataclasses.replace(settings, stage1_lr=2e-3).default_run_dir() != run
+    # a later stage's setting counts too; where runs are written does not
+    assert dataclasses.replace(settings, stage2_epochs=2).default_run_dir() != run
+    assert dataclasses.replace(settings, predict_batch_size=8).default_run_dir() != run
 
 
 def test_changed_data_gives_another_run_folder(tmp_path, tiny):
     other = make_tiny_inputs(tmp_path, n_train=121)
-    assert run_name(other.params) != run_name(tiny.params)
+    assert other.settings.default_run_dir().name != tiny.settings.default_run_dir().name
 
 
 # -- the notebooks from the command line ----------------------------------------------------------
 
 
-def papermill(notebook: str, out: Path, **params) -> subprocess.CompletedProcess:
-    args = [str(Path(sys.executable).parent / "papermill"), notebook, str(out)]
+def papermill(notebook: str, out: Path, *args: str, **params) -> subprocess.CompletedProcess:
+    words = [str(Path(sys.executable).parent / "papermill"), notebook, str(out), *args]
     for key, value in params.items():
-        args += ["-p", key, str(value)]
-    return subprocess.run(args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+        words += ["-p", key, str(value)]
+    return subprocess.run(words, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)  # fmt: skip
 
 
-def cli_params(tiny, run: Path | None = None) -> dict:
-    """The common parameters; for a pipeline ``run``, its encoder is the one stage 0 wrote."""
-    bert_dir = run / "stage0" / "bert" if run else tiny.bert_dir
-    return {"train_path": str(tiny.train_path), "test_path": str(tiny.test_path),
-            "bert_dir": str(bert_dir), "n_folds": N_FOLDS}  # fmt: skip
-
-
-def test_papermill_cli_runs_one_fold(run, tiny, tmp_path):
-    """The documented command, pointed at the tiny run with the run's stage-1 parameters typed on
-    the command line: they pass the run folder's checks, and the finished fold is reused."""
+def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path):
+    """The documented hand-run command with the run's own parameters file (and no run_dir) finds
+    the pipeline's run folder and reuses its finished fold: nothing is rewritten."""
     files = fold_files(run, "stage1", 0)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, fold=0, run_dir=run.relative_to(ROOT),
-                     **cli_params(tiny, run), **tiny.params["stage1"])  # fmt: skip
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(run / CONFIG_FILE), fold=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already complete" in out.read_text(encoding="utf-8")
+    executed = out.read_text(encoding="utf-8")
+    assert "already complete" in executed and str(run) in executed
+    assert "unknown parameter" not in proc.stderr  # every setting is a notebook parameter
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
 
-@pytest.mark.parametrize("change", [{"train_seed": 7}, {"lr": 0.002}])
-def test_papermill_cli_refuses_a_finished_fold_made_differently(run, tiny, tmp_path, change):
-    """A finished fold is not passed off as the result of other training parameters."""
+def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
+    """The reverse: a fold made by papermill with a configuration file is the main job's fold for
+    that file (same folder), which ``--config`` then does not recompute."""
+    from core.pipeline import resolve_settings
+
+    config = tmp_path / "variant.yaml"
+    values = {**settings.changed(), "stage0_epochs": 0, "train_seed": 3}
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()), "utf-8")
+    out = tmp_path / "out.ipynb"
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(config), fold=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = resolve_settings(str(config), [])
+    run_dir = resolved.default_run_dir()
+    done = run_dir / "stage1" / "fold1" / "done.json"
+    stamp = done.stat().st_mtime_ns
+    assert run_pipeline(resolved, only="stage1", folds=[1]) == run_dir
+    assert done.stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert (run_dir / CONFIG_FILE).read_text(encoding="utf-8").count("train_seed: 3") == 1
+
+
+@pytest.mark.parametrize("change", [{"train_seed": 7}, {"stage1_lr": 0.002}])
+def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path, change):
+    """A finished fold is not passed off as the result of other settings."""
     files = fold_files(run, "stage1", 1)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
-    params = {**tiny.params["stage1"], **change}
-    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", fold=1,
-                     run_dir=run.relative_to(ROOT), **cli_params(tiny, run), **params)  # fmt: skip
+    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", "-f", str(run / CONFIG_FILE),
+                     fold=1, run_dir=run.relative_to(ROOT), **change)  # fmt: skip
     assert proc.returncode != 0
     assert "RunMismatchError" in proc.stderr, proc.stderr[-3000:]
     [(name, value)] = change.items()
-    saved = read_json(run / "stage1" / "params.json")[name]
-    assert f"{name}: was {saved!r}, now {value!r}" in proc.stderr
+    assert f"{name}: was " in proc.stderr and f"now {value!r}" in proc.stderr
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
 
-def test_papermill_cli_refuses_a_fold_out_of_range(tiny, repo_outputs, tmp_path):
+def test_papermill_cli_refuses_a_fold_out_of_range(run, repo_outputs, tmp_path):
     rel = (repo_outputs / "bad-fold").relative_to(ROOT)
-    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", fold=7, run_dir=rel,
-                     **cli_params(tiny))  # fmt: skip
+    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", "-f", str(run / CONFIG_FILE),
+                     fold=7, run_dir=rel)  # fmt: skip
     assert proc.returncode != 0
-    assert "PapermillExecutionError" in proc.stderr
     assert "ConfigError" in proc.stderr
     assert "fold=7" in proc.stderr and "0..2" in proc.stderr, proc.stderr[-3000:]
     assert not (repo_outputs / "bad-fold").exists()
 
 
-def test_stage2_before_stage1_names_the_stage1_command(tiny, repo_outputs, tmp_path):
+def test_stage2_before_stage1_names_the_stage1_command(settings, repo_outputs, tmp_path):
     import papermill as pm
 
     run_dir = repo_outputs / f"fresh-{uuid.uuid4().hex[:8]}"
     with pytest.raises(PapermillExecutionError) as info:
         pm.execute_notebook(str(ROOT / "notebooks/03_f1_refine.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"fold": 1, "run_dir": str(run_dir), **cli_params(tiny)},
+                            parameters={"fold": 1, "run_dir": str(run_dir), **settings.changed()},
                             cwd=str(ROOT), progress_bar=False)  # fmt: skip
     err = info.value
     assert err.ename == "MissingStageError"
-    assert "papermill notebooks/02_cv.ipynb out.ipynb -p fold 1" in err.evalue
-    assert str(run_dir) in err.evalue
+    assert "papermill notebooks/02_cv.ipynb out.ipynb -p " in err.evalue
+    assert "-p fold 1" in err.evalue and "-p n_folds 3" in err.evalue
+    assert str(run_dir.relative_to(ROOT)) in err.evalue
     assert not run_dir.exists()  # nothing was started in the fresh folder
 
 
-def test_output_dir_outside_the_repository(tiny, tmp_path):
-    """``run_pipeline(output_dir=<tmp>)`` runs there (the CLI's --output-dir)."""
+def test_output_dir_outside_the_repository(settings, tmp_path):
+    """``output_dir=<tmp>`` runs there (the CLI's --output-dir)."""
     output = tmp_path / "outputs"
-    run_dir = run_pipeline(tiny.params, output_dir=output, only="stage1", folds=[0])
+    run_dir = run_pipeline(dataclasses.replace(settings, output_dir=output), only="stage1",
+                           folds=[0])  # fmt: skip
     assert run_dir.is_relative_to(output)
     # A part of a run makes the encoder it fine-tunes first.
     assert (run_dir / "stage0" / "bert" / "PRETRAIN.json").is_file()
     assert (run_dir / "stage1" / "fold0" / "done.json").is_file()
 
 
-def test_stage1_from_reuses_stage1_for_a_stage2_variant(tiny, run, repo_outputs):
-    params = copy.deepcopy(tiny.params)
-    params["stage2"]["lr"] = params["stage2"]["lr"] / 10
-    variant = run_pipeline(params, output_dir=repo_outputs, stage1_from=run)
+def test_stage1_from_reuses_stage1_for_a_stage2_variant(settings, run):
+    variant_settings = dataclasses.replace(settings, stage2_lr=settings.stage2_lr / 10)
+    variant = run_pipeline(variant_settings, stage1_from=run)
     assert variant != run
     for k in range(N_FOLDS):
         for name in ("oof.csv", "test.csv", "weights.h5", "done.json"):
@@ -339,10 +351,9 @@ def test_stage1_from_reuses_stage1_for_a_stage2_variant(tiny, run, repo_outputs)
     assert not any(stem.startswith(("00_pretrain", "02_cv")) for stem in executed), executed
     assert (variant / "ensemble" / "submission.csv").is_file()
 
-    changed = copy.deepcopy(tiny.params)
-    changed["stage1"]["lr"] = changed["stage1"]["lr"] * 2
-    with pytest.raises(SystemExit, match="stage1 parameters"):
-        run_pipeline(changed, output_dir=repo_outputs, stage1_from=run)
+    changed = dataclasses.replace(settings, stage1_lr=settings.stage1_lr * 2)
+    with pytest.raises(ConfigError, match="stage1 settings"):
+        run_pipeline(changed, stage1_from=run)
 
 
 def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):

@@ -23,7 +23,7 @@ from core.config import Settings
 from core.run import PACKAGES, RunMismatchError, make_folds, open_run, weights_sha256
 
 TOLERANCE = 1e-5
-HAS_XLA_SETTING = "jit_compile" in {f.name for f in dataclasses.fields(Settings)}
+HAS_XLA_SETTING = "stage1_jit_compile" in {f.name for f in dataclasses.fields(Settings)}
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,10 @@ def twin_runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("repro")
     tiny = make_tiny_inputs(tmp / "data")
-    xla = {"jit_compile": False} if HAS_XLA_SETTING else {}
     settings = Settings(train_path=tiny.train_path, test_path=tiny.test_path,
-                        bert_dir=tiny.bert_dir, n_folds=3, epochs=1, lr=1e-3,
-                        output_dir=tmp, **xla)  # fmt: skip
+                        bert_dir=tiny.bert_dir, n_folds=3, stage0_epochs=0, stage1_epochs=1,
+                        stage1_lr=1e-3, stage1_batch_size=16, stage1_jit_compile=False,
+                        output_dir=tmp)  # fmt: skip
     runs = [tmp / "a" / "run", tmp / "b" / "run"]
     summaries = [engine.train_stage1(settings, 0, run) for run in runs]
     return {"tiny": tiny, "settings": settings, "runs": runs, "summaries": summaries}

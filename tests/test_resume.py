@@ -12,6 +12,7 @@ together that is what an OOM kill or a lost machine does. Every wait is bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -27,11 +28,11 @@ import h5py
 import pandas as pd
 import psutil
 import pytest
-from tiny_run import flat_params, fold_files, make_tiny_inputs, subprocess_env
+from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 
 from core.config import ROOT
 from core.io import read_json
-from core.pipeline import parse_sets, run_pipeline
+from core.pipeline import resolve_settings, run_pipeline
 
 N_FOLDS, N_TRAIN, N_TEST = 3, 150, 40
 START_TIMEOUT = 240  # s until fold 1 is under way
@@ -42,21 +43,24 @@ FINISH_TIMEOUT = 300  # s for the rerun
 def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     tiny = make_tiny_inputs(tmp, n_train=N_TRAIN, n_test=N_TEST,
-                            extra_sets=["stage1.epochs=3", "stage1.patience=3"])  # fmt: skip
+                            extra={"stage1_epochs": 3, "stage1_patience": 3})  # fmt: skip
     outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
+    settings = dataclasses.replace(tiny.settings, output_dir=outputs)
     run_dir = outputs / "runs" / "resume"
-    sets = [f"{k}={v!r}" for k, v in flat_params(tiny.params).items()
-            if k not in ("train_path", "test_path")]  # fmt: skip
-    # The command line must rebuild exactly these parameters (3 epochs, so fold 1 runs a while).
-    paths = [f"{k}={str(getattr(tiny, k))!r}" for k in ("train_path", "test_path")]
-    assert parse_sets([*sets, *paths]) == tiny.params
-    assert tiny.params["stage1"]["epochs"] == 3 and tiny.params["common"]["n_folds"] == N_FOLDS
+    sets = [f"{k}={v!r}" for k, v in settings.changed().items()
+            if k not in ("train_path", "test_path", "output_dir")]  # fmt: skip
+    # The command line must rebuild exactly these settings (3 epochs, so fold 1 runs a while).
+    paths = {k: str(getattr(tiny, k)) for k in ("train_path", "test_path")}
+    rebuilt = resolve_settings(None, sets, **paths, output_dir=str(outputs.relative_to(ROOT)))
+    assert rebuilt == settings
+    assert settings.stage1_epochs == 3 and settings.n_folds == N_FOLDS
     cmd = [sys.executable, "-m", "core.pipeline", "--only", "stage1",
            "--train-path", str(tiny.train_path), "--test-path", str(tiny.test_path),
            *[arg for pair in sets for arg in ("--set", pair)],
            "--output-dir", str(outputs.relative_to(ROOT)),
            "--run-dir", str(run_dir.relative_to(ROOT))]  # fmt: skip
-    yield {"tiny": tiny, "cmd": cmd, "run_dir": run_dir, "outputs": outputs, "tmp": tmp}
+    yield {"tiny": tiny, "settings": settings, "cmd": cmd, "run_dir": run_dir, "outputs": outputs,
+           "tmp": tmp}  # fmt: skip
     shutil.rmtree(outputs, ignore_errors=True)
 
 
@@ -154,8 +158,7 @@ def test_kill_leaves_no_finished_looking_fold1(job, killed):
 
 def test_index_after_kill_links_only_existing_files(job, killed):
     # Resume just the finished part (e.g. another machine's folds): a skip, then the index.
-    run_pipeline(job["tiny"].params, output_dir=job["outputs"], run_dir=job["run_dir"],
-                 only="stage1", folds=[0])  # fmt: skip
+    run_pipeline(job["settings"], run_dir=job["run_dir"], only="stage1", folds=[0])
     page = (job["run_dir"] / "index.html").read_text(encoding="utf-8")
     links = set(re.findall(r"href=['\"]([^'\"]+)['\"]", page))
     broken = sorted(link for link in links if not (job["run_dir"] / link).is_file())

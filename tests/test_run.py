@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from core.config import ROOT, Settings, resolve
+from core.config import CONFIG_FILE, Settings
 from core.data import read_labelled
-from core.io import write_json
 from core.run import (
     RunMismatchError,
     fold_command,
     make_folds,
     open_run,
     open_stage,
+    record_settings,
     run_settings,
 )
 
@@ -185,56 +185,42 @@ def _passed(command: str) -> dict:
     return {words[i + 1]: words[i + 2] for i, w in enumerate(words) if w == "-p"}
 
 
-def test_fold_command_repeats_what_the_run_recorded(run_setup):
+def test_fold_command_names_the_runs_config_file(run_setup):
     settings, ids, run_dir = run_setup
-    open_run(run_dir, settings, ids)
-    open_stage(run_dir / "stage1", {"lr": 1e-4, "batch_size": 64, "epochs": 3, "loss": "bce",
-                                    "train_seed": None, "jit_compile": False})  # fmt: skip
-    command = fold_command("stage1", 2, run_dir)
-    assert command.startswith("papermill notebooks/02_cv.ipynb out.ipynb -p fold 2 ")
-    # What differs from the notebook's defaults, and nothing else: epochs=3 and train_seed=None
-    # are its defaults, and loss is no parameter of it.
-    assert _passed(command) == {
-        "fold": "2", "run_dir": str(run_dir), "maxlen": "12",
-        "bert_dir": str(settings.bert_dir), "train_path": str(settings.train_path),
-        "n_folds": "3", "seed": "7", "batch_size": "64", "lr": "0.0001", "jit_compile": "False",
+    open_run(run_dir, settings, ids)  # records config.yaml
+    command = fold_command("stage1", 2, run_dir, settings)
+    assert command == (
+        f"papermill notebooks/02_cv.ipynb out.ipynb -f {run_dir / CONFIG_FILE} -p fold 2 "
+        f"-p run_dir {run_dir}"  # not the folder those settings name by default: named
+    )
+    # The file it names rebuilds the run's settings exactly.
+    assert run_settings(run_dir, settings.output_dir) == settings
+
+
+def test_fold_command_before_anything_is_recorded_repeats_the_settings(run_setup):
+    settings, _, run_dir = run_setup
+    words = shlex.split(fold_command("stage2", 0, run_dir, settings))
+    assert words[:3] == ["papermill", "notebooks/03_f1_refine.ipynb", "out.ipynb"]
+    assert "-f" not in words
+    assert _passed(" ".join(words)) == {
+        "train_path": str(settings.train_path), "bert_dir": str(settings.bert_dir),
+        "output_dir": str(settings.output_dir), "maxlen": "12", "n_folds": "3", "seed": "7",
+        "fold": "0", "run_dir": str(run_dir),
     }  # fmt: skip
-    # Stage 2 has no params.json yet: only the run's own record is repeated.
-    assert set(_passed(fold_command("stage2", 0, run_dir))) == {
-        "fold", "run_dir", "maxlen", "bert_dir", "train_path", "n_folds", "seed"
-    }  # fmt: skip
 
 
-def test_fold_command_shows_paths_in_the_repository_relative(tmp_path):
-    run_dir = tmp_path / "run"
-    # train_path is the notebook's default, recorded resolved as Settings resolves it: not repeated.
-    record = {"bert_dir": str(ROOT / "outputs/runs/x/stage0/bert"),
-              "train_path": str(resolve("data/train_shuffle.txt"))}  # fmt: skip
-    write_json(run_dir / "run.json", record)
-    assert fold_command("stage1", 0, run_dir) == (
-        f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 0 -p run_dir {run_dir} "
-        "-p bert_dir outputs/runs/x/stage0/bert"
-    )
-    # Without a record, or for a notebook that is not there, the command names fold and run only.
-    bare = tmp_path / "none"
-    assert fold_command("stage1", 0, bare).endswith(f"out.ipynb -p fold 0 -p run_dir {bare}")
-    # Unless the settings the run will record stand in (stage 2 asked for before any stage 1).
-    settings = Settings(bert_dir="outputs/runs/x/stage0/bert", maxlen=12)
-    assert fold_command("stage1", 0, bare, settings=settings) == (
-        f"papermill notebooks/02_cv.ipynb out.ipynb -p fold 0 -p run_dir {bare} "
-        "-p maxlen 12 -p bert_dir outputs/runs/x/stage0/bert"
-    )
-    write_json(bare / "run.json", {"maxlen": 16})  # a record wins over the settings
-    assert fold_command("stage1", 0, bare, settings=settings).endswith("-p maxlen 16")
-    assert fold_command("stage1", 0, run_dir, {"stage1": "nb/other.ipynb"}) == (
-        f"papermill nb/other.ipynb out.ipynb -p fold 0 -p run_dir {run_dir}"
+def test_fold_command_for_the_default_run_is_the_short_one():
+    settings = Settings()
+    assert fold_command("stage1", 3, settings.default_run_dir(), settings) == (
+        "papermill notebooks/02_cv.ipynb out.ipynb -p fold 3"
     )
 
 
-def test_run_settings_are_the_settings_the_run_recorded(run_setup):
+def test_record_settings_refuses_another_configuration(run_setup):
     settings, ids, run_dir = run_setup
-    open_run(run_dir, settings, ids)
-    open_stage(run_dir / "stage1", {"lr": 1e-4, "batch_size": 64, "loss": "bce"})
-    wanted = dataclasses.replace(settings, output_dir=Settings().output_dir)
-    assert run_settings(run_dir) == wanted
-    assert run_settings(run_dir, "stage1") == dataclasses.replace(wanted, lr=1e-4, batch_size=64)
+    record_settings(run_dir, settings)
+    record_settings(run_dir, settings)  # the same: allowed (a resumed run)
+    saved = (run_dir / CONFIG_FILE).read_bytes()
+    with pytest.raises(RunMismatchError, match=r"stage2_lr: was 0\.0001, now 0\.001"):
+        record_settings(run_dir, dataclasses.replace(settings, stage2_lr=1e-3))
+    assert (run_dir / CONFIG_FILE).read_bytes() == saved

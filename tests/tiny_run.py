@@ -2,7 +2,7 @@
 
 ``make_tiny_inputs(folder)`` writes the first rows of the competition files (same format: a row,
 then a blank line) and a tiny random BERT folder, and returns pipeline parameters for them built
-with ``core.pipeline.parse_sets`` (3 folds, one epoch per stage, lr 1e-3 so one epoch learns
+as ``core.config.Settings`` (3 folds, one epoch per stage, lr 1e-3 so one epoch learns
 something, stage 1 without XLA). ``output_dir`` is ``folder / "outputs"``; see test_pipeline for
 why the end-to-end runs use a ``outputs/test-<uuid>`` folder of the repository instead.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 
 from conftest import TINY_VOCAB
 
-from core.config import ROOT
-from core.pipeline import DEFAULTS, parse_sets
+from core.config import ROOT, Settings
 from core.weights.google_ckpt import write_random_bert_dir
 
 TRAIN = ROOT / "data" / "train_shuffle.txt"
@@ -30,7 +29,7 @@ class TinyInputs:
     test_path: Path
     bert_dir: Path
     output_dir: Path
-    params: dict
+    settings: Settings
 
 
 def first_rows(path: Path, n: int) -> str:
@@ -41,7 +40,7 @@ def first_rows(path: Path, n: int) -> str:
     return "".join(f"{r}\n\n" for r in rows)
 
 
-def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_sets=()):
+def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra=()):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     train, test = folder / "train.txt", folder / "test.txt"
@@ -50,32 +49,22 @@ def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra_s
     bert = folder / "bert"
     if not (bert / "vocab.txt").exists():
         write_random_bert_dir(bert, TINY_VOCAB)
-    sets = [
-        f"train_path={str(train)!r}",
-        f"test_path={str(test)!r}",
-        f"bert_dir={str(bert)!r}",
-        "n_folds=3",
-        "stage1.epochs=1",
-        "stage1.lr=1e-3",
-        "stage2.lr=1e-3",
-        "stage2.epochs=1",
-    ]
-    if "jit_compile" in DEFAULTS["stage1"]:
+    values = {
+        "train_path": str(train),
+        "test_path": str(test),
+        "bert_dir": str(bert),
+        "output_dir": str(folder / "outputs"),
+        "n_folds": 3,
+        "stage1_epochs": 1,
+        "stage1_lr": 1e-3,
+        "stage2_lr": 1e-3,
+        "stage2_epochs": 1,
         # XLA compiles every batch shape anew: ~3x slower on this tiny data, and the pipeline's
         # mechanics do not depend on it (test_reproducible checks the XLA path separately).
-        sets.append("stage1.jit_compile=False")
-    params = parse_sets([*sets, *extra_sets])
-    return TinyInputs(train, test, bert, folder / "outputs", params)
-
-
-def flat_params(params: dict) -> dict:
-    """``{"n_folds": 3, "stage1.lr": 1e-3, ...}`` for every parameter that differs from DEFAULTS."""
-    out = {}
-    for section, values in params.items():
-        for key, value in values.items():
-            if DEFAULTS[section][key] != value:
-                out[key if section == "common" else f"{section}.{key}"] = value
-    return out
+        "stage1_jit_compile": False,
+        **dict(extra),
+    }
+    return TinyInputs(train, test, bert, folder / "outputs", Settings(**values))
 
 
 def subprocess_env() -> dict:

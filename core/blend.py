@@ -1,6 +1,6 @@
 """Blend finished runs (other seeds, encoders or machines) by an equal-weight rank average.
 
-    .venv/bin/python scripts/blend_runs.py RUN RUN [RUN ...] [--stage stage1] [--out FILE]
+    python -m core.blend RUN RUN [RUN ...] [--stage stage1] [--out FILE]
 
 Every run must have finished the stage on the same training file and folds (both checked);
 ``core.ensemble.rank_blend`` averages normalised ranks of the runs' out-of-fold predictions and of
@@ -21,13 +21,14 @@ from core.metrics import auc
 from core.submission import write_submission
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.blend",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument("runs", nargs="+", help="finished run folders (inside outputs/)")
     parser.add_argument("--stage", default="stage1", choices=("stage1", "stage2"))
     parser.add_argument("--out", help="write the blend's submission here (inside outputs/)")
     parser.add_argument("--test-path", default="data/test_handout.txt", help="the scored file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(args.runs) < 2:
         parser.error("expected at least two runs to blend")
     settings = Settings(test_path=args.test_path)
@@ -46,7 +47,8 @@ def main() -> None:
         test_ids = read_unlabelled(settings.test_path).ids
         write_submission(out, blend.test_ids, blend.test, test_ids)
         print(f"submission: {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
