@@ -1,4 +1,4 @@
-"""Reading and validating the review files: the competition text format and the seed's CSV.
+"""Reading and validating the review files: the competition text format and the reference's CSV.
 
 The competition format is one row per line followed by a blank line (``label<TAB>text`` for train,
 ``text`` for test, where the test row's index from 0 is its ID). Parsing is strict on purpose: a
@@ -215,7 +215,7 @@ def _parse_row(path: Path, no: int, line: str, labelled: bool, labels: list[int]
 
 
 def _read_csv(path: Path, text: str, labelled: bool) -> Dataset:
-    """Parse the seed CSV: header with ``content`` (+ ``label``), optional ``id``/``ID`` column."""
+    """Parse the reference's CSV: a ``content`` header (+ ``label``), optional ``id``/``ID``."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader)]
     need = ["content", "label"] if labelled else ["content"]

@@ -24,7 +24,8 @@ from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
 from core.metrics import auc
-from core.model import build_head_model, build_model, copy_head_weights, learning_rate
+from core.model import build_head_model, build_model, copy_head_weights
+from core.optimizer import learning_rate
 from core.run import (
     MissingStageError,
     encoder_dir,

@@ -110,10 +110,9 @@ class BatchSequence(keras.utils.Sequence):
         """These batches as a ``tf.data.Dataset`` for ``model.fit``: one pass per epoch, the
         plan redrawn (reshuffled) after each pass, the next batch prepared during a step.
 
-        tf.data's autotuning is switched off. With it on, as when tf-keras wraps a Sequence
-        itself (and recreates its iterator every epoch), deleting the iterator could wait up to
-        20 s, apparently for the autotuner's next wake-up: ``fit`` calls ended on a 20.5 s grid
-        (docs/experiments.md, throughput, session 3).
+        tf.data's autotuning is switched off: with it on, as when tf-keras wraps a Sequence
+        itself (and recreates its iterator every epoch), deleting the iterator waits for the
+        autotuner, which stalled every epoch's end (figures: docs/experiments.md, throughput).
         """
 
         def one_epoch():

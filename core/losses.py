@@ -17,8 +17,8 @@ def bce(y_true, y_pred):
 def soft_f1(y_true, y_pred):
     """``1 - 2·Σ(y·p) / (Σy + Σp + ε)`` over the batch.
 
-    The seed added ε outside the fraction (``1 - 2·Σyp/(Σy+Σp) + ε``), which divides by zero on a
-    batch without positives and predictions near 0; here ε sits in the denominator.
+    The reference added ε outside the fraction (``1 - 2·Σyp/(Σy+Σp) + ε``), which divides by
+    zero on a batch without positives and predictions near 0; here ε sits in the denominator.
     """
     y = tf.cast(tf.reshape(y_true, [-1]), y_pred.dtype)
     p = tf.reshape(y_pred, [-1])

@@ -1,4 +1,4 @@
-"""The classifier: a keras-bert encoder and the seed's pooling head.
+"""The classifier: a keras-bert encoder and the reference method's pooling head.
 
 Head = concat(masked global average pool, masked global max pool, position 0 of
 ``SeqSelfAttention(attention_activation='softmax')`` with its padding mask fixed), then
@@ -17,9 +17,7 @@ from keras_self_attention import SeqSelfAttention
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import SCHEDULES
-from core.losses import get_loss
-from core.optimizer import LayerwiseAdam, layer_depth
+from core.optimizer import compile_model
 from core.weights import check_bert_dir
 
 # keras-bert and keras-self-attention share initializer instances across layers; tf-keras warns
@@ -109,43 +107,6 @@ def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
         trainable=trainable,
         seq_len=None,
     )
-
-
-def learning_rate(lr: float, schedule: str = "constant", total_steps: int = 0, warmup: float = 0.0):
-    """Adam's learning rate: ``lr`` throughout, or a linear warm-up over the first ``warmup``
-    share of ``total_steps`` to ``lr`` followed by a cosine decay to 0 (keras' ``CosineDecay``).
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
-    if schedule == "constant":
-        return lr
-    if total_steps < 1 or not 0 <= warmup < 1:
-        raise ValueError(f"total_steps={total_steps}, warmup={warmup}: expected >= 1 and [0, 1)")
-    warmup_steps = int(round(warmup * total_steps))
-    if warmup_steps == 0:
-        return keras.optimizers.schedules.CosineDecay(lr, total_steps)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total_steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
-    )
-
-
-def compile_model(
-    model: keras.Model,
-    loss: str = "bce",
-    lr=1e-5,
-    jit_compile: bool = False,
-    layer_decay: float = 1.0,
-) -> keras.Model:
-    """Adam at ``lr`` (a float or a schedule from ``learning_rate``) and the named loss; with
-    ``layer_decay`` < 1, each encoder layer below the top learns that much slower than the next.
-    """
-    if layer_decay == 1.0:
-        optimizer = keras.optimizers.Adam(learning_rate=lr)
-    else:
-        top = max((layer_depth(w.name) or 0) for w in model.trainable_weights)
-        optimizer = LayerwiseAdam(layer_decay, top, learning_rate=lr)
-    model.compile(optimizer=optimizer, loss=get_loss(loss), jit_compile=jit_compile)
-    return model
 
 
 def build_model(

@@ -1,6 +1,7 @@
-"""Adam with layer-wise decreasing learning rates (Sun et al. 2019, "How to Fine-Tune BERT").
+"""The optimizer: Adam, its learning-rate schedule, and the compiled loss.
 
-The top encoder layer and the head learn at the full rate; each layer below learns ``decay``
+With layer-wise decreasing learning rates (Sun et al. 2019, "How to Fine-Tune BERT"), the top
+encoder layer and the head learn at the full rate; each layer below learns ``decay``
 times slower than the one above it, and the embeddings slowest. Layers are recognised by
 keras-bert's names (``Embedding-*``, ``Encoder-<i>-*``).
 """
@@ -12,6 +13,8 @@ import re
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from core.config import SCHEDULES
+from core.losses import get_loss
 
 _ENCODER = re.compile(r"Encoder-(\d+)-")
 
@@ -66,3 +69,40 @@ class LayerwiseAdam(keras.optimizers.Adam):
 
     def get_config(self):
         return {**super().get_config(), "decay": self.decay, "top": self.top}
+
+
+def learning_rate(lr: float, schedule: str = "constant", total_steps: int = 0, warmup: float = 0.0):
+    """Adam's learning rate: ``lr`` throughout, or a linear warm-up over the first ``warmup``
+    share of ``total_steps`` to ``lr`` followed by a cosine decay to 0 (keras' ``CosineDecay``).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
+    if schedule == "constant":
+        return lr
+    if total_steps < 1 or not 0 <= warmup < 1:
+        raise ValueError(f"total_steps={total_steps}, warmup={warmup}: expected >= 1 and [0, 1)")
+    warmup_steps = int(round(warmup * total_steps))
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(lr, total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
+    )
+
+
+def compile_model(
+    model: keras.Model,
+    loss: str = "bce",
+    lr=1e-5,
+    jit_compile: bool = False,
+    layer_decay: float = 1.0,
+) -> keras.Model:
+    """Adam at ``lr`` (a float or a schedule from ``learning_rate``) and the named loss; with
+    ``layer_decay`` < 1, each encoder layer below the top learns that much slower than the next.
+    """
+    if layer_decay == 1.0:
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    else:
+        top = max((layer_depth(w.name) or 0) for w in model.trainable_weights)
+        optimizer = LayerwiseAdam(layer_decay, top, learning_rate=lr)
+    model.compile(optimizer=optimizer, loss=get_loss(loss), jit_compile=jit_compile)
+    return model

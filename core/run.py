@@ -50,7 +50,7 @@ def weights_sha256(bert_dir: Path) -> str:
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of every row, from ``KFold(n_folds, shuffle=True, random_state=seed)`` as the seed."""
+    """Fold of every row: ``KFold(n_folds, shuffle=True, random_state=seed)``, as the reference."""
     folds = np.full(n_rows, -1, dtype=np.int64)
     for k, (_, valid) in enumerate(
         KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n_rows))

@@ -1,4 +1,4 @@
-"""The seed's character tokenizer: one token per character on top of keras-bert's ``Tokenizer``."""
+"""The reference's character tokenizer: one token per character, on keras-bert's ``Tokenizer``."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class CharTokenizer(Tokenizer):
     """Characters: in vocab → itself, whitespace → ``[unused1]``, anything else → ``[UNK]``.
 
     Case is kept: ``_tokenize`` bypasses keras-bert's lowercasing and accent stripping (its
-    ``cased=False`` default), as the seed did; ``cased=True`` is passed so the base class agrees.
+    ``cased=False`` default), as the reference did; ``cased=True`` is passed so the base class
+    agrees.
     Texts are cut to ``maxlen`` characters; ``[CLS]`` and ``[SEP]`` come on top, no padding.
     """
 
@@ -59,7 +60,8 @@ class CharTokenizer(Tokenizer):
         for ch in text:
             if ch in self._token_dict:
                 out.append(ch)
-            elif ch.isspace() or self._is_space(ch):  # seed's set (Zs, \t\r\n) plus \v, \f, U+2028
+            # The reference's set (Zs, \t\r\n) plus \v, \f, U+2028.
+            elif ch.isspace() or self._is_space(ch):
                 out.append(self._space_token)
             else:
                 out.append(self._token_unk)

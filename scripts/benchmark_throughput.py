@@ -1,10 +1,10 @@
-"""Throughput benchmark (not a test): our input pipeline against a seed-style one, same model.
+"""Throughput benchmark (not a test): our input pipeline against a reference-style one, same model.
 
     .venv/bin/python scripts/benchmark_throughput.py [--rows 1600] [--rounds 5]
 
 In one process, on the default encoder and real sentences from the training file, it measures
 training and prediction samples/s of:
-- ``seed-style``: a Python generator of random batches of 16 padded to the batch's longest row,
+- ``reference-style``: a Python generator of random batches of 16 padded to the batch's longest row,
   fed to ``model.fit`` / ``model.predict`` (the reference);
 - ``ours-b16``: our length-grouped ``BatchSequence`` fed as its ``dataset()`` (as the engine
   does), XLA-compiled steps, batch 16 (like for like);
@@ -17,7 +17,7 @@ fraction of the float32 peak each training pass reaches, counting real (non-padd
 This machine's speed drifts by up to 2x over minutes (other tenants of the host), so variants are
 interleaved: each round times every variant once and re-measures the float32 peak right after each
 training pass; the fraction of peak divides by that adjacent peak. Medians over rounds are printed.
-Ours is charged the whole ``fit`` call; the seed-style the call minus its teardown (see
+Ours is charged the whole ``fit`` call; the reference-style the call minus its teardown (see
 ``pass_seconds``), which is printed for every variant. Every variant first runs one untimed pass
 (graph tracing, XLA compilation of each batch width).
 Peak resident memory is measured on the pipeline's model alone, before the other models exist.
@@ -94,7 +94,7 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 10, tries: int = 2) -> float:
 
 
 def seed_style_batches(token_ids, labels, batch_size, seed):
-    """The seed's generator: shuffled rows, batches padded to their longest row, forever."""
+    """The reference's generator: shuffled rows, batches padded to their longest row, forever."""
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(len(token_ids))
@@ -152,9 +152,9 @@ def train_pass(v: Variant, token_ids, labels, seed: int) -> tuple[float, float]:
 def pass_seconds(v: Variant, token_ids, labels, seed: int) -> float:
     """The training time a variant is charged for one epoch.
 
-    Ours: the whole ``fit`` call. Seed-style: the call minus its teardown, in which tf-keras's
+    Ours: the whole ``fit`` call. Reference-style: the call minus its teardown, in which tf-keras's
     tf.data iterator can wait up to 20 s (docs/experiments.md, throughput, session 3): the
-    seed's ``fit`` runs all its epochs on one iterator and pays that once per training, not
+    reference's ``fit`` runs all its epochs on one iterator and pays that once per training, not
     once per epoch.
     """
     total, teardown = train_pass(v, token_ids, labels, seed)
@@ -195,7 +195,7 @@ def main() -> None:
     variants = [
         Variant("ours", DEFAULTS.stage1_batch_size, DEFAULTS.stage1_jit_compile, False),
         Variant("ours-b16", 16, True, False),
-        Variant("seed-style", 16, False, True),
+        Variant("reference-style", 16, False, True),
     ]
     ours = variants[0]
     for v in variants:
@@ -242,7 +242,7 @@ def main() -> None:
         print(
             f"  {v.name:10s} (batch {v.batch_size:2d}, XLA {'on ' if v.jit else 'off'}) "
             f"train {med(v.train):6.1f} samples/s = {med(v.share):5.1%} of the float32 peak, "
-            f"x{med(np.divide(v.train, base.train)):.2f} the seed-style; predict "
+            f"x{med(np.divide(v.train, base.train)):.2f} the reference-style; predict "
             f"{med(v.predict):6.1f} samples/s, x{med(np.divide(v.predict, base.predict)):.2f}; "
             f"fit teardown {np.mean(v.teardown):.1f} s on average"
         )

@@ -1,4 +1,4 @@
-"""core.data: the competition text format, the seed CSV, and every error a user can hit."""
+"""core.data: the competition text format, the reference's CSV, and every error a user can hit."""
 
 from __future__ import annotations
 

@@ -81,6 +81,7 @@ def test_config_and_vocab_match_the_source(m3e_dir, m3e_source):
     assert "non-commercial" in (m3e_dir / "SOURCE.md").read_text()
 
 
+@pytest.mark.slow
 def test_keras_bert_matches_numpy_forward_of_source_weights(m3e_dir, m3e_source):
     import keras_bert
     import tensorflow as tf

@@ -19,8 +19,8 @@ from core.model import (
     build_head_model,
     build_model,
     copy_head_weights,
-    learning_rate,
 )
+from core.optimizer import learning_rate
 
 CLS, SEP = 3, 4
 HIDDEN = 32  # the tiny folder's hidden size
@@ -226,33 +226,6 @@ def test_compiled_with_the_named_loss_and_lr(frozen, full):
     assert float(head.optimizer.learning_rate) == pytest.approx(2e-3)
     with pytest.raises(ValueError, match="focal"):
         build_head_model(HIDDEN, loss="focal")
-
-
-def test_constant_schedule_is_the_plain_rate():
-    assert learning_rate(3e-5) == 3e-5
-    assert learning_rate(3e-5, "constant", total_steps=100, warmup=0.5) == 3e-5
-
-
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    schedule = learning_rate(1e-4, "cosine", total_steps=100, warmup=0.1)
-    at = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
-    assert at[0] == pytest.approx(0.0, abs=1e-12)
-    assert at[1] == pytest.approx(5e-5)  # linear warm-up: halfway at step 5 of 10
-    assert at[2] == pytest.approx(1e-4)  # the peak at the end of the warm-up
-    assert at[3] == pytest.approx(5e-5)  # cosine: half the peak halfway through the decay
-    assert at[4] == pytest.approx(0.0, abs=1e-12)
-    no_warmup = learning_rate(1e-4, "cosine", total_steps=10)
-    assert float(no_warmup(0)) == pytest.approx(1e-4)
-    assert float(no_warmup(10)) == pytest.approx(0.0, abs=1e-12)
-
-
-@pytest.mark.parametrize(
-    "args, match",
-    [(("step",), "schedule="), (("cosine", 0), "total_steps="), (("cosine", 10, 1.0), "warmup=")],
-)
-def test_learning_rate_rejects_bad_arguments(args, match):
-    with pytest.raises(ValueError, match=match):
-        learning_rate(1e-4, *args)
 
 
 def test_model_compiles_with_a_schedule(tiny_bert_dir):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.model import build_model
-from core.optimizer import LayerwiseAdam, layer_depth, layer_scale
+from core.optimizer import LayerwiseAdam, layer_depth, layer_scale, learning_rate
 
 CLS, SEP = 3, 4
 
@@ -59,3 +59,33 @@ def test_no_decay_is_plain_adam(tiny_bert_dir):
     assert type(model.optimizer).__name__ == "Adam"
     steps = first_step(tiny_bert_dir, 1.0, jit_compile=False)
     assert steps["Embedding-Norm/gamma:0"] == pytest.approx(1e-3, rel=1e-3)
+
+
+# ------------------------------------------------------------------ the learning-rate schedule
+
+
+def test_constant_schedule_is_the_plain_rate():
+    assert learning_rate(3e-5) == 3e-5
+    assert learning_rate(3e-5, "constant", total_steps=100, warmup=0.5) == 3e-5
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = learning_rate(1e-4, "cosine", total_steps=100, warmup=0.1)
+    at = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert at[0] == pytest.approx(0.0, abs=1e-12)
+    assert at[1] == pytest.approx(5e-5)  # linear warm-up: halfway at step 5 of 10
+    assert at[2] == pytest.approx(1e-4)  # the peak at the end of the warm-up
+    assert at[3] == pytest.approx(5e-5)  # cosine: half the peak halfway through the decay
+    assert at[4] == pytest.approx(0.0, abs=1e-12)
+    no_warmup = learning_rate(1e-4, "cosine", total_steps=10)
+    assert float(no_warmup(0)) == pytest.approx(1e-4)
+    assert float(no_warmup(10)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [(("step",), "schedule="), (("cosine", 0), "total_steps="), (("cosine", 10, 1.0), "warmup=")],
+)
+def test_learning_rate_rejects_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        learning_rate(1e-4, *args)

@@ -31,6 +31,8 @@ from core.pipeline import check_stage0, plan, run_pipeline
 from core.run import RunMismatchError, encoder_dir, weights_sha256
 from core.submission import HEADER, check_submission
 
+pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
+
 N_FOLDS = 3
 STAGES = ("stage1", "stage2")
 NOTEBOOK_STEMS = (

@@ -22,6 +22,8 @@ from tiny_run import make_tiny_inputs
 from core.config import Settings
 from core.run import PACKAGES, RunMismatchError, make_folds, open_run, weights_sha256
 
+pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
+
 TOLERANCE = 1e-5
 HAS_XLA_SETTING = "stage1_jit_compile" in {f.name for f in dataclasses.fields(Settings)}
 
@@ -124,7 +126,7 @@ def test_xla_training_is_reproducible_in_one_process():
     of the tiny run differs by up to ~0.05 between two runs in one process)."""
     from tensorflow import keras
 
-    from core.model import compile_model
+    from core.optimizer import compile_model
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((32, 8)).astype(np.float32), (np.arange(32) % 2)[:, None]

@@ -34,6 +34,8 @@ from core.config import ROOT
 from core.io import read_json
 from core.pipeline import resolve_settings, run_pipeline
 
+pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
+
 N_FOLDS, N_TRAIN, N_TEST = 3, 150, 40
 START_TIMEOUT = 240  # s until fold 1 is under way
 FINISH_TIMEOUT = 300  # s for the rerun

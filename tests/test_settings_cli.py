@@ -63,6 +63,7 @@ def test_help_names_the_module_as_the_program(tmp_path):
     assert "--config FILE" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_notebook_refuses_a_bad_setting_in_its_first_cell(tmp_path):
     """papermill with a bad setting stops in the first code cell, naming it; nothing trained."""
     out = tmp_path / "out.ipynb"

@@ -108,6 +108,7 @@ print("RESULT " + json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_on_two_logical_cpus(scripts):
     out = result(scripts["mirrored"])
     assert out["logical_cpus"] == 2
@@ -166,6 +167,7 @@ def scripts(tmp_path_factory, tiny_vocab):
             proc.communicate()
 
 
+@pytest.mark.slow
 def test_multiworker_strategy_builds_with_one_worker(scripts):
     try:
         out = result(scripts["multiworker"])

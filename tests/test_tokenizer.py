@@ -1,4 +1,4 @@
-"""core.tokenizer: vocabulary loading and the seed's per-character rules."""
+"""core.tokenizer: vocabulary loading and the reference's per-character rules."""
 
 from __future__ import annotations
 
