@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up on a fresh machine, then run the pipeline or the tests.
+# Set up on a fresh machine, then run the pipeline or the tests, or explore in JupyterLab.
 #
 #   ./suite.sh run [pipeline options]   # set-up, then the whole pipeline (python -m core.pipeline)
 #   ./suite.sh test [pytest options]    # set-up, then ruff and the test suite
+#   ./suite.sh lab [jupyter options]    # set-up, then JupyterLab on the repo (python -m core.lab):
+#                                       # on 127.0.0.1 only; open the URL with the token it prints
 #   ./suite.sh setup                    # set-up only
 #
 # Set-up is idempotent and quick when nothing changed: a project-local .venv, the pinned packages
@@ -84,5 +86,9 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  lab)
+    setup
+    exec "$VENV/bin/python" -m core.lab "$@"
+    ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

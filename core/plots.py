@@ -2,12 +2,16 @@
 
 Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot``: pyplot would register
 them globally, so a notebook cell that returns one would display it twice (once as the cell's
-value, once by the inline backend) and long runs would keep every figure alive. The notebook's
-inline backend displays a returned figure; scripts call ``fig.savefig``. No backend is forced.
+value, once by the inline backend) and long runs would keep every figure alive. Such a figure is
+shown as a PNG only if IPython has an image formatter for ``Figure``, which ``%matplotlib inline``
+or importing pyplot would add; so importing this module inside IPython (a Jupyter or papermill
+kernel) registers it (``show_figures_inline``), and notebooks need no magic. Scripts call
+``fig.savefig``. No backend is forced.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -63,6 +67,26 @@ def use_cjk_font() -> str | None:
         matplotlib.rcParams["font.sans-serif"] = [family, *rest]
     matplotlib.rcParams["axes.unicode_minus"] = False
     return family
+
+
+def show_figures_inline(shell=None) -> bool:
+    """Make IPython display a ``Figure`` as a PNG (as ``%matplotlib inline`` does); True if done.
+
+    ``shell`` defaults to the running IPython, if any (never imported here: scripts stay free of
+    it). A format chosen already (``%matplotlib inline``, ``%config InlineBackend...``) is kept.
+    """
+    if shell is None and "IPython" in sys.modules:
+        shell = sys.modules["IPython"].get_ipython()
+    if shell is None:
+        return False
+    if not any(Figure in f.type_printers for f in shell.display_formatter.formatters.values()):
+        from IPython.core.pylabtools import select_figure_formats
+
+        select_figure_formats(shell, "png")  # tight bounding box, the figure's dpi
+    return True
+
+
+show_figures_inline()
 
 
 def length_hist(train_texts: Sequence[str], test_texts: Sequence[str]) -> Figure:

@@ -162,6 +162,32 @@ def test_executed_notebooks_hold_their_parameters(run):
     assert not [c for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
 
 
+def figure_outputs(notebook: Path) -> tuple[int, list[str]]:
+    """(PNG images, cells that show a figure only as text ``<Figure size …>``) of a notebook."""
+    images, text_only = 0, []
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    for i, cell in enumerate(cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = "".join(data.get("text/plain", ""))  # nbformat may store it as a list of lines
+            images += "image/png" in data
+            if text.startswith("<Figure") and "image/png" not in data:
+                text_only.append(f"{notebook.name} cell {i}: {text}")
+    return images, text_only
+
+
+def test_every_figure_is_an_image(run):
+    """Every figure a notebook shows is a PNG in the executed notebook and in its HTML."""
+    text_only, images = [], {}
+    for notebook in sorted((run / "notebooks").glob("*.ipynb")):
+        images[notebook.stem], missing = figure_outputs(notebook)
+        text_only += missing
+        html = notebook.with_suffix(".html").read_text(encoding="utf-8")
+        assert html.count("data:image/png;base64,") >= images[notebook.stem], notebook.name
+    assert not text_only, text_only
+    assert not [stem for stem in NOTEBOOK_STEMS if not images[stem]]  # each draws at least one
+
+
 def test_index_links_every_notebook(run):
     page = (run / "index.html").read_text(encoding="utf-8")
     links = set(re.findall(r"href=['\"]([^'\"]+)['\"]", page))

@@ -1,10 +1,18 @@
 """core.plots: every function returns a pyplot-free Figure with the expected axes, bars and lines;
-use_cjk_font picks a font that really draws Chinese, or warns once naming the apt package."""
+use_cjk_font picks a font that really draws Chinese, or warns once naming the apt package; inside
+IPython a returned figure displays as a PNG."""
 
 from __future__ import annotations
 
+import base64
+import gc
 import io
+import os
+import subprocess
+import sys
 import warnings
+import weakref
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -15,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from core import eda, plots
+from core.config import ROOT
 
 TEXTS = ["好吃好吃好", "服务态度好", "不错不错不错", "环境很好很好", "推荐理由很充分"]  # 5 5 6 6 7
 LABELS = [1, 0, 0, 1, 1]
@@ -128,6 +137,47 @@ def test_figures_are_not_registered_with_pyplot():
     before = plt.get_fignums()
     plots.length_hist(TEXTS, TEXTS)
     assert plt.get_fignums() == before  # no double display in notebooks, no figure leak
+
+
+def test_figures_display_as_png_in_ipython():
+    from IPython.core.formatters import DisplayFormatter
+    from IPython.core.pylabtools import select_figure_formats
+
+    shell = SimpleNamespace(display_formatter=DisplayFormatter())
+    assert plots.show_figures_inline(shell)
+    fig = plots.learning_curves({"loss": [0.5, 0.3]})
+    data, _ = shell.display_formatter.format(fig)
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")
+    assert data["text/plain"].startswith("<Figure")
+    alive = weakref.ref(fig)
+    del fig, data
+    gc.collect()
+    assert alive() is None  # displaying keeps no reference: nothing leaks
+
+    chosen = SimpleNamespace(display_formatter=DisplayFormatter())
+    select_figure_formats(chosen, "svg")  # e.g. the user's %config InlineBackend.figure_formats
+    plots.show_figures_inline(chosen)
+    data, _ = chosen.display_formatter.format(plots.learning_curves({"loss": [0.5]}))
+    assert "image/svg+xml" in data and "image/png" not in data  # kept, not shown twice
+
+
+IMPORT_IN = {
+    "python": "import core.plots as p, sys\n"
+    "assert not p.show_figures_inline() and 'IPython' not in sys.modules",
+    "ipython": "from IPython.core.interactiveshell import InteractiveShell\n"
+    "from matplotlib.figure import Figure\n"
+    "shell = InteractiveShell.instance()\n"
+    "import core.plots\n"
+    "assert Figure in shell.display_formatter.formatters['image/png'].type_printers",
+}
+
+
+@pytest.mark.parametrize("where", IMPORT_IN)
+def test_importing_plots_registers_the_formatter_only_inside_ipython(where, tmp_path):
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", IMPORT_IN[where]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @needs_cjk
