@@ -39,9 +39,11 @@ from core.tokenizer import CharTokenizer, load_vocab
 from core.weights.google_ckpt import (
     CKPT_PREFIX,
     CONFIG_FILE,
+    MLM_HEAD,
     VOCAB_FILE,
     BertDirError,
     check_bert_dir,
+    google_tensors,
     write_bert_dir,
 )
 
@@ -53,7 +55,6 @@ __all__ = [
     "PRETRAIN_FILE",
     "build_mlm_model",
     "encoder_of",
-    "google_tensors",
     "mask_batch",
     "max_predictions",
     "pad_ids",
@@ -67,54 +68,6 @@ PAD_MULTIPLE = 4  # batch widths are multiples of this: a handful of shapes for 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # never masked (as keras-bert)
 # What makes two pre-training runs the same: a folder made from other inputs is not reused.
 IDENTITY = ("source_weights_sha256", "texts_sha256", "params")
-
-# keras-bert layer -> Google variable names, in the order of layer.get_weights(): the inverse of
-# keras_bert.loader.load_model_weights_from_checkpoint. "{i}" is the 0-based Google layer index.
-_EMBEDDINGS = {
-    "Embedding-Token": ["bert/embeddings/word_embeddings"],
-    "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
-    "Embedding-Position": ["bert/embeddings/position_embeddings"],
-    "Embedding-Norm": ["bert/embeddings/LayerNorm/gamma", "bert/embeddings/LayerNorm/beta"],
-}
-_ENCODER = {
-    "Encoder-{n}-MultiHeadSelfAttention": [
-        f"bert/encoder/layer_{{i}}/attention/{name}/{p}"
-        for name in ("self/query", "self/key", "self/value", "output/dense")
-        for p in ("kernel", "bias")
-    ],
-    "Encoder-{n}-MultiHeadSelfAttention-Norm": [
-        "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma",
-        "bert/encoder/layer_{i}/attention/output/LayerNorm/beta",
-    ],
-    "Encoder-{n}-FeedForward": [
-        "bert/encoder/layer_{i}/intermediate/dense/kernel",
-        "bert/encoder/layer_{i}/intermediate/dense/bias",
-        "bert/encoder/layer_{i}/output/dense/kernel",
-        "bert/encoder/layer_{i}/output/dense/bias",
-    ],
-    "Encoder-{n}-FeedForward-Norm": [
-        "bert/encoder/layer_{i}/output/LayerNorm/gamma",
-        "bert/encoder/layer_{i}/output/LayerNorm/beta",
-    ],
-}
-_HEAD = {
-    "MLM-Dense": ["cls/predictions/transform/dense/kernel", "cls/predictions/transform/dense/bias"],
-    "MLM-Norm": [
-        "cls/predictions/transform/LayerNorm/gamma",
-        "cls/predictions/transform/LayerNorm/beta",
-    ],
-    "MLM-Sim": ["cls/predictions/output_bias"],
-}
-
-
-def _layer_names(n_layers: int) -> dict[str, list[str]]:
-    """Every trained keras-bert layer of the MLM model -> its Google variable names."""
-    names = dict(_EMBEDDINGS)
-    for i in range(n_layers):
-        for layer, variables in _ENCODER.items():
-            names[layer.format(n=i + 1)] = [v.format(i=i) for v in variables]
-    return {**names, **_HEAD}
-
 
 # ---------------------------------------------------------------- model
 
@@ -156,7 +109,8 @@ def build_mlm_model(
     # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
     load_model_weights_from_checkpoint(full, config, ckpt, training=False)
     present = {name for name, _ in tf.train.list_variables(ckpt)}
-    for layer, variables in _HEAD.items():  # continue an earlier MLM run's head where there is one
+    # Continue an earlier MLM run's head where there is one.
+    for layer, variables in MLM_HEAD.items():
         if all(v in present for v in variables):
             full.get_layer(layer).set_weights([tf.train.load_variable(ckpt, v) for v in variables])
     # The same head layers (so the same weights and Google names), called on the gathered slots.
@@ -187,35 +141,6 @@ def _last_encoder_layer(model: keras.Model) -> keras.layers.Layer:
 def encoder_of(model: keras.Model) -> keras.Model:
     """The encoder part of an MLM model: (tokens, segments) -> last layer's output."""
     return keras.Model(model.inputs[:2], _last_encoder_layer(model).output, name="encoder")
-
-
-def google_tensors(model: keras.Model, source_dir: str | Path) -> dict[str, np.ndarray]:
-    """The MLM model's weights under Google BERT names, on top of the source checkpoint's.
-
-    Variables the model does not hold (e.g. ``bert/pooler/*``) pass through from the source;
-    position embeddings beyond the model's ``seq_len`` rows keep their source values.
-    """
-    prefix = str(Path(source_dir) / CKPT_PREFIX)
-    reader = tf.train.load_checkpoint(prefix)
-    out = {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_shape_map()
-        if name.startswith(("bert/", "cls/"))  # not optimizer slots or global_step
-    }
-    n_layers = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward-Norm"))
-    for layer, variables in _layer_names(n_layers).items():
-        weights = model.get_layer(layer).get_weights()
-        if len(weights) != len(variables):
-            raise RuntimeError(f"layer {layer}: {len(weights)} weights, expected {variables}")
-        for name, value in zip(variables, weights, strict=True):
-            value = np.asarray(value, dtype=np.float32)
-            old = out.get(name)
-            if name == "bert/embeddings/position_embeddings" and old is not None:
-                value = np.concatenate([value, old[len(value) :]], axis=0)
-            if old is not None and old.shape != value.shape:
-                raise RuntimeError(f"{name}: trained shape {value.shape}, source {old.shape}")
-            out[name] = value
-    return out
 
 
 # ---------------------------------------------------------------- data and masking

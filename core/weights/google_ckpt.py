@@ -20,8 +20,10 @@ import numpy as np
 __all__ = [
     "BertDirError",
     "CONFIG_KEYS",
+    "MLM_HEAD",
     "check_bert_dir",
     "expected_shapes",
+    "google_tensors",
     "hf_config_to_google",
     "hf_to_google",
     "random_hf_state_dict",
@@ -444,3 +446,85 @@ def _check_checkpoint(prefix: Path, config: dict) -> None:
                 f"variable {name} of shape {shape} (from {CONFIG_FILE})",
                 "no such variable" if got is None else f"shape {got}",
             )
+
+
+# ---------------------------------------------------------------- keras-bert -> Google names
+
+# keras-bert layer -> Google variable names, in the order of layer.get_weights(): the inverse of
+# keras_bert.loader.load_model_weights_from_checkpoint. "{i}" is the 0-based Google layer index.
+_EMBEDDINGS = {
+    "Embedding-Token": ["bert/embeddings/word_embeddings"],
+    "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
+    "Embedding-Position": ["bert/embeddings/position_embeddings"],
+    "Embedding-Norm": ["bert/embeddings/LayerNorm/gamma", "bert/embeddings/LayerNorm/beta"],
+}
+_ENCODER = {
+    "Encoder-{n}-MultiHeadSelfAttention": [
+        f"bert/encoder/layer_{{i}}/attention/{name}/{p}"
+        for name in ("self/query", "self/key", "self/value", "output/dense")
+        for p in ("kernel", "bias")
+    ],
+    "Encoder-{n}-MultiHeadSelfAttention-Norm": [
+        "bert/encoder/layer_{i}/attention/output/LayerNorm/gamma",
+        "bert/encoder/layer_{i}/attention/output/LayerNorm/beta",
+    ],
+    "Encoder-{n}-FeedForward": [
+        "bert/encoder/layer_{i}/intermediate/dense/kernel",
+        "bert/encoder/layer_{i}/intermediate/dense/bias",
+        "bert/encoder/layer_{i}/output/dense/kernel",
+        "bert/encoder/layer_{i}/output/dense/bias",
+    ],
+    "Encoder-{n}-FeedForward-Norm": [
+        "bert/encoder/layer_{i}/output/LayerNorm/gamma",
+        "bert/encoder/layer_{i}/output/LayerNorm/beta",
+    ],
+}
+MLM_HEAD = {
+    "MLM-Dense": ["cls/predictions/transform/dense/kernel", "cls/predictions/transform/dense/bias"],
+    "MLM-Norm": [
+        "cls/predictions/transform/LayerNorm/gamma",
+        "cls/predictions/transform/LayerNorm/beta",
+    ],
+    "MLM-Sim": ["cls/predictions/output_bias"],
+}
+
+
+def _layer_names(n_layers: int) -> dict[str, list[str]]:
+    """Every trained keras-bert layer of the MLM model -> its Google variable names."""
+    names = dict(_EMBEDDINGS)
+    for i in range(n_layers):
+        for layer, variables in _ENCODER.items():
+            names[layer.format(n=i + 1)] = [v.format(i=i) for v in variables]
+    return {**names, **MLM_HEAD}
+
+
+def google_tensors(model, source_dir: str | Path) -> dict[str, np.ndarray]:
+    """A keras-bert model's weights (core.mlm's MLM model) under Google BERT names, on top of the
+    source checkpoint's.
+
+    Variables the model does not hold (e.g. ``bert/pooler/*``) pass through from the source;
+    position embeddings beyond the model's ``seq_len`` rows keep their source values.
+    """
+    import tensorflow as tf
+
+    prefix = str(Path(source_dir) / CKPT_PREFIX)
+    reader = tf.train.load_checkpoint(prefix)
+    out = {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.startswith(("bert/", "cls/"))  # not optimizer slots or global_step
+    }
+    n_layers = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward-Norm"))
+    for layer, variables in _layer_names(n_layers).items():
+        weights = model.get_layer(layer).get_weights()
+        if len(weights) != len(variables):
+            raise RuntimeError(f"layer {layer}: {len(weights)} weights, expected {variables}")
+        for name, value in zip(variables, weights, strict=True):
+            value = np.asarray(value, dtype=np.float32)
+            old = out.get(name)
+            if name == "bert/embeddings/position_embeddings" and old is not None:
+                value = np.concatenate([value, old[len(value) :]], axis=0)
+            if old is not None and old.shape != value.shape:
+                raise RuntimeError(f"{name}: trained shape {value.shape}, source {old.shape}")
+            out[name] = value
+    return out
