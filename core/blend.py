@@ -3,7 +3,7 @@
     python -m core.blend RUN RUN [RUN ...] [--stage stage1] [--out FILE]
 
 Every run must have finished the stage on the same training file and folds (both checked);
-``core.ensemble.rank_blend`` averages normalised ranks of the runs' out-of-fold predictions and of
+``core.candidates.rank_blend`` averages normalised ranks of the runs' out-of-fold predictions and of
 their fold-mean test predictions. No weight is fitted, so no row's label is used. Prints each
 run's OOF AUC and the blend's, and with ``--out`` writes the blend's test predictions as a
 checked submission (inside ``outputs/``).
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from core.candidates import rank_blend
 from core.config import Settings
 from core.data import read_unlabelled
-from core.ensemble import load_runs, rank_blend
+from core.fold_outputs import load_runs
 from core.io import read_json
 from core.metrics import auc
 from core.submission import write_submission

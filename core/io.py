@@ -74,3 +74,10 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def examples(values, n: int = 5) -> str:
+    """The first ``n`` of ``values`` for an error message, and how many there are in all."""
+    values = list(values)
+    more = f", … ({len(values)} in all)" if len(values) > n else ""
+    return ", ".join(str(v) for v in values[:n]) + more

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from core.io import atomic_path, write_csv
+from core.io import examples as _examples
 
 HEADER = ["ID", "Prediction"]
-_SHOW = 5  # examples quoted per failed check
 
 
 class SubmissionError(ValueError):
@@ -25,12 +25,6 @@ class SubmissionError(ValueError):
     def __init__(self, message: str, problems: list[tuple[str, str]]):
         super().__init__(message)
         self.problems = problems
-
-
-def _examples(values, n: int = _SHOW) -> str:
-    values = list(values)
-    more = f", … ({len(values)} in all)" if len(values) > n else ""
-    return ", ".join(str(v) for v in values[:n]) + more
 
 
 def _id_key(value) -> str:

@@ -34,7 +34,7 @@ from conftest import TINY_VOCAB
 
 from core.config import ConfigError, Settings
 from core.data import DataError, read_labelled, read_unlabelled, show_path
-from core.ensemble import MissingOutputsError
+from core.fold_outputs import MissingOutputsError
 from core.submission import SubmissionError, write_submission
 from core.tokenizer import CharTokenizer, load_vocab
 from core.weights.google_ckpt import BertDirError, check_bert_dir
@@ -197,7 +197,7 @@ def test_stage2_before_stage1(tmp_path, tiny_bert_dir):
 
 
 def test_ensemble_before_the_stages_exist(tmp_path):
-    from core.results import finalize
+    from core.ensemble import finalize
 
     test_path = write(tmp_path, "好吃\n\n", "test.txt")
     run_dir = tmp_path / "run"

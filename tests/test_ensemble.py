@@ -1,5 +1,5 @@
-"""core.ensemble on synthetic run folders: loading and coverage checks, fold AUCs, blends, and
-the nested (honest) selection of blend weights and F1 thresholds."""
+"""core.fold_outputs and core.candidates on synthetic run folders: loading and coverage checks,
+fold AUCs, blends, and the nested (honest) selection of blend weights and F1 thresholds."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.ensemble import (
+from core.candidates import (
     WEIGHT_GRID,
-    MissingOutputsError,
     blend_runs,
     candidates,
     choose_final,
     fold_mean,
     fold_table,
     honest_best_f1,
-    load_stage,
     rank_average,
     results_table,
     stage_blend,
 )
+from core.fold_outputs import MissingOutputsError, load_stage
 from core.io import write_csv, write_json
 from core.metrics import auc, best_f1
 
