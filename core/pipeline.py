@@ -24,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from core import cli
 from core.config import NOTEBOOKS, PRETRAIN_FILE, ROOT, Settings, resolve
 from core.data import file_sha256
 from core.io import atomic_path, read_json, write_json, write_text
+from core.noise import NoiseFilter, clean_notebook
 
 # Shared by every notebook; prefixed keys (stage1.lr) go to one notebook only.
 DEFAULTS = {
@@ -146,9 +148,17 @@ def plan(params: dict, run_dir: Path, output_dir: Path) -> list[tuple[str, str, 
     return steps
 
 
+class NotebookError(RuntimeError):
+    """A notebook stopped on an expected error (core.cli.EXPECTED); the message is the error's,
+    then where the executed notebook was saved."""
+
+
 def execute(label: str, section: str, parameters: dict, run_dir: Path) -> Path:
     """Run one notebook with papermill (kernel cwd = repo root), then render it to HTML."""
     import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from core.data import show_path
 
     out = run_dir / "notebooks" / f"{Path(NOTEBOOKS[section]).stem}-{label}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +166,16 @@ def execute(label: str, section: str, parameters: dict, run_dir: Path) -> Path:
     try:
         papermill.execute_notebook(str(ROOT / NOTEBOOKS[section]), str(tmp), parameters=parameters,
                                    cwd=str(ROOT), log_output=True, progress_bar=False)  # fmt: skip
+    except PapermillExecutionError as e:
+        saved = (f"the executed notebook is saved at {show_path(out)} "
+                 f"(and {show_path(out.with_suffix('.html'))})")  # fmt: skip
+        if cli.is_expected(e.ename):
+            raise NotebookError(f"{e.evalue}\n{saved}") from e
+        e.add_note(saved)
+        raise
     finally:
         if tmp.exists():  # keep a failed notebook too, rendered: it shows where it stopped
+            clean_notebook(tmp)
             tmp.replace(out)
             render_html(out)
     return out
@@ -332,10 +350,13 @@ def setup_logging() -> None:
     """Show the steps and the notebooks' own output (papermill logs cell stdout at INFO)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").addFilter(_QuietPapermill())
+    for name in ("papermill", "traitlets"):  # the kernels' TensorFlow start-up; nbconvert
+        logging.getLogger(name).addFilter(NoiseFilter())
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m core.pipeline",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument(
         "--set",
         action="append",
@@ -356,6 +377,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--stage1-from", help="reuse stage 1 of this finished run (same parameters)"
     )
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
     sets = list(args.set)
@@ -389,4 +411,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)
