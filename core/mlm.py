@@ -31,8 +31,8 @@ from keras_bert import build_model_from_config, load_model_weights_from_checkpoi
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import PRETRAIN_FILE, Settings, resolve
-from core.data import file_sha256, read_labelled, read_unlabelled
+from core.config import NOTEBOOKS, PRETRAIN_FILE, Settings, resolve
+from core.data import file_sha256, read_labelled, read_unlabelled, show_path
 from core.generator import plan_batches
 from core.run import weights_sha256
 from core.tokenizer import CharTokenizer, load_vocab
@@ -42,6 +42,7 @@ from core.weights.google_ckpt import (
     VOCAB_FILE,
     BertDirError,
     check_bert_dir,
+    checkpoint_errors,
     write_bert_dir,
 )
 
@@ -153,12 +154,14 @@ def build_mlm_model(
         str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
     )
     ckpt = str(bert_dir / CKPT_PREFIX)
-    # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
-    load_model_weights_from_checkpoint(full, config, ckpt, training=False)
-    present = {name for name, _ in tf.train.list_variables(ckpt)}
-    for layer, variables in _HEAD.items():  # continue an earlier MLM run's head where there is one
-        if all(v in present for v in variables):
-            full.get_layer(layer).set_weights([tf.train.load_variable(ckpt, v) for v in variables])
+    with checkpoint_errors(bert_dir):
+        # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
+        load_model_weights_from_checkpoint(full, config, ckpt, training=False)
+        present = {name for name, _ in tf.train.list_variables(ckpt)}
+        for layer, variables in _HEAD.items():  # continue an earlier MLM run's head if any
+            if all(v in present for v in variables):
+                weights = [tf.train.load_variable(ckpt, v) for v in variables]
+                full.get_layer(layer).set_weights(weights)
     # The same head layers (so the same weights and Google names), called on the gathered slots.
     positions = keras.Input((n_predictions,), dtype="int32", name="Input-Positions")
     valid = keras.Input((n_predictions,), dtype="int32", name="Input-Valid")
@@ -196,12 +199,13 @@ def google_tensors(model: keras.Model, source_dir: str | Path) -> dict[str, np.n
     position embeddings beyond the model's ``seq_len`` rows keep their source values.
     """
     prefix = str(Path(source_dir) / CKPT_PREFIX)
-    reader = tf.train.load_checkpoint(prefix)
-    out = {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_shape_map()
-        if name.startswith(("bert/", "cls/"))  # not optimizer slots or global_step
-    }
+    with checkpoint_errors(source_dir):
+        reader = tf.train.load_checkpoint(prefix)
+        out = {
+            name: reader.get_tensor(name)
+            for name in reader.get_variable_to_shape_map()
+            if name.startswith(("bert/", "cls/"))  # not optimizer slots or global_step
+        }
     n_layers = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward-Norm"))
     for layer, variables in _layer_names(n_layers).items():
         weights = model.get_layer(layer).get_weights()
@@ -488,8 +492,13 @@ def pretrain(
     if vocab_lines[-1] == "":
         vocab_lines.pop()
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    # Stage 0 redoes a damaged folder (_done refuses it), but a pipeline skips a folder with a
+    # PRETRAIN.json: hence "delete".
+    rebuild = (f"delete {show_path(out_dir)} and run stage 0 again: the same python -m "
+               f"core.pipeline command, or {NOTEBOOKS['stage0']} with -p out_dir "
+               f"{show_path(out_dir)}")  # fmt: skip
     write_bert_dir(out_dir, config, vocab_lines, google_tensors(model, bert_dir),
-                   extra_files={PRETRAIN_FILE: text})  # fmt: skip
+                   extra_files={PRETRAIN_FILE: text}, rebuild=rebuild)  # fmt: skip
     if verbose:
         print(f"wrote {out_dir} ({seconds:.0f} s)")
     return {**record, "skipped": False, **({"model": model} if return_model else {})}

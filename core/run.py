@@ -23,6 +23,7 @@ from sklearn.model_selection import KFold
 from core.config import NOTEBOOKS, ROOT, Settings, resolve
 from core.data import file_sha256, show_path
 from core.io import read_json, write_csv, write_json
+from core.weights.google_ckpt import check_bert_dir
 
 # run.json's entries that are also notebook parameters (fold_command repeats them).
 RECORDED = ("train_path", "bert_dir", "n_folds", "seed", "maxlen")
@@ -36,7 +37,12 @@ class RunMismatchError(RuntimeError):
 
 
 def weights_sha256(bert_dir: Path) -> str:
-    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used."""
+    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used.
+
+    The folder is checked first (``check_bert_dir`` without TensorFlow): a missing or damaged
+    one is a BertDirError saying how to make it, not a DataError about competition files.
+    """
+    check_bert_dir(bert_dir, read_checkpoint=False)
     digest = hashlib.sha256()
     files = [bert_dir / "bert_config.json", bert_dir / "vocab.txt"]
     files += sorted(bert_dir.glob("bert_model.ckpt.*"))
@@ -138,12 +144,13 @@ def _version(name: str) -> str | None:
 
 def fold_command(
     stage: str,
-    fold: int,
+    fold: int | None,
     run_dir: str | Path,
     notebooks: Mapping[str, str] | None = None,
     settings: Settings | None = None,
 ) -> str:
-    """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``.
+    """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir`` (``fold`` None:
+    a step without folds, the ensemble).
 
     It repeats every parameter the run recorded (``run.json``, ``<stage>/params.json``) that
     differs from the notebook's default, so the fold it makes passes the run's checks (a
@@ -151,8 +158,10 @@ def fold_command(
     A run without ``run.json`` yet records ``settings``' values when its first fold starts.
     """
     notebook = {**NOTEBOOKS, **(notebooks or {})}.get(stage, f"<notebook for {stage}>")
-    words = ["papermill", notebook, "out.ipynb", "-p", "fold", str(fold), "-p", "run_dir",
-             str(run_dir)]  # fmt: skip
+    words = ["papermill", notebook, "out.ipynb"]
+    if fold is not None:
+        words += ["-p", "fold", str(fold)]
+    words += ["-p", "run_dir", str(run_dir)]
     recorded = recorded_parameters(Path(run_dir), stage, ROOT / notebook, settings)
     for name, value in recorded.items():
         words += ["-p", name, _shown(name, value)]

