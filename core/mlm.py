@@ -33,6 +33,7 @@ from tensorflow import keras
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import NOTEBOOKS, PRETRAIN_FILE, Settings, resolve
 from core.data import file_sha256, read_labelled, read_unlabelled, show_path
+from core.engine import Progress
 from core.generator import plan_batches
 from core.run import weights_sha256
 from core.tokenizer import CharTokenizer, load_vocab
@@ -464,7 +465,10 @@ def pretrain(
                                         mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
             batches.append(prediction_slots(inputs, target, n_predictions))
         n_masked = sum(int(inputs[3].sum()) for inputs, _ in batches)
-        fit = model.fit(_as_dataset(batches), epochs=1, verbose=0)
+        # initial_epoch: one epoch per fit (fresh masks each), numbered as the run's epoch.
+        progress = [Progress("stage0", epochs)] if verbose else []
+        fit = model.fit(_as_dataset(batches), initial_epoch=epoch - 1, epochs=epoch, verbose=0,
+                        callbacks=progress)  # fmt: skip
         for key in history:
             history[key].append(float(fit.history[key][-1]))
         if verbose:
