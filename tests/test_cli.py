@@ -109,6 +109,34 @@ def test_interrupt_and_unexpected_errors(capfd):
         cli.run(bug)
 
 
+
+def test_noise_is_dropped_and_nothing_else(tmp_path):
+    import logging
+
+    import nbformat
+
+    from core.noise import NoiseFilter, clean_notebook, drop_noise
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        "I0000 00:00:1796202547.111200    8251 port.cc:153] oneDNN custom operations are on.\n",
+        "I0000 00:00:1796202547.111536    8251 cudart_stub.cc:31] Could not find cuda drivers\n",
+        "[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All …\n",
+    ]
+    kept = ["E0000 00:00:1796202552.017382    8251 some_op.cc:52] a real error\n", "loss 0.5\n"]
+    assert drop_noise("".join(noise + kept)) == "".join(kept)
+    record = logging.makeLogRecord({"msg": "".join(noise)})
+    assert not NoiseFilter().filter(record)
+    record = logging.makeLogRecord({"msg": "".join(noise + kept)})
+    assert NoiseFilter().filter(record) and record.getMessage() == "".join(kept)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import core", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="".join(noise)),
+        nbformat.v4.new_output("stream", name="stdout", text="".join(noise + kept))])])  # fmt: skip
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    clean_notebook(tmp_path / "nb.ipynb")
+    [out] = nbformat.read(tmp_path / "nb.ipynb", as_version=4).cells[0].outputs
+    assert out.name == "stdout" and out.text == "".join(kept)
+
 # -- the main job ----------------------------------------------------------------------------------
 
 
