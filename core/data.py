@@ -19,6 +19,7 @@ from core.config import ROOT
 
 BOM = b"\xef\xbb\xbf"
 LABELS = {"0": 0, "1": 1}
+ID_COLUMNS = ("id", "ID", "Id")  # a CSV's optional id column
 
 
 class DataError(ValueError):
@@ -49,11 +50,17 @@ def read_labelled(path: str | Path) -> Dataset:
     return _read_csv(path, text, True) if _is_csv(path) else _read_rows(path, text, True)
 
 
-def read_unlabelled(path: str | Path) -> Dataset:
-    """Read a test file: ``.csv`` → seed CSV (``content``), else one ``text`` per line pair."""
+def read_unlabelled(path: str | Path, labelled_hint: str = "pass it as train") -> Dataset:
+    """Read a test file: ``.csv`` → seed CSV (``content``), else one ``text`` per line pair.
+
+    A labelled file is refused; ``labelled_hint`` says what to do instead (callers that take no
+    train file, e.g. core.predict, say their own).
+    """
     path = Path(path)
     text = _read_text(path)
-    return _read_csv(path, text, False) if _is_csv(path) else _read_rows(path, text, False)
+    if _is_csv(path):
+        return _read_csv(path, text, False, labelled_hint)
+    return _read_rows(path, text, False, labelled_hint)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -129,7 +136,7 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_rows(path: Path, text: str, labelled: bool) -> Dataset:
+def _read_rows(path: Path, text: str, labelled: bool, labelled_hint: str = "") -> Dataset:
     """Parse the competition format: row, blank line, row, blank line, … (last blank optional)."""
     lines = text.split("\n")
     if lines[-1] == "":
@@ -154,7 +161,7 @@ def _read_rows(path: Path, text: str, labelled: bool) -> Dataset:
                     "— a blank separator line is missing; add it (or rejoin a row split in two)",
                 )
             continue
-        body = _parse_row(path, no, line, labelled, labels)
+        body = _parse_row(path, no, line, labelled, labels, labelled_hint)
         texts.append(body)
         numbers.append(no)
     return Dataset(
@@ -166,7 +173,9 @@ def _read_rows(path: Path, text: str, labelled: bool) -> Dataset:
     )
 
 
-def _parse_row(path: Path, no: int, line: str, labelled: bool, labels: list[int]) -> str:
+def _parse_row(
+    path: Path, no: int, line: str, labelled: bool, labels: list[int], labelled_hint: str = ""
+) -> str:
     """Return the text of one row (appending its label to ``labels``), or raise a DataError."""
     shape = "'label<TAB>text' with label 0 or 1" if labelled else "a text row"
     if not line.strip():
@@ -182,7 +191,7 @@ def _parse_row(path: Path, no: int, line: str, labelled: bool, labels: list[int]
                 path,
                 no,
                 f"expected a text row without a label, found {_snip(line)} — this looks like a "
-                "labelled train file; pass it as train",
+                f"labelled train file; {labelled_hint}",
             )
         if "\t" in line:
             raise _fail(
@@ -214,21 +223,29 @@ def _parse_row(path: Path, no: int, line: str, labelled: bool, labels: list[int]
     return body
 
 
-def _read_csv(path: Path, text: str, labelled: bool) -> Dataset:
+def _read_csv(path: Path, text: str, labelled: bool, labelled_hint: str = "") -> Dataset:
     """Parse the reference's CSV: a ``content`` header (+ ``label``), optional ``id``/``ID``."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader)]
     need = ["content", "label"] if labelled else ["content"]
+    expected = f"expected a header with columns {need}, found {header}"
     missing = [c for c in need if c not in header]
+    others = [h for h in header if h not in ("content", *ID_COLUMNS)]
+    if missing == ["label"] and others:  # e.g. "lable": a misspelt column, not a test file
+        raise _fail(path, 1, f"{expected} — no column is named 'label'; rename the label "
+                    f"column ({', '.join(map(repr, others))}?) to label")  # fmt: skip
     if missing:
         hint = (
             " — this looks like an unlabelled test file; pass it as test"
             if missing == ["label"]
             else " — rename the columns or add them"
         )
-        raise _fail(path, 1, f"expected a header with columns {need}, found {header}{hint}")
+        raise _fail(path, 1, f"{expected}{hint}")
+    if not labelled and "label" in header:  # refused as the text format refuses labelled rows
+        raise _fail(path, 1, f"expected a header with 'content' and no 'label', found {header} "
+                    f"— this looks like a labelled train file; {labelled_hint}")  # fmt: skip
     col = {name: header.index(name) for name in need}
-    id_col = next((header.index(n) for n in ("id", "ID", "Id") if n in header), None)
+    id_col = next((header.index(n) for n in ID_COLUMNS if n in header), None)
     texts, labels, ids, numbers, records = [], [], [], [], []
     prev = reader.line_num
     try:

@@ -38,6 +38,10 @@ from core.strategy import get_strategy
 from core.tokenizer import CharTokenizer, load_vocab
 
 
+class TrainingDivergedError(FloatingPointError):
+    """A fold's predictions are NaN or outside [0, 1]; nothing of the fold was written."""
+
+
 @dataclass
 class Inputs:
     """Everything a fold reads: both files, their token ids, and the fold of every train row."""
@@ -176,7 +180,7 @@ def _write_fold(out: Path, inputs: Inputs, fold: int, oof, test, history: dict, 
 def _check_predictions(name: str, preds: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(preds) | (preds < 0) | (preds > 1)
     if bad.any():
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             f"{name}: {int(bad.sum())} predictions are NaN or outside [0, 1] (first at row "
             f"{int(np.flatnonzero(bad)[0])}); training diverged — lower the learning rate. "
             "Nothing was written for this fold."

@@ -31,8 +31,9 @@ from keras_bert import build_model_from_config, load_model_weights_from_checkpoi
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import PRETRAIN_FILE, default, resolve
-from core.data import file_sha256, read_labelled, read_unlabelled
+from core.config import NOTEBOOKS, PRETRAIN_FILE, default, resolve
+from core.data import file_sha256, read_labelled, read_unlabelled, show_path
+from core.engine import Progress
 from core.generator import plan_batches
 from core.run import weights_sha256
 from core.tokenizer import CharTokenizer, load_vocab
@@ -43,6 +44,7 @@ from core.weights.google_ckpt import (
     VOCAB_FILE,
     BertDirError,
     check_bert_dir,
+    checkpoint_errors,
     google_tensors,
     write_bert_dir,
 )
@@ -106,13 +108,14 @@ def build_mlm_model(
         str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
     )
     ckpt = str(bert_dir / CKPT_PREFIX)
-    # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
-    load_model_weights_from_checkpoint(full, config, ckpt, training=False)
-    present = {name for name, _ in tf.train.list_variables(ckpt)}
-    # Continue an earlier MLM run's head where there is one.
-    for layer, variables in MLM_HEAD.items():
-        if all(v in present for v in variables):
-            full.get_layer(layer).set_weights([tf.train.load_variable(ckpt, v) for v in variables])
+    with checkpoint_errors(bert_dir):
+        # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
+        load_model_weights_from_checkpoint(full, config, ckpt, training=False)
+        present = {name for name, _ in tf.train.list_variables(ckpt)}
+        for layer, variables in MLM_HEAD.items():  # continue an earlier MLM run's head if any
+            if all(v in present for v in variables):
+                weights = [tf.train.load_variable(ckpt, v) for v in variables]
+                full.get_layer(layer).set_weights(weights)
     # The same head layers (so the same weights and Google names), called on the gathered slots.
     positions = keras.Input((n_predictions,), dtype="int32", name="Input-Positions")
     valid = keras.Input((n_predictions,), dtype="int32", name="Input-Valid")
@@ -381,7 +384,10 @@ def pretrain(
                                         mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
             batches.append(prediction_slots(inputs, target, n_predictions))
         n_masked = sum(int(inputs[3].sum()) for inputs, _ in batches)
-        fit = model.fit(_as_dataset(batches), epochs=1, verbose=0)
+        # initial_epoch: one epoch per fit (fresh masks each), numbered as the run's epoch.
+        progress = [Progress("stage0", epochs)] if verbose else []
+        fit = model.fit(_as_dataset(batches), initial_epoch=epoch - 1, epochs=epoch, verbose=0,
+                        callbacks=progress)  # fmt: skip
         for key in history:
             history[key].append(float(fit.history[key][-1]))
         if verbose:
@@ -409,8 +415,13 @@ def pretrain(
     if vocab_lines[-1] == "":
         vocab_lines.pop()
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    # Stage 0 redoes a damaged folder (_done refuses it), but a pipeline skips a folder with a
+    # PRETRAIN.json: hence "delete".
+    rebuild = (f"delete {show_path(out_dir)} and run stage 0 again: the same python -m "
+               f"core.pipeline command, or {NOTEBOOKS['stage0']} with -p out_dir "
+               f"{show_path(out_dir)}")  # fmt: skip
     write_bert_dir(out_dir, config, vocab_lines, google_tensors(model, bert_dir),
-                   extra_files={PRETRAIN_FILE: text})  # fmt: skip
+                   extra_files={PRETRAIN_FILE: text}, rebuild=rebuild)  # fmt: skip
     if verbose:
         print(f"wrote {out_dir} ({seconds:.0f} s)")
     return {**record, "skipped": False, **({"model": model} if return_model else {})}

@@ -18,7 +18,7 @@ from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.optimizer import compile_model
-from core.weights import check_bert_dir
+from core.weights import check_bert_dir, checkpoint_errors
 
 # keras-bert and keras-self-attention share initializer instances across layers; tf-keras warns
 # about it on every build. Their weights come from the checkpoint or from set_random_seed anyway.
@@ -100,13 +100,14 @@ def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
     """keras-bert encoder from a Google-format BERT folder; output = last layer, padding masked."""
     bert_dir = Path(bert_dir)
     check_bert_dir(bert_dir)
-    return load_trained_model_from_checkpoint(
-        str(bert_dir / "bert_config.json"),
-        str(bert_dir / "bert_model.ckpt"),
-        training=False,
-        trainable=trainable,
-        seq_len=None,
-    )
+    with checkpoint_errors(bert_dir):
+        return load_trained_model_from_checkpoint(
+            str(bert_dir / "bert_config.json"),
+            str(bert_dir / "bert_model.ckpt"),
+            training=False,
+            trainable=trainable,
+            seq_len=None,
+        )
 
 
 def build_model(

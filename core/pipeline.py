@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import cli
 from core.config import (
     CONFIG_FILE,
     NOTEBOOKS,
@@ -38,6 +39,7 @@ from core.config import (
 )
 from core.data import file_sha256, read_labelled, read_unlabelled
 from core.io import atomic_path, read_json, write_json, write_text
+from core.noise import NoiseFilter, clean_notebook
 from core.run import check_same, fold_dir, record_settings, run_settings, weights_sha256
 
 log = logging.getLogger("pipeline")
@@ -116,9 +118,16 @@ def check_inputs(settings: Settings, only: str | None = None, folds=None) -> Non
     check_bert_dir(settings.bert_dir, read_checkpoint=False)
 
 
+class NotebookError(RuntimeError):
+    """A notebook stopped on an expected error (core.cli.EXPECTED); the message is the error's,
+    then where the executed notebook was saved."""
+
+
 def execute(step: Step, params: dict, run_dir: Path) -> Path:
     """Run one notebook with papermill (kernel cwd = repo root), then render it to HTML."""
     import papermill
+    from papermill.exceptions import PapermillExecutionError
+
 
     out = run_dir / "notebooks" / f"{Path(step.notebook).stem}-{step.label}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +141,16 @@ def execute(step: Step, params: dict, run_dir: Path) -> Path:
             log_output=True,
             progress_bar=False,
         )
+    except PapermillExecutionError as e:
+        saved = (f"the executed notebook is saved at {show(out)} "
+                 f"(and {show(out.with_suffix('.html'))})")  # fmt: skip
+        if cli.is_expected(e.ename):
+            raise NotebookError(f"{e.evalue}\n{saved}") from e
+        e.add_note(saved)
+        raise
     finally:
         if tmp.exists():  # keep a failed notebook too, rendered: it shows where it stopped
+            clean_notebook(tmp)
             tmp.replace(out)
             render_html(out)
     return out
@@ -293,6 +310,8 @@ def setup_logging() -> None:
     """Show the steps and the notebooks' own output (papermill logs cell stdout at INFO)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").addFilter(_QuietPapermill())
+    for name in ("papermill", "traitlets"):  # the kernels' TensorFlow start-up; nbconvert
+        logging.getLogger(name).addFilter(NoiseFilter())
 
 
 def parse_folds(text: str | None) -> list[int] | None:
@@ -352,20 +371,13 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=list(NOTEBOOKS), help="run only this step")
     parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
     parser.add_argument("--stage1-from", help="reuse stage 1 of this finished run (same settings)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        settings = resolve_settings(
-            args.config,
-            args.set,
-            train_path=args.train_path,
-            test_path=args.test_path,
-            output_dir=args.output_dir,
-        )
-        folds = parse_folds(args.folds)
-        check_inputs(settings, args.only, folds)  # every setting, file and fold, before any step
-    except ConfigError as e:
-        parser.error(str(e))
+    settings = resolve_settings(args.config, args.set, train_path=args.train_path,
+                                test_path=args.test_path, output_dir=args.output_dir)  # fmt: skip
+    folds = parse_folds(args.folds)
+    check_inputs(settings, args.only, folds)  # every setting, file and fold, before any step
     start = time.time()
     run_dir = run_pipeline(settings, args.run_dir, args.only, folds, args.stage1_from)
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {show(run_dir)}")
@@ -383,4 +395,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -18,35 +18,78 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import Settings
+from core import cli
+from core.config import CONFIG_FILE, ConfigError, Settings
+from core.data import DataError, read_unlabelled, show_path
 from core.io import read_json, write_csv
+
+RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
+
+
+class RunNotFinishedError(FileNotFoundError):
+    """The run to score with does not exist or has not finished (no ensemble results yet)."""
+
+
+def finish_command(run_dir: Path, output_dir: Path) -> str:
+    """The main-job command that finishes ``run_dir`` with the settings it recorded."""
+    from core.run import pipeline_command, run_settings
+
+    if (run_dir / CONFIG_FILE).is_file():
+        return pipeline_command(run_dir, run_settings(run_dir, output_dir))
+    return pipeline_command(run_dir, Settings(output_dir=output_dir))
+
+
+def finished_run(run_dir: Path, output_dir: Path) -> Path:
+    """``run_dir`` if it has finished, else RunNotFinishedError saying how to finish it."""
+    if not run_dir.is_dir():
+        raise RunNotFinishedError(
+            f"--run {show_path(run_dir)}: no such run folder; omit --run to use the latest "
+            f"finished run under {show_path(output_dir / 'runs')}, or make one with "
+            "`python -m core.pipeline`"
+        )
+    if not (run_dir / RESULTS).is_file():
+        raise RunNotFinishedError(
+            f"run {show_path(run_dir)} has not finished (no {RESULTS} yet); finish it with: "
+            f"{finish_command(run_dir, output_dir)}"
+        )
+    return run_dir
 
 
 def latest_run(output_dir: Path) -> Path:
     """The most recently finished run (one with ensemble results) under ``output_dir/runs``."""
-    done = sorted(
-        (output_dir / "runs").glob("*/ensemble/results.json"), key=lambda p: p.stat().st_mtime
-    )
-    if not done:
-        raise SystemExit(f"no finished run under {output_dir / 'runs'}: run ./suite.sh run first")
-    return done[-1].parents[1]
+    done = sorted((output_dir / "runs").glob(f"*/{RESULTS}"), key=lambda p: p.stat().st_mtime)
+    if done:
+        return done[-1].parents[1]
+    message = f"no finished run under {show_path(output_dir / 'runs')}"
+    started = sorted((output_dir / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    if started:
+        run_dir = started[-1].parent
+        raise RunNotFinishedError(f"{message}; the latest, {show_path(run_dir)}, finishes with: "
+                                  f"{finish_command(run_dir, output_dir)}")  # fmt: skip
+    raise RunNotFinishedError(f"{message}: make one with `./suite.sh run` (python -m "
+                              "core.pipeline), or pass --run")  # fmt: skip
 
 
 def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFrame:
     """``text, probability, stage1, stage2`` for every text, from every fold of the run."""
+    from core.weights import BertDirError, check_bert_dir
+
+    run = read_json(run_dir / "run.json")
+    results = read_json(run_dir / RESULTS)["headline"]
+    weight = results.get("stage1_weight")
+    weight = 0.5 if weight is None else float(weight)
+    bert_dir = Path(run["bert_dir"])
+    try:  # before TensorFlow loads: a quick refusal
+        check_bert_dir(bert_dir, read_checkpoint=False)
+    except BertDirError as e:
+        raise BertDirError(f"run {show_path(run_dir)}, its encoder: {e}") from None
     from tensorflow import keras
 
-    import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
     from core.engine import encode
     from core.model import build_head_model, build_model, copy_head_weights
     from core.run import fold_dir
     from core.tokenizer import CharTokenizer, load_vocab
 
-    run = read_json(run_dir / "run.json")
-    results = read_json(run_dir / "ensemble" / "results.json")["headline"]
-    weight = results.get("stage1_weight")
-    weight = 0.5 if weight is None else float(weight)
-    bert_dir = Path(run["bert_dir"])
     token_ids = CharTokenizer(load_vocab(bert_dir), run["maxlen"]).encode_all(texts)
     full = build_model(bert_dir, bert_trainable=False)
     encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
@@ -65,7 +108,8 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m core.predict",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument("texts", nargs="*", help="sentences to score")
     parser.add_argument(
         "--file", help="a file of sentences in the test format (or a CSV with content)"
@@ -74,19 +118,34 @@ def main(argv=None) -> int:
         "--run", help="run folder (default: the latest finished run in outputs/runs)"
     )
     parser.add_argument("--out", help="write text,probability CSV here (inside outputs/)")
+    parser.add_argument("--output-dir", default="outputs", help="where runs are (default outputs/)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    settings = Settings()
-    run_dir = settings.run_path(args.run) if args.run else latest_run(settings.output_dir)
+    settings = Settings(output_dir=args.output_dir)
+    out = None
+    if args.out:  # checked before the minutes of scoring, not after
+        out = settings.run_path(args.out, "--out")  # inside outputs/, like every other write
+        if out.is_dir():
+            raise ConfigError(f"--out={args.out!r}: expected a file path, found a folder")
+    for i, text in enumerate(args.texts, 1):
+        if not text.strip():
+            raise DataError(f"sentence {i} of the command line: expected a sentence, found "
+                            f"{text!r} — remove it or fill it in")  # fmt: skip
     texts = list(args.texts)
     if args.file:
-        from core.data import read_unlabelled
-
-        texts += read_unlabelled(args.file).texts
+        hint = "core.predict scores sentences without labels: remove them"
+        texts += read_unlabelled(args.file, labelled_hint=hint).texts
     if not texts:
         parser.error("give sentences as arguments or --file")
+    if args.run:
+        run_dir = finished_run(settings.run_path(args.run, "--run"), settings.output_dir)
+    else:
+        run_dir = latest_run(settings.output_dir)
+        # stderr: stdout is the CSV
+        print(f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
+              file=sys.stderr)  # fmt: skip
     scores = score(run_dir, texts)
-    if args.out:
-        out = settings.run_path(args.out, "--out")  # inside outputs/, like every other write
+    if out is not None:
         write_csv(out, scores[["text", "probability"]])
         print(f"wrote {len(scores)} rows to {out}")
     else:
@@ -94,5 +153,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def command() -> None:
+    """``python -m core.predict`` and the ``recsent-predict`` script."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    command()

