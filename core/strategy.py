@@ -23,12 +23,3 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"parameter strategy={name!r}: expected one of {', '.join(STRATEGIES)}")
-
-
-def split_cpu(n: int = 2) -> None:
-    """Expose the CPU as ``n`` logical devices, so the mirrored path can be exercised without GPUs.
-
-    Must run before TensorFlow initialises its devices (i.e. before any op is executed).
-    """
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)

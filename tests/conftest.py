@@ -14,9 +14,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` without an install
 
+from fakes import write_random_bert_dir  # noqa: E402
+
 import core  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from core.config import ROOT  # noqa: E402
-from core.weights.google_ckpt import check_bert_dir, write_random_bert_dir  # noqa: E402
+from core.weights.google_ckpt import check_bert_dir  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _CHARS = (

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from fakes import random_hf_state_dict
 from numpy_bert import bert_forward, encode
 
 from core.weights import google_ckpt
@@ -19,7 +20,6 @@ from core.weights.google_ckpt import (
     expected_shapes,
     hf_config_to_google,
     hf_to_google,
-    random_hf_state_dict,
     sanitize_vocab,
     vocab_from_tokenizer_json,
     write_bert_dir,

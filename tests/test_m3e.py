@@ -14,13 +14,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from fakes import random_hf_state_dict
 from numpy_bert import bert_forward, encode
 
 from core.config import ROOT
 from core.weights import m3e
 from core.weights.google_ckpt import (
     check_bert_dir,
-    random_hf_state_dict,
     vocab_from_tokenizer_json,
 )
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_VOCAB
+from fakes import random_hf_state_dict
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 
 from core.mlm import (
@@ -29,7 +30,6 @@ from core.tokenizer import CharTokenizer, load_vocab
 from core.weights.google_ckpt import (
     check_bert_dir,
     hf_to_google,
-    random_hf_state_dict,
     write_bert_dir,
 )
 

@@ -16,10 +16,10 @@ import textwrap
 
 import pytest
 import tensorflow as tf
+from fakes import write_random_bert_dir
 
 from core.config import ROOT
 from core.strategy import STRATEGIES, get_strategy
-from core.weights.google_ckpt import write_random_bert_dir
 
 TIMEOUT = 120
 
@@ -30,7 +30,8 @@ def start_script(code: str, folder, args=(), env_extra=None) -> subprocess.Popen
     script = folder / "script.py"
     script.write_text(textwrap.dedent(code), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    paths = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # core, and the tests' fakes
+    env.update({"PYTHONPATH": paths, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     env.update(env_extra or {})
     command = [sys.executable, str(script), *map(str, args)]
     pipe = subprocess.PIPE
@@ -73,7 +74,8 @@ MIRRORED = """
 import json, sys
 import numpy as np
 import core
-from core.strategy import get_strategy, split_cpu
+from core.strategy import get_strategy
+from fakes import split_cpu
 
 split_cpu(2)
 import tensorflow as tf

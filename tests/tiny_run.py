@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import TINY_VOCAB
+from fakes import write_random_bert_dir
 
 from core.config import ROOT, Settings
-from core.weights.google_ckpt import write_random_bert_dir
 
 TRAIN = ROOT / "data" / "train_shuffle.txt"
 TEST = ROOT / "data" / "test_handout.txt"

@@ -14,7 +14,6 @@ from core.weights.google_ckpt import (
     vocab_from_tokenizer_json,
     write_bert_dir,
     write_checkpoint,
-    write_random_bert_dir,
 )
 from core.weights.m3e import WheelDownloadError, WheelHashError, ensure_m3e_small
 from core.weights.torch_reader import UnsafePickleError, read_state_dict
@@ -34,5 +33,4 @@ __all__ = [
     "vocab_from_tokenizer_json",
     "write_bert_dir",
     "write_checkpoint",
-    "write_random_bert_dir",
 ]

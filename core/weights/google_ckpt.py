@@ -29,12 +29,10 @@ __all__ = [
     "google_tensors",
     "hf_config_to_google",
     "hf_to_google",
-    "random_hf_state_dict",
     "sanitize_vocab",
     "vocab_from_tokenizer_json",
     "write_bert_dir",
     "write_checkpoint",
-    "write_random_bert_dir",
 ]
 
 CONFIG_KEYS = (
@@ -295,61 +293,6 @@ def write_bert_dir(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def random_hf_state_dict(
-    vocab_size: int, hidden: int = 32, layers: int = 2, intermediate: int = 64,
-    max_position: int = 64, seed: int = 0,
-) -> dict:  # fmt: skip
-    """A random HF-named BERT state dict (with MLM/NSP heads): N(0, 0.02) weights and biases,
-    LayerNorm gamma 1 and beta 0."""
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape):
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    sd = {
-        "embeddings.word_embeddings.weight": normal(vocab_size, hidden),
-        "embeddings.position_embeddings.weight": normal(max_position, hidden),
-        "embeddings.token_type_embeddings.weight": normal(2, hidden),
-    }
-    linears = [f"encoder.layer.{i}.{m}" for i in range(layers) for m in (
-        "attention.self.query", "attention.self.key", "attention.self.value",
-        "attention.output.dense", "intermediate.dense", "output.dense")]  # fmt: skip
-    norms = ["embeddings.LayerNorm", "cls.predictions.transform.LayerNorm"] + [
-        f"encoder.layer.{i}.{m}.LayerNorm"
-        for i in range(layers)
-        for m in ("attention.output", "output")
-    ]
-    for name in linears + ["pooler.dense", "cls.predictions.transform.dense"]:
-        is_ffn_out = name.endswith(".output.dense") and ".attention." not in name
-        n_in = intermediate if is_ffn_out else hidden
-        n_out = intermediate if name.endswith("intermediate.dense") else hidden
-        sd[f"{name}.weight"], sd[f"{name}.bias"] = normal(n_out, n_in), normal(n_out)
-    for name in norms:
-        sd[f"{name}.weight"] = np.ones(hidden, np.float32)
-        sd[f"{name}.bias"] = np.zeros(hidden, np.float32)
-    sd["cls.predictions.bias"] = normal(vocab_size)
-    sd["cls.seq_relationship.weight"] = normal(2, hidden)
-    sd["cls.seq_relationship.bias"] = normal(2)
-    return sd
-
-
-def write_random_bert_dir(
-    out_dir: str | os.PathLike, vocab_tokens: list[str], hidden: int = 32, layers: int = 2,
-    heads: int = 2, intermediate: int = 64, max_position: int = 64, seed: int = 0,
-) -> Path:  # fmt: skip
-    """Write a tiny random BERT folder (for tests). Its HF-named weights are
-    ``random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position,
-    seed)``, so a test can rebuild them for a reference forward pass."""
-    config = {
-        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": intermediate,
-        "max_position_embeddings": max_position, "num_attention_heads": heads,
-        "num_hidden_layers": layers, "type_vocab_size": 2, "vocab_size": len(vocab_tokens),
-    }  # fmt: skip
-    sd = random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position, seed)
-    return write_bert_dir(out_dir, config, list(vocab_tokens), hf_to_google(sd))
 
 
 # ---------------------------------------------------------------- checking
