@@ -1,5 +1,5 @@
 """Run the notebook suite with papermill: stage 0 (within-task MLM) -> EDA -> stage 1 per fold ->
-stage 2 per fold -> ensemble.
+stage 2 per fold -> ensemble -> error analysis.
 
     python -m core.pipeline                      # the default model on data/
     python -m core.pipeline --set stage1.lr=3e-5 --set n_folds=3 --test-path other.txt
@@ -16,7 +16,6 @@ import argparse
 import ast
 import copy
 import hashlib
-import html
 import json
 import logging
 import shutil
@@ -143,6 +142,10 @@ def plan(params: dict, run_dir: Path, output_dir: Path) -> list[tuple[str, str, 
             done = run_dir / stage / f"fold{fold}" / "done.json"
             steps.append((f"{stage}-fold{fold}", stage, args(stage, fold=fold, **encoder), done))
     steps.append(("ensemble", "ensemble", args("ensemble"), run_dir / "ensemble" / "results.json"))
+    # Error analysis of the finished ensemble; no live text box in the executed notebook.
+    errors = {k: common[k] for k in COMMON_FOR["ensemble"]}
+    errors.update(run_dir=rel_run, output_dir=str(output_dir), interactive=False)
+    steps.append(("errors", "errors", errors, run_dir / "errors" / "errors.json"))
     return steps
 
 
@@ -172,33 +175,10 @@ def render_html(notebook: Path) -> Path:
 
 
 def write_index(run_dir: Path, params: dict, timings: dict) -> Path:
-    """One page linking every executed notebook, with per-fold and final figures."""
-    rows = []
-    for nb in sorted((run_dir / "notebooks").glob("[!.]*.ipynb")):  # not in-flight temporaries
-        label = nb.stem.split("-", 1)[-1]
-        stage, _, fold = label.partition("-fold")
-        done = run_dir / stage / f"fold{fold}" / "done.json"
-        auc = f"{read_json(done)['val_auc']:.4f}" if fold and done.exists() else ""
-        secs = f"{timings[label]:.0f} s" if label in timings else ""
-        page = nb.with_suffix(".html").name
-        links = f"<a href='notebooks/{page}'>html</a> · <a href='notebooks/{nb.name}'>ipynb</a>"
-        cells = [html.escape(label), links, auc, secs]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    results = run_dir / "ensemble" / "results.json"
-    headline = submission = ""
-    if results.exists():
-        r = read_json(results)
-        headline = "<pre>" + html.escape(json.dumps(r.get("headline", r), indent=2)) + "</pre>"
-    if (run_dir / "ensemble" / "submission.csv").exists():
-        submission = '<p><a href="ensemble/submission.csv">submission.csv</a></p>'
-    page = f"""<!doctype html><meta charset="utf-8"><title>{run_dir.name}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style>
-<h1>Run {html.escape(run_dir.name)}</h1>{headline}
-<table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>
-{"".join(rows)}</table>
-<h2>Parameters</h2><pre>{html.escape(json.dumps(params, indent=2))}</pre>
-{submission}"""
-    return write_text(run_dir / "index.html", page)
+    """The run report ``<run>/index.html`` (core.report): figures, notebooks, provenance."""
+    from core.report import write_report
+
+    return write_report(run_dir, params, timings)
 
 
 def check_same_params(path: Path, params: dict) -> None:
