@@ -135,9 +135,29 @@ def main(argv: list[str]) -> int:
     run = Path(argv[0])
     docs = Path(__file__).resolve().parents[1] / "docs"
     print(screenshot(run / "index.html", docs / "report.png", height=2200))
-    print(screenshot(run / "notebooks" / "05_errors-errors.html", docs / "errors.png",
-                     height=2600))  # fmt: skip
+    # The error notebook from its first coloured character (section 4) on.
+    shot = screenshot(run / "notebooks" / "05_errors-errors.html", docs / "errors.png",
+                      height=12000)  # fmt: skip
+    print(crop_from_colour(shot, (0, 160, 60), above=420, height=1500))
     return 0
+
+
+def crop_from_colour(png: Path, rgb: tuple[int, int, int], above: int, height: int) -> Path:
+    """Crop ``png`` in place to ``height`` rows starting ``above`` rows over the first row with
+    a solid patch (10+ pixels) of ``rgb``, or of a strong tint of it on white."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    white = 255 - image
+    target = 255 - np.asarray(rgb)
+    # A tint of rgb on white is white - s * (white - rgb): proportional to (white - rgb).
+    scale = (white @ target) / (target @ target)
+    hit = (scale > 0.8) & (np.abs(white - scale[..., None] * target).max(-1) < 12)
+    rows = np.flatnonzero(hit.sum(1) >= 10)
+    top = max(0, int(rows[0]) - above) if rows.size else 0
+    Image.fromarray(image[top: top + height].astype(np.uint8)).save(png)
+    return png
 
 
 if __name__ == "__main__":

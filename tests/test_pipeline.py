@@ -211,6 +211,32 @@ def test_error_analysis_explains_chosen_sentences(run):
 
 
 @pytest.mark.slow
+def test_error_notebook_with_a_live_kernel_shows_a_text_box_that_scores(run, tiny, tmp_path):
+    """interactive=True (the notebook's default): a text box; typing into it (done here by a
+    cell added to a copy of the notebook) scores the sentence with the run's ensemble."""
+    import nbformat
+    import papermill as pm
+
+    from core.predict import score
+
+    nb = nbformat.read(ROOT / "notebooks" / "05_errors.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        'box = errors.live_box(explainer)\nbox.children[0].value = "服务很好"\n'
+        'print(box.children[1].outputs[0]["data"]["text/html"])'))  # fmt: skip
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    params = {"run_dir": str(run), "output_dir": str(run.parents[1]), "n_folds": N_FOLDS,
+              "train_path": str(tiny.train_path), "test_path": str(tiny.test_path),
+              "n_explain": 1}  # fmt: skip
+    out = pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
+                              parameters=params, cwd=str(ROOT), progress_bar=False)  # fmt: skip
+    outputs = [o for c in out.cells for o in c.get("outputs", [])]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    typed = out.cells[-1].outputs[0]["text"]
+    assert typed.count("<span title=") == 4
+    assert f"{score(run, ['服务很好'])['probability'][0]:.3f}" in typed
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["index.html", "notebooks/05_errors-errors.html"])
 def test_pages_in_a_browser(run, name, tmp_path):
     """The report and the error notebook in headless Chromium: they load, every link and image
