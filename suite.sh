@@ -9,7 +9,8 @@
 #
 # Set-up is idempotent and quick when nothing changed: a project-local .venv, the pinned packages
 # (reinstalled only when pyproject.toml changes), a CJK font for plots, the competition data in
-# $DATA_DIR (copied from ../shared/data when present), and pretrained/m3e-small converted once.
+# $DATA_DIR (copied from ../shared/data when present), and pretrained/m3e-small converted once;
+# `test` also installs headless Chromium (apt, as root) for the run report's browser test.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,6 +51,18 @@ setup_font() {
   fi
 }
 
+setup_browser() {
+  # The tests open the run report in headless Chromium (that test is skipped without it).
+  if command -v chromium >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (the browser test of the run report)"
+    { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || say "could not install chromium: the browser test will be skipped"
+  else
+    say "no chromium found: the browser test will be skipped (apt-get install chromium)"
+  fi
+}
+
 setup_data() {
   mkdir -p "$DATA_DIR"
   for f in "${DATA_FILES[@]}"; do
@@ -83,6 +96,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    setup_browser
     "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
@@ -90,5 +104,5 @@ case "$cmd" in
     setup
     exec "$VENV/bin/python" -m core.lab "$@"
     ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

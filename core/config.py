@@ -24,6 +24,7 @@ NOTEBOOKS = {
     "stage1": "notebooks/02_cv.ipynb",
     "stage2": "notebooks/03_f1_refine.ipynb",
     "ensemble": "notebooks/04_ensemble.ipynb",
+    "errors": "notebooks/05_errors.ipynb",
 }
 # Written last into stage 0's encoder folder (core.mlm): its presence marks the folder done.
 PRETRAIN_FILE = "PRETRAIN.json"

@@ -1,5 +1,5 @@
 """Run the notebook suite with papermill: stage 0 (within-task MLM) -> EDA -> stage 1 per fold ->
-stage 2 per fold -> ensemble.
+stage 2 per fold -> ensemble -> error analysis.
 
     python -m core.pipeline                                  # the default method on data/
     python -m core.pipeline --config configs/reference.yaml  # a named configuration
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import html
 import json
 import logging
 import shutil
@@ -76,6 +75,7 @@ def plan(settings: Settings, run_dir: Path) -> list[Step]:
             for k in range(settings.n_folds)
         ]
     steps.append(Step("ensemble", None, run_dir / "ensemble" / "results.json"))
+    steps.append(Step("errors", None, run_dir / "errors" / "errors.json"))  # analysis of the blend
     return steps
 
 
@@ -86,6 +86,8 @@ def parameters(step: Step, settings: Settings, run_dir: Path) -> dict:
     params = {**settings.changed(), "run_dir": show(run_dir)}
     if step.fold is not None:
         params["fold"] = step.fold
+    if step.section == "errors":
+        params["interactive"] = False  # no live text box in an executed notebook: examples
     return params
 
 
@@ -165,34 +167,10 @@ def render_html(notebook: Path) -> Path:
 
 
 def write_index(run_dir: Path, settings: Settings, timings: dict) -> Path:
-    """One page linking every executed notebook, with per-fold and final figures."""
-    rows = []
-    for nb in sorted((run_dir / "notebooks").glob("[!.]*.ipynb")):  # not in-flight temporaries
-        label = nb.stem.split("-", 1)[-1]
-        stage, _, fold = label.partition("-fold")
-        done = fold_dir(run_dir, stage, int(fold)) / "done.json" if fold else None
-        auc = f"{read_json(done)['val_auc']:.4f}" if done and done.exists() else ""
-        secs = f"{timings[label]:.0f} s" if label in timings else ""
-        page = nb.with_suffix(".html").name
-        links = f"<a href='notebooks/{page}'>html</a> · <a href='notebooks/{nb.name}'>ipynb</a>"
-        cells = [html.escape(label), links, auc, secs]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    results = run_dir / "ensemble" / "results.json"
-    headline = submission = ""
-    if results.exists():
-        r = read_json(results)
-        headline = "<pre>" + html.escape(json.dumps(r.get("headline", r), indent=2)) + "</pre>"
-    if (run_dir / "ensemble" / "submission.csv").exists():
-        submission = '<p><a href="ensemble/submission.csv">submission.csv</a></p>'
-    values = json.dumps(settings.values(), indent=2, default=str)
-    page = f"""<!doctype html><meta charset="utf-8"><title>{run_dir.name}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style>
-<h1>Run {html.escape(run_dir.name)}</h1>{headline}
-<table><tr><th>step</th><th>notebook</th><th>validation AUC</th><th>time</th></tr>
-{"".join(rows)}</table>
-<h2>Settings</h2><pre>{html.escape(values)}</pre>
-{submission}"""
-    return write_text(run_dir / "index.html", page)
+    """The run report ``<run>/index.html`` (core.report): figures, notebooks, provenance."""
+    from core.report import write_report
+
+    return write_report(run_dir, settings, timings)
 
 
 def check_stage0(record_path: Path, settings: Settings) -> None:

@@ -63,8 +63,10 @@ def test_parameters_cell_holds_every_setting_with_its_default(path):
         expected = getattr(DEFAULTS, name)
         shown = expected if not hasattr(expected, "is_absolute") else value  # paths: shown form
         assert value == shown, (path.name, name)
-    # Besides the settings, a notebook takes only its own few: where it writes and which fold.
-    assert set(defaults) - set(FIELDS) <= {"fold", "run_dir"}, path.name
+    # Besides the settings, a notebook takes only its own few: where it writes, which fold, and
+    # for the error analysis how much it shows.
+    own = {"fold", "run_dir", "n_examples", "n_explain", "ig_steps", "interactive", "live_examples"}
+    assert set(defaults) - set(FIELDS) <= own, path.name
     assert ast.literal_eval(defaults["run_dir"]["default"]) is None, path.name
 
 

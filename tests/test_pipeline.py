@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import browser
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,7 +40,7 @@ NOTEBOOK_STEMS = (
     ["00_pretrain-stage0", "01_eda-eda"]
     + [f"02_cv-stage1-fold{k}" for k in range(N_FOLDS)]
     + [f"03_f1_refine-stage2-fold{k}" for k in range(N_FOLDS)]
-    + ["04_ensemble-ensemble"]
+    + ["04_ensemble-ensemble", "05_errors-errors"]
 )
 
 
@@ -86,7 +87,7 @@ def read_oof(run_dir: Path, stage: str) -> pd.DataFrame:
 
 
 def stage_file_mtimes(run_dir: Path) -> dict[str, int]:
-    folders = ["stage0", "eda", "stage1", "stage2", "ensemble", "notebooks"]
+    folders = ["stage0", "eda", "stage1", "stage2", "ensemble", "errors", "notebooks"]
     files = [p for f in folders for p in (run_dir / f).rglob("*") if p.is_file()]
     files += [run_dir / "run.json", run_dir / "folds.csv"]
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
@@ -102,6 +103,7 @@ def test_every_output_exists(run, settings):
             path = run / "notebooks" / f"{stem}{suffix}"
             assert path.is_file() and path.stat().st_size > 0, path
     for name in ("index.html", "run.json", CONFIG_FILE, "folds.csv", "eda/eda.json",
+                 "errors/errors.json",
                  "ensemble/results.json", "ensemble/submission.csv"):  # fmt: skip
         assert (run / name).is_file(), name
     for stage in STAGES:
@@ -199,6 +201,95 @@ def test_index_links_every_notebook(run):
         for k in range(N_FOLDS):
             auc = read_json(run / stage / f"fold{k}" / "done.json")["val_auc"]
             assert f"{auc:.4f}" in page  # each fold's validation AUC is on the page
+
+
+def test_report_holds_the_headline_figures_provenance_and_timings(run):
+    page = (run / "index.html").read_text(encoding="utf-8")
+    headline = read_json(run / "ensemble" / "results.json")["headline"]
+    for key in ("oof_auc", "stage1_oof_auc", "stage2_oof_auc", "f1_at_threshold"):
+        assert f"{headline[key]:.4f}" in page, key
+    assert "0.9553" in page and "0.9604" in page  # the reference method's published figures
+    manifest = read_json(run / "run.json")
+    for value in (manifest["train_sha256"], manifest["bert_sha256"], manifest["python"],
+                  manifest["packages"]["tensorflow"]):  # fmt: skip
+        assert value in page
+    for label in read_json(run / "timings.json"):
+        assert f"<td>{label}</td>" in page, label
+    # ROC, score histogram, per-fold bars, and the learning curves of stage 0 and every fold.
+    assert page.count('<img src="data:image/png;base64,') == 3 + 1 + 2 * N_FOLDS
+    assert 'href="notebooks/05_errors-errors.html"' in page
+    assert 'href="ensemble/submission.csv"' in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # self-contained
+    assert "not yet" not in page
+
+
+def test_error_analysis_explains_chosen_sentences(run):
+    summary = read_json(run / "errors" / "errors.json")
+    assert summary["n_rows"] == 120
+    assert summary["oof_auc"] == pytest.approx(
+        read_json(run / "ensemble" / "results.json")["headline"]["oof_auc"], abs=1e-9)
+    assert set(summary["auc_by_text_in_other_fold"]) == {"True", "False", "all rows"}
+    nb = json.loads((run / "notebooks" / "05_errors-errors.ipynb").read_text(encoding="utf-8"))
+    assert nb["metadata"]["papermill"]["parameters"]["interactive"] is False
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in
+                o.get("data", {})]  # no text box in the executed notebook  # fmt: skip
+    page = (run / "notebooks" / "05_errors-errors.html").read_text(encoding="utf-8")
+    # Coloured characters: 4 groups of n_explain sentences, then the fixed live examples.
+    coloured = re.findall(r"<span[^>]*background:rgba[^>]*>([^<]*)</span>", page)
+    assert len(coloured) >= 4 * 3 * 5
+    assert "".join(coloured).endswith("服务热情，菜品新鲜" + "一般般吧" + "环境不错，下次还来")
+
+
+@pytest.mark.slow
+def test_error_notebook_with_a_live_kernel_shows_a_text_box_that_scores(run, tiny, tmp_path):
+    """interactive=True (the notebook's default): a text box; typing into it (done here by a
+    cell added to a copy of the notebook) scores the sentence with the run's ensemble."""
+    import nbformat
+    import papermill as pm
+
+    from core.predict import score
+
+    nb = nbformat.read(ROOT / "notebooks" / "05_errors.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        'box = errors.live_box(explainer)\nbox.children[0].value = "服务很好"\n'
+        'print(box.children[1].outputs[0]["data"]["text/html"])'))  # fmt: skip
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    params = {"run_dir": str(run), "output_dir": str(run.parents[1]), "n_folds": N_FOLDS,
+              "train_path": str(tiny.train_path), "test_path": str(tiny.test_path),
+              "n_explain": 1}  # fmt: skip
+    out = pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
+                              parameters=params, cwd=str(ROOT), progress_bar=False)  # fmt: skip
+    outputs = [o for c in out.cells for o in c.get("outputs", [])]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    typed = out.cells[-1].outputs[0]["text"]
+    assert typed.count("<span title=") == 4
+    assert f"{score(run, ['服务很好'])['probability'][0]:.3f}" in typed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["index.html", "notebooks/05_errors-errors.html"])
+def test_pages_in_a_browser(run, name, tmp_path):
+    """The report and the error notebook in headless Chromium: they load, every link and image
+    resolves, and their Chinese text is drawn with a CJK font."""
+    if not browser.have_chromium():
+        pytest.skip(f"no Chromium at {browser.CHROMIUM}: apt-get install chromium "
+                    "(./suite.sh test does so when run as root)")  # fmt: skip
+    page = run / name
+    dom = browser.dump_dom(page)
+    assert "</body>" in dom and ("Run run-" in dom or "Error analysis" in dom)
+    assert browser.broken_refs(page, dom) == []
+    wrong = read_json(run / "errors" / "errors.json")["confident_errors"]
+    assert next(iter(wrong.values()))[0] in dom  # a Chinese sentence is on the page
+    fonts = browser.pdf_fonts(page, tmp_path / "page.pdf")
+    cjk = browser.cjk_font_names()
+    assert cjk, "no CJK font installed (fonts-wqy-microhei)"
+    assert fonts & cjk, f"Chinese text drawn without a CJK font: the PDF embeds {fonts}"
+    from PIL import Image
+
+    shot = np.asarray(Image.open(browser.screenshot(page, tmp_path / "page.png")).convert("L"))
+    assert (shot < 128).mean() > 0.005, "the screenshot is (nearly) blank"
 
 
 # -- predictions ----------------------------------------------------------------------------------
