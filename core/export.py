@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata as metadata
 import os
 import shutil
 import tempfile
@@ -92,8 +93,6 @@ def next_version(out: Path, fmt: str, version: int | None = None) -> int:
 
 def record(run_dir: Path, run: dict, headline: dict, fmt: str, version: int) -> dict:
     """What the export came from: the run, its figures, and the hashes of everything it read."""
-    import tensorflow as tf
-
     return {
         "run": run_dir.name,
         "run_dir": show_path(run_dir),
@@ -108,10 +107,10 @@ def record(run_dir: Path, run: dict, headline: dict, fmt: str, version: int) -> 
         "bert_sha256": run["bert_sha256"],
         "fold_weights_sha256": {
             str(p.relative_to(run_dir)): file_sha256(p) for p in fold_files(run_dir, run["n_folds"])
-        },  # fmt: skip
+        },
         "signature": SIGNATURE,
         "empty_string": "scored as [CLS] [SEP], like core.predict",
-        "tensorflow": tf.__version__,
+        "tensorflow": metadata.version("tensorflow"),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 

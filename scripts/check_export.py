@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--savedmodel", help="a SavedModel version folder (<out>/<version>)")
     parser.add_argument("--tflite", help="a TFLite version folder (<out>/<version>)")
     parser.add_argument("--test-file", help="also compare with core.predict on this file")
+    parser.add_argument("--skip-oof", action="store_true", help="only the test-file comparison")
     args = parser.parse_args()
     run_dir = Settings().run_path(args.run, "--run")
     run = read_json(run_dir / "run.json")
@@ -79,6 +80,8 @@ def main() -> None:
             diff = np.abs(by_length(model, texts)["probability"] - expected)
             print(f"  {name:10s} max |difference| {diff.max():.3g}, mean {diff.mean():.3g}")
 
+    if args.skip_oof:
+        return
     train = read_labelled(run["train_path"])
     folds = pd.read_csv(run_dir / "folds.csv")["fold"].to_numpy()
     rows = np.arange(len(folds))
