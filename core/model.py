@@ -41,7 +41,8 @@ class MaskedGlobalMaxPooling1D(keras.layers.Layer):
         if mask is not None:
             # Padding must never win the max: push it to the lowest value of the dtype.
             floor = tf.cast(inputs.dtype.min, inputs.dtype)
-            inputs = tf.where(mask[:, :, None], inputs, floor)
+            # expand_dims, not mask[:, :, None]: TFLite has no new-axis slicing (core.export).
+            inputs = tf.where(tf.expand_dims(mask, -1), inputs, floor)
         return tf.reduce_max(inputs, axis=1)
 
     def compute_mask(self, inputs, mask=None):
@@ -75,7 +76,7 @@ class MaskedSeqSelfAttention(SeqSelfAttention):
         e = self._call_additive_emission(inputs)
         keys = None
         if mask is not None:
-            keys = tf.cast(mask, e.dtype)[:, None, :]
+            keys = tf.expand_dims(tf.cast(mask, e.dtype), 1)  # not [:, None]: see head_max
             e -= 10000.0 * (1.0 - keys)
         if self.attention_activation is not None:
             e = self.attention_activation(e)

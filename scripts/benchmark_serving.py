@@ -1,0 +1,149 @@
+"""Serving speed and memory: the exported SavedModel, the TFLite file and core.predict, one run.
+
+    PYTHONPATH=. .venv/bin/python scripts/benchmark_serving.py --run outputs/runs/<run> \\
+        --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1
+
+Each backend runs in its own process (so its peak RSS is its own; ``ru_maxrss`` includes
+importing TensorFlow) on the same sentences of ``--texts`` (default the test file): one sentence
+at a time (median and 99th-percentile latency, after a warm-up) and batches of 256 (sentences/s).
+core.predict's ``score`` builds every fold's model and reads the weights on each call (it has no
+cache; the command pays this once per invocation), so its single-sentence figures are per call,
+on fewer sentences. Prints a Markdown table and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 256
+
+
+def load(kind: str, path: str):
+    """A function ``texts -> probabilities`` for one backend; imports only what it needs."""
+    if kind == "savedmodel":
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        return lambda texts: serve(texts=tf.constant(texts))["probability"].numpy()
+    if kind == "tflite":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("shipped", Path(path) / "tokenizer.py")
+        shipped = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shipped)
+        model = shipped.TFLiteModel(path, num_threads=os.cpu_count())
+        return lambda texts: model(texts)["probability"]
+    from core.predict import score
+
+    return lambda texts: score(Path(path), texts)["probability"].to_numpy()
+
+
+def worker(kind: str, path: str, texts: list[str], n_single: int) -> dict:
+    start = time.perf_counter()
+    predict = load(kind, path)
+    loaded = time.perf_counter() - start
+    for t in texts[: 1 if kind == "predict" else 10]:  # warm-up: tracing, allocations
+        predict([t])
+    predict(texts[:BATCH])
+    single = []
+    for t in texts[:n_single]:
+        t0 = time.perf_counter()
+        predict([t])
+        single.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for s in range(0, len(texts), BATCH):
+        predict(texts[s : s + BATCH])
+    batch_seconds = time.perf_counter() - t0
+    return {
+        "load_s": loaded,
+        "n_single": len(single),
+        "median_ms": 1000 * float(np.median(single)),
+        "p99_ms": 1000 * float(np.percentile(single, 99)),
+        "n_batch": len(texts),
+        "per_s": len(texts) / batch_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+    }
+
+
+def machine() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    name = info.get("Model name", "?").strip()
+    load1 = os.getloadavg()[0]
+    return f"{name}, {os.cpu_count()} CPUs visible (load average {load1:.1f} at the end)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="run folder for core.predict (skipped without it)")
+    parser.add_argument("--savedmodel", help="SavedModel version folder")
+    parser.add_argument("--tflite", help="TFLite version folder")
+    parser.add_argument("--texts", default="data/test_handout.txt", help="sentences (test format)")
+    parser.add_argument("--single", type=int, default=300, help="one-at-a-time calls per model")
+    parser.add_argument("--predict-single", type=int, default=10, help="... for core.predict")
+    parser.add_argument("--predict-texts", type=int, default=1024, help="batch rows for predict")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--texts-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        texts = json.loads(Path(args.texts_json).read_text(encoding="utf-8"))
+        print(json.dumps(worker(args.worker, args.path, texts, args.single)))
+        return
+
+    from core.data import read_unlabelled
+
+    texts = read_unlabelled(args.texts).texts
+    jobs = [("SavedModel (float32)", "savedmodel", args.savedmodel, len(texts), args.single),
+            ("TFLite (int8 weights)", "tflite", args.tflite, len(texts), args.single),
+            ("core.predict.score", "predict", args.run, args.predict_texts,
+             args.predict_single)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, kind, path, n_texts, n_single in jobs:
+            if not path:
+                continue
+            sentences = Path(tmp) / f"{kind}.json"
+            sentences.write_text(json.dumps(texts[:n_texts]), encoding="utf-8")
+            cmd = [sys.executable, __file__, "--worker", kind, "--path", str(Path(path).resolve()),
+                   "--texts-json", str(sentences), "--single", str(n_single)]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if done.returncode:
+                raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append((label, result))
+            print(f"{label}: {result}", file=sys.stderr, flush=True)
+    print(f"\nMachine: {machine()}; sentences from {args.texts}\n")
+    print(
+        "| model | load s | 1 sentence: median ms | p99 ms | (calls) "
+        "| batches of 256: sentences/s | (sentences) | peak RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, r in rows:
+        cells = [
+            label,
+            f"{r['load_s']:.1f}",
+            f"{r['median_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            r["n_single"],
+            f"{r['per_s']:.0f}",
+            r["n_batch"],
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        print("| " + " | ".join(map(str, cells)) + " |")
+
+
+if __name__ == "__main__":
+    main()
