@@ -2,7 +2,7 @@
 # Set up on a fresh machine, then run the pipeline or the tests, or explore in JupyterLab.
 #
 #   ./suite.sh run [pipeline options]   # set-up, then the whole pipeline (python -m core.pipeline)
-#   ./suite.sh test [pytest options]    # set-up, then ruff and the test suite
+#   ./suite.sh test [pytest options]    # set-up, then ruff (lint, format) and the test suite
 #   ./suite.sh lab [jupyter options]    # set-up, then JupyterLab on the repo (python -m core.lab):
 #                                       # on 127.0.0.1 only; open the URL with the token it prints
 #   ./suite.sh setup                    # set-up only
@@ -98,6 +98,7 @@ case "$cmd" in
     setup
     setup_browser
     "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   lab)

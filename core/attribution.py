@@ -70,8 +70,15 @@ def logits(model, features_model, embeddings, segments, mask):
     return (features @ dense.kernel + dense.bias)[:, 0]
 
 
-def integrated_gradients(model, token_ids, baseline_ids, steps: int = 64, features_model=None,
-                         tolerance: float = 0.01, max_steps: int = 512):
+def integrated_gradients(
+    model,
+    token_ids,
+    baseline_ids,
+    steps: int = 64,
+    features_model=None,
+    tolerance: float = 0.01,
+    max_steps: int = 512,
+):
     """``(credits per token, logit at the input, logit at the baseline)`` for one sentence.
 
     ``token_ids`` and ``baseline_ids`` are equally long id sequences (``[CLS]`` … ``[SEP]``, no
@@ -82,8 +89,10 @@ def integrated_gradients(model, token_ids, baseline_ids, steps: int = 64, featur
     """
     token_ids, baseline_ids = np.asarray(token_ids), np.asarray(baseline_ids)
     if token_ids.shape != baseline_ids.shape or token_ids.ndim != 1:
-        raise ValueError(f"expected two equally long 1-D id sequences, found shapes "
-                         f"{token_ids.shape} and {baseline_ids.shape}")  # fmt: skip
+        raise ValueError(
+            f"expected two equally long 1-D id sequences, found shapes "
+            f"{token_ids.shape} and {baseline_ids.shape}"
+        )
     features_model = features_model or features_model_of(model)
     while True:
         credits, logit, base = _path_integral(model, features_model, token_ids, baseline_ids, steps)
@@ -170,8 +179,7 @@ class Explainer:
                 w /= len(used)
                 for name, values in head.items():  # stage 2: its head on the same encoder
                     self.model.get_layer(name).set_weights(values)
-                c, x, b = integrated_gradients(self.model, ids, baseline, self.steps,
-                                               self.features)  # fmt: skip
+                c, x, b = integrated_gradients(self.model, ids, baseline, self.steps, self.features)
                 credits, logit, base = credits + w * c, logit + w * x, base + w * b
                 probability += w / (1 + np.exp(-x))
         chars = list(text[: self.tokenizer.maxlen])  # one token per character
@@ -187,17 +195,24 @@ def to_html(explanations, labels=None) -> str:
         scale = float(np.abs(e.credits).max()) or 1.0
         spans = "".join(_span(ch, c, scale) for ch, c in zip(e.chars, e.credits, strict=True))
         label = "" if labels is None else f"<td>{labels[i]}</td>"
-        rows.append(f"<tr><td style='{_CELL}'>{spans}</td>{label}"
-                    f"<td>{e.probability:.3f}</td><td>{e.logit:+.2f}</td>"
-                    f"<td>{e.baseline_logit:+.2f}</td><td>{e.gap:.3f}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td style='{_CELL}'>{spans}</td>{label}"
+            f"<td>{e.probability:.3f}</td><td>{e.logit:+.2f}</td>"
+            f"<td>{e.baseline_logit:+.2f}</td><td>{e.gap:.3f}</td></tr>"
+        )
     head = "<th>label</th>" if labels is not None else ""
-    return ("<table><tr><th>sentence (green: towards 1, red: towards 0)</th>" + head +
-            "<th>probability</th><th>logit</th><th>baseline logit</th>"
-            "<th>|Σ credits − Δ logit|</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+    return (
+        "<table><tr><th>sentence (green: towards 1, red: towards 0)</th>"
+        + head
+        + "<th>probability</th><th>logit</th><th>baseline logit</th>"
+        "<th>|Σ credits − Δ logit|</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _span(ch: str, credit: float, scale: float) -> str:
     strength = min(1.0, abs(credit) / scale)
     rgb = "0,160,60" if credit >= 0 else "220,40,40"
-    return (f"<span title='{credit:+.3f}' style='background:rgba({rgb},{strength:.2f});"
-            f"padding:1px 2px;border-radius:2px'>{html.escape(ch)}</span>")  # fmt: skip
+    return (
+        f"<span title='{credit:+.3f}' style='background:rgba({rgb},{strength:.2f});"
+        f"padding:1px 2px;border-radius:2px'>{html.escape(ch)}</span>"
+    )

@@ -23,8 +23,9 @@ from core.submission import write_submission
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.blend",
-                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m core.blend", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("runs", nargs="+", help="finished run folders (inside outputs/)")
     parser.add_argument("--stage", default="stage1", choices=("stage1", "stage2"))
     parser.add_argument("--out", help="write the blend's submission here (inside outputs/)")

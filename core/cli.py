@@ -20,21 +20,23 @@ DEBUG_ENV = "RECSENT_DEBUG"
 
 # Every expected error, by class name: a name also matches a subclass, and an error raised in a
 # notebook kernel reaches the pipeline only as its name (papermill's ``ename``).
-EXPECTED = frozenset({
-    "BertDirError",  # core.weights.google_ckpt
-    "ConfigError",  # core.config
-    "DataError",  # core.data
-    "MissingOutputsError",  # core.ensemble
-    "MissingStageError",  # core.engine
-    "NotebookError",  # core.pipeline: a notebook stopped on one of these
-    "RunMismatchError",  # core.run
-    "RunNotFinishedError",  # core.predict
-    "SubmissionError",  # core.submission
-    "TrainingDivergedError",  # core.engine
-    "UnsafePickleError",  # core.weights.torch_reader
-    "WheelDownloadError",  # core.weights.m3e
-    "WheelHashError",  # core.weights.m3e
-})  # fmt: skip
+EXPECTED = frozenset(
+    {
+        "BertDirError",  # core.weights.google_ckpt
+        "ConfigError",  # core.config
+        "DataError",  # core.data
+        "MissingOutputsError",  # core.ensemble
+        "MissingStageError",  # core.engine
+        "NotebookError",  # core.pipeline: a notebook stopped on one of these
+        "RunMismatchError",  # core.run
+        "RunNotFinishedError",  # core.predict
+        "SubmissionError",  # core.submission
+        "TrainingDivergedError",  # core.engine
+        "UnsafePickleError",  # core.weights.torch_reader
+        "WheelDownloadError",  # core.weights.m3e
+        "WheelHashError",  # core.weights.m3e
+    }
+)
 
 
 def is_expected(error: BaseException | str) -> bool:

@@ -333,8 +333,12 @@ def parameters_source() -> str:
     """The settings part of a notebook's parameters cell: every setting with its default and
     help, after the notebook's own parameters. tests/test_notebooks.py holds every notebook to
     it; ``python -m core.config`` rewrites the cells after a change here."""
-    titles = {"data": "the data, the encoder and the folds", "stage0": "stage 0 (00_pretrain)",
-              "stage1": "stage 1 (02_cv)", "stage2": "stage 2 (03_f1_refine)"}  # fmt: skip
+    titles = {
+        "data": "the data, the encoder and the folds",
+        "stage0": "stage 0 (00_pretrain)",
+        "stage1": "stage 1 (02_cv)",
+        "stage2": "stage 2 (03_f1_refine)",
+    }
     lines, section = [SETTINGS_HEADER], None
     for f in dataclasses.fields(Settings):
         if f.metadata["section"] != section:

@@ -232,8 +232,12 @@ def _read_csv(path: Path, text: str, labelled: bool, labelled_hint: str = "") ->
     missing = [c for c in need if c not in header]
     others = [h for h in header if h not in ("content", *ID_COLUMNS)]
     if missing == ["label"] and others:  # e.g. "lable": a misspelt column, not a test file
-        raise _fail(path, 1, f"{expected} — no column is named 'label'; rename the label "
-                    f"column ({', '.join(map(repr, others))}?) to label")  # fmt: skip
+        raise _fail(
+            path,
+            1,
+            f"{expected} — no column is named 'label'; rename the label "
+            f"column ({', '.join(map(repr, others))}?) to label",
+        )
     if missing:
         hint = (
             " — this looks like an unlabelled test file; pass it as test"
@@ -242,8 +246,12 @@ def _read_csv(path: Path, text: str, labelled: bool, labelled_hint: str = "") ->
         )
         raise _fail(path, 1, f"{expected}{hint}")
     if not labelled and "label" in header:  # refused as the text format refuses labelled rows
-        raise _fail(path, 1, f"expected a header with 'content' and no 'label', found {header} "
-                    f"— this looks like a labelled train file; {labelled_hint}")  # fmt: skip
+        raise _fail(
+            path,
+            1,
+            f"expected a header with 'content' and no 'label', found {header} "
+            f"— this looks like a labelled train file; {labelled_hint}",
+        )
     col = {name: header.index(name) for name in need}
     id_col = next((header.index(n) for n in ID_COLUMNS if n in header), None)
     texts, labels, ids, numbers, records = [], [], [], [], []

@@ -205,5 +205,6 @@ def scalars(report: dict) -> dict:
 
 def _check_same_length(texts: Sequence[str], labels: np.ndarray) -> None:
     if len(texts) != len(labels):
-        raise ValueError(f"expected one label per text, found {len(texts)} texts and "
-                         f"{len(labels)} labels")  # fmt: skip
+        raise ValueError(
+            f"expected one label per text, found {len(texts)} texts and {len(labels)} labels"
+        )

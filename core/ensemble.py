@@ -82,7 +82,9 @@ def finalize(
         )
     write_csv(out / "fold_auc.csv", folds_table)
     write_csv(out / "candidates.csv", table)
-    write_csv(out / "oof_final.csv", pd.DataFrame({"row": stages["stage1"].oof["row"],
-                                                   "label": labels, "pred": best.oof}))  # fmt: skip
+    write_csv(
+        out / "oof_final.csv",
+        pd.DataFrame({"row": stages["stage1"].oof["row"], "label": labels, "pred": best.oof}),
+    )
     write_json(out / "results.json", {"headline": headline, "candidates": table.to_dict("records")})
     return Results(stages, folds_table, table, blends, final, headline, submission)

@@ -29,22 +29,28 @@ def oof_frame(run_dir: str | Path, train_path: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     path = run_dir / "ensemble" / "oof_final.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found — the error analysis reads the ensemble's "
-                                "out-of-fold scores; run notebooks/04_ensemble.ipynb on this "
-                                "run first (python -m core.pipeline does)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{path}: not found — the error analysis reads the ensemble's "
+            "out-of-fold scores; run notebooks/04_ensemble.ipynb on this "
+            "run first (python -m core.pipeline does)"
+        )
     oof = pd.read_csv(path).sort_values("row")
     folds = pd.read_csv(run_dir / "folds.csv").set_index("row")["fold"]
     train = read_labelled(train_path)
     if len(train) != len(oof) or not np.array_equal(train.labels[oof["row"]], oof["label"]):
-        raise ValueError(f"{train_path}: its labels differ from {run_dir}/ensemble/oof_final.csv; "
-                         "pass the run's own train_path")  # fmt: skip
-    frame = pd.DataFrame({
-        "row": oof["row"].to_numpy(),
-        "text": [train.texts[r] for r in oof["row"]],
-        "label": oof["label"].to_numpy(),
-        "fold": folds.loc[oof["row"]].to_numpy(),
-        "score": oof["pred"].to_numpy(),
-    })  # fmt: skip
+        raise ValueError(
+            f"{train_path}: its labels differ from {run_dir}/ensemble/oof_final.csv; "
+            "pass the run's own train_path"
+        )
+    frame = pd.DataFrame(
+        {
+            "row": oof["row"].to_numpy(),
+            "text": [train.texts[r] for r in oof["row"]],
+            "label": oof["label"].to_numpy(),
+            "fold": folds.loc[oof["row"]].to_numpy(),
+            "score": oof["pred"].to_numpy(),
+        }
+    )
     frame["length"] = frame["text"].str.len()
     frame["length_bucket"] = length_bucket(frame["length"])
     frame["in_other_fold"] = seen_in_other_folds(frame["text"].tolist(), frame["fold"])
@@ -86,10 +92,22 @@ def auc_by(oof: pd.DataFrame, column: str) -> pd.DataFrame:
     where a group has one label only), then an ``all rows`` line."""
     rows = []
     for value, group in oof.groupby(column, observed=True, sort=True):
-        rows.append({column: str(value), "rows": len(group), "positives": int(group["label"].sum()),
-                     "auc": auc(group["label"], group["score"])})  # fmt: skip
-    rows.append({column: "all rows", "rows": len(oof), "positives": int(oof["label"].sum()),
-                 "auc": auc(oof["label"], oof["score"])})  # fmt: skip
+        rows.append(
+            {
+                column: str(value),
+                "rows": len(group),
+                "positives": int(group["label"].sum()),
+                "auc": auc(group["label"], group["score"]),
+            }
+        )
+    rows.append(
+        {
+            column: "all rows",
+            "rows": len(oof),
+            "positives": int(oof["label"].sum()),
+            "auc": auc(oof["label"], oof["score"]),
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -131,8 +149,12 @@ def live_box(explainer, placeholder: str = "服务热情，菜品新鲜"):
 
     from core.attribution import to_html
 
-    box = widgets.Text(placeholder=placeholder, description="sentence", continuous_update=False,
-                       layout=widgets.Layout(width="40em"))  # fmt: skip
+    box = widgets.Text(
+        placeholder=placeholder,
+        description="sentence",
+        continuous_update=False,
+        layout=widgets.Layout(width="40em"),
+    )
     out = widgets.Output()
 
     def show(change):

@@ -32,9 +32,10 @@ from core.io import read_json, write_json
 from core.run import fold_dir
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
-SIGNATURE = {"inputs": {"texts": "string [batch]"},
-             "outputs": {"probability": "float32 [batch]",
-                         "fold_probability": "float32 [batch, n_folds]"}}  # fmt: skip
+SIGNATURE = {
+    "inputs": {"texts": "string [batch]"},
+    "outputs": {"probability": "float32 [batch]", "fold_probability": "float32 [batch, n_folds]"},
+}
 
 
 def check_run(run_dir: Path) -> tuple[dict, dict]:
@@ -58,8 +59,11 @@ def check_run(run_dir: Path) -> tuple[dict, dict]:
 
 def fold_files(run_dir: Path, n_folds: int) -> list[Path]:
     """Every fold's stage-1 weights and stage-2 head, in fold order."""
-    return [fold_dir(run_dir, stage, k) / name for k in range(n_folds)
-            for stage, name in (("stage1", "weights.h5"), ("stage2", "head.h5"))]  # fmt: skip
+    return [
+        fold_dir(run_dir, stage, k) / name
+        for k in range(n_folds)
+        for stage, name in (("stage1", "weights.h5"), ("stage2", "head.h5"))
+    ]
 
 
 def stage1_weight(headline: dict) -> float:
@@ -132,10 +136,16 @@ def char_table(bert_dir: Path, maxlen: int) -> dict:
         raise ValueError("core.tokenizer no longer maps one character to one token: update export")
     unk = tokenizer._token_unk
     kept = {ch: t[0] for ch, t in zip(chars, tokens, strict=True) if t[0] != unk}
-    ids = tokenizer._convert_tokens_to_ids([*kept.values(), tokenizer._token_cls,
-                                            tokenizer._token_sep, unk])  # fmt: skip
-    return {"maxlen": maxlen, "cls": ids[-3], "sep": ids[-2], "unk": ids[-1],
-            "chars": dict(zip(kept, ids[:-3], strict=True))}  # fmt: skip
+    ids = tokenizer._convert_tokens_to_ids(
+        [*kept.values(), tokenizer._token_cls, tokenizer._token_sep, unk]
+    )
+    return {
+        "maxlen": maxlen,
+        "cls": ids[-3],
+        "sep": ids[-2],
+        "unk": ids[-1],
+        "chars": dict(zip(kept, ids[:-3], strict=True)),
+    }
 
 
 def graph_tokenizer(table: dict):
@@ -274,8 +284,9 @@ def export(run_dir: Path, out: Path, fmt: str = "savedmodel", version: int | Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.export",
-                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m core.export", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--run", required=True, help="a finished run folder (outputs/runs/<run>)")
     parser.add_argument("--out", required=True, help="export folder inside outputs/")
     parser.add_argument("--format", choices=FORMATS, default="savedmodel")

@@ -150,8 +150,9 @@ def inference_function(model):
     fn = getattr(model, "_plain_inference", None)
     if fn is None:
         spec = tf.TensorSpec([None, None], tf.int32)
-        fn = tf.function(lambda ids, segs: model((ids, segs), training=False),
-                         input_signature=[spec, spec])  # fmt: skip
+        fn = tf.function(
+            lambda ids, segs: model((ids, segs), training=False), input_signature=[spec, spec]
+        )
         model._plain_inference = fn
     return fn
 

@@ -23,8 +23,16 @@ def command(*options: str) -> list[str]:
     ``--allow-root``; given here since the server is reachable only from this machine, by token.
     """
     root = ["--allow-root"] if os.geteuid() == 0 else []
-    return [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", "--no-browser",
-            f"--ServerApp.root_dir={ROOT}", *root, *options]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--ip=127.0.0.1",
+        "--no-browser",
+        f"--ServerApp.root_dir={ROOT}",
+        *root,
+        *options,
+    ]
 
 
 def environment() -> dict:

@@ -230,8 +230,9 @@ def prediction_slots(
     counts = masked.sum(axis=1)
     if counts.max(initial=0) > n_predictions:
         row = int(counts.argmax())
-        raise ValueError(f"row {row} has {counts[row]} masked positions, more than "
-                         f"n_predictions={n_predictions}")  # fmt: skip
+        raise ValueError(
+            f"row {row} has {counts[row]} masked positions, more than n_predictions={n_predictions}"
+        )
     # A stable sort on "not masked" puts each row's masked positions first, in order.
     order = np.argsort(masked == 0, axis=1, kind="stable")[:, :n_predictions]
     valid = np.take_along_axis(masked, order, axis=1).astype(np.int32)
@@ -250,8 +251,14 @@ def length_batches(
     place of the next epoch's order. Grouping halves the mean width here (12 against 22 tokens)
     and the multiple keeps XLA to a handful of shapes.
     """
-    plan = plan_batches([len(r) for r in rows], batch_size, shuffle=True, seed=seed, epoch=epoch,
-                        group_by_length=True)  # fmt: skip
+    plan = plan_batches(
+        [len(r) for r in rows],
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        epoch=epoch,
+        group_by_length=True,
+    )
     plan = [b for b in plan if len(b) == batch_size] or plan
     out = []
     for batch in plan:
@@ -344,12 +351,21 @@ def pretrain(
         raise ValueError("texts: expected at least one sentence to train on")
     config = check_bert_dir(bert_dir)
     if maxlen + 2 > config["max_position_embeddings"]:
-        raise ValueError(f"parameter maxlen={maxlen}: [CLS] + {maxlen} + [SEP] exceeds the "
-                         f"model's {config['max_position_embeddings']} positions")  # fmt: skip
+        raise ValueError(
+            f"parameter maxlen={maxlen}: [CLS] + {maxlen} + [SEP] exceeds the "
+            f"model's {config['max_position_embeddings']} positions"
+        )
 
-    params = {"epochs": epochs, "batch_size": batch_size, "lr": float(lr), "maxlen": maxlen,
-              "seq_len": maxlen + 2, "seed": seed, "mask_rate": float(mask_rate),
-              "pad_multiple": PAD_MULTIPLE}  # fmt: skip
+    params = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": float(lr),
+        "maxlen": maxlen,
+        "seq_len": maxlen + 2,
+        "seed": seed,
+        "mask_rate": float(mask_rate),
+        "pad_multiple": PAD_MULTIPLE,
+    }
     identity = {
         "source_weights_sha256": weights_sha256(bert_dir),
         "texts_sha256": _texts_sha256(texts),
@@ -358,8 +374,10 @@ def pretrain(
     record = _done(out_dir, identity)
     if record is not None:
         if verbose:
-            print(f"{out_dir} already holds this pre-training (loss {record['final_loss']:.4f}); "
-                  "skipped")  # fmt: skip
+            print(
+                f"{out_dir} already holds this pre-training (loss {record['final_loss']:.4f}); "
+                "skipped"
+            )
         return {**record, "skipped": True, **({"model": None} if return_model else {})}
     if verbose and out_dir.exists():
         print(f"{out_dir} holds another pre-training (other inputs or parameters): replacing it")
@@ -372,28 +390,43 @@ def pretrain(
     rng = np.random.default_rng(seed)  # masks and order
     n_predictions = max_predictions(maxlen, mask_rate)
     # Any width: each batch is padded only as far as it needs (length_batches).
-    model = build_mlm_model(bert_dir, lr, seq_len=None, jit_compile=jit_compile,
-                            n_predictions=n_predictions)  # fmt: skip
+    model = build_mlm_model(
+        bert_dir, lr, seq_len=None, jit_compile=jit_compile, n_predictions=n_predictions
+    )
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         tick = time.perf_counter()
         batches = []
         for ids in length_batches(rows, batch_size, seed, epoch, PAD_MULTIPLE, maxlen + 2):
-            inputs, target = mask_batch(ids, rng, config["vocab_size"], specials.values(),
-                                        mask_rate, mask_id=specials["[MASK]"])  # fmt: skip
+            inputs, target = mask_batch(
+                ids,
+                rng,
+                config["vocab_size"],
+                specials.values(),
+                mask_rate,
+                mask_id=specials["[MASK]"],
+            )
             batches.append(prediction_slots(inputs, target, n_predictions))
         n_masked = sum(int(inputs[3].sum()) for inputs, _ in batches)
         # initial_epoch: one epoch per fit (fresh masks each), numbered as the run's epoch.
         progress = [Progress("stage0", epochs)] if verbose else []
-        fit = model.fit(_as_dataset(batches), initial_epoch=epoch - 1, epochs=epoch, verbose=0,
-                        callbacks=progress)  # fmt: skip
+        fit = model.fit(
+            _as_dataset(batches),
+            initial_epoch=epoch - 1,
+            epochs=epoch,
+            verbose=0,
+            callbacks=progress,
+        )
         for key in history:
             history[key].append(float(fit.history[key][-1]))
         if verbose:
-            print(f"epoch {epoch}/{epochs}: masked-token loss {history['loss'][-1]:.4f}, "
-                  f"accuracy {history['accuracy'][-1]:.4f} ({n_masked:,} masked "
-                  f"tokens, {time.perf_counter() - tick:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"epoch {epoch}/{epochs}: masked-token loss {history['loss'][-1]:.4f}, "
+                f"accuracy {history['accuracy'][-1]:.4f} ({n_masked:,} masked "
+                f"tokens, {time.perf_counter() - tick:.0f} s)",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
 
     record = {
@@ -417,11 +450,19 @@ def pretrain(
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     # Stage 0 redoes a damaged folder (_done refuses it), but a pipeline skips a folder with a
     # PRETRAIN.json: hence "delete".
-    rebuild = (f"delete {show_path(out_dir)} and run stage 0 again: the same python -m "
-               f"core.pipeline command, or {NOTEBOOKS['stage0']} with -p out_dir "
-               f"{show_path(out_dir)}")  # fmt: skip
-    write_bert_dir(out_dir, config, vocab_lines, google_tensors(model, bert_dir),
-                   extra_files={PRETRAIN_FILE: text}, rebuild=rebuild)  # fmt: skip
+    rebuild = (
+        f"delete {show_path(out_dir)} and run stage 0 again: the same python -m "
+        f"core.pipeline command, or {NOTEBOOKS['stage0']} with -p out_dir "
+        f"{show_path(out_dir)}"
+    )
+    write_bert_dir(
+        out_dir,
+        config,
+        vocab_lines,
+        google_tensors(model, bert_dir),
+        extra_files={PRETRAIN_FILE: text},
+        rebuild=rebuild,
+    )
     if verbose:
         print(f"wrote {out_dir} ({seconds:.0f} s)")
     return {**record, "skipped": False, **({"model": model} if return_model else {})}

@@ -69,8 +69,13 @@ def quiet_stderr():
         yield
         return
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, "-m", "core.noise"], stdin=subprocess.PIPE,
-                             stdout=original, stderr=original, env=env)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "core.noise"],
+        stdin=subprocess.PIPE,
+        stdout=original,
+        stderr=original,
+        env=env,
+    )
     os.dup2(child.stdin.fileno(), 2)
     child.stdin.close()  # fd 2 is now the pipe's only writer here
     try:

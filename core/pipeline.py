@@ -130,7 +130,6 @@ def execute(step: Step, params: dict, run_dir: Path) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-
     out = run_dir / "notebooks" / f"{Path(step.notebook).stem}-{step.label}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.ipynb")
@@ -144,8 +143,9 @@ def execute(step: Step, params: dict, run_dir: Path) -> Path:
             progress_bar=False,
         )
     except PapermillExecutionError as e:
-        saved = (f"the executed notebook is saved at {show(out)} "
-                 f"(and {show(out.with_suffix('.html'))})")  # fmt: skip
+        saved = (
+            f"the executed notebook is saved at {show(out)} (and {show(out.with_suffix('.html'))})"
+        )
         if cli.is_expected(e.ename):
             raise NotebookError(f"{e.evalue}\n{saved}") from e
         e.add_note(saved)
@@ -352,8 +352,13 @@ def main(argv=None) -> int:
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    settings = resolve_settings(args.config, args.set, train_path=args.train_path,
-                                test_path=args.test_path, output_dir=args.output_dir)  # fmt: skip
+    settings = resolve_settings(
+        args.config,
+        args.set,
+        train_path=args.train_path,
+        test_path=args.test_path,
+        output_dir=args.output_dir,
+    )
     folds = parse_folds(args.folds)
     check_inputs(settings, args.only, folds)  # every setting, file and fold, before any step
     start = time.time()

@@ -97,8 +97,10 @@ def length_hist(train_texts: Sequence[str], test_texts: Sequence[str]) -> Figure
 def length_by_label_hist(texts: Sequence[str], labels: Sequence[int]) -> Figure:
     """Text-length histogram per label (shares within each label)."""
     labels = np.asarray(labels, dtype=int)
-    groups = {f"label {y}": [t for t, lab in zip(texts, labels, strict=True) if lab == y]
-              for y in sorted(set(labels.tolist()))}  # fmt: skip
+    groups = {
+        f"label {y}": [t for t, lab in zip(texts, labels, strict=True) if lab == y]
+        for y in sorted(set(labels.tolist()))
+    }
     return _length_bars(groups, "Text length by label")
 
 
@@ -141,8 +143,15 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> 
             ax.plot(epochs, y, style, label=label)
             if key.startswith("val_") and np.isfinite(y).any():
                 best = np.nanargmin(y) if metric.endswith("loss") else np.nanargmax(y)
-                ax.scatter([epochs[best]], [y[best]], s=80, facecolors="none", edgecolors="red",
-                           zorder=3, label=f"best {y[best]:.4f}")  # fmt: skip
+                ax.scatter(
+                    [epochs[best]],
+                    [y[best]],
+                    s=80,
+                    facecolors="none",
+                    edgecolors="red",
+                    zorder=3,
+                    label=f"best {y[best]:.4f}",
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(metric)
@@ -153,8 +162,9 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> 
     return fig
 
 
-def roc_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
-               title: str = "ROC") -> Figure:  # fmt: skip
+def roc_curves(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], title: str = "ROC"
+) -> Figure:
     """One ROC line per ``name -> (labels, scores)``, AUC in the legend, plus the chance line."""
     from sklearn.metrics import roc_auc_score, roc_curve  # only this figure needs scikit-learn
 
@@ -179,16 +189,21 @@ def fold_auc_bars(table: pd.DataFrame, title: str = "Validation AUC per fold") -
     The y axis starts just below the lowest AUC: the folds differ in the third decimal, which
     bars from 0 would hide. Each bar is labelled with its value.
     """
-    pivot = table.pivot_table(index="fold", columns="stage", values="auc", aggfunc="mean",
-                              sort=False)  # fmt: skip
+    pivot = table.pivot_table(
+        index="fold", columns="stage", values="auc", aggfunc="mean", sort=False
+    )
     folds, stages = list(pivot.index), list(pivot.columns)
     fig, ax = _figure(figsize=(max(5.0, 1.2 * len(folds) * max(1, len(stages)) + 1), 4))
     width = 0.8 / max(1, len(stages))
     x = np.arange(len(folds))
     for i, stage in enumerate(stages):
         values = pivot[stage].to_numpy(dtype=float)
-        bars = ax.bar(x + (i - (len(stages) - 1) / 2) * width, values, width,
-                      label=f"{stage} (mean {np.nanmean(values):.4f})")  # fmt: skip
+        bars = ax.bar(
+            x + (i - (len(stages) - 1) / 2) * width,
+            values,
+            width,
+            label=f"{stage} (mean {np.nanmean(values):.4f})",
+        )
         ax.bar_label(bars, fmt="%.4f", fontsize=7, rotation=90, padding=2)
     low = float(np.nanmin(pivot.to_numpy(dtype=float))) if pivot.size else 0.5
     ax.set_ylim(max(0.0, low - 0.02), 1.0)
@@ -200,8 +215,9 @@ def fold_auc_bars(table: pd.DataFrame, title: str = "Validation AUC per fold") -
     return fig
 
 
-def score_hist(labels: Sequence[int] | None, scores: Sequence[float],
-               title: str = "Predicted scores") -> Figure:  # fmt: skip
+def score_hist(
+    labels: Sequence[int] | None, scores: Sequence[float], title: str = "Predicted scores"
+) -> Figure:
     """Histogram of predicted probabilities, one filled outline per label (or one for all rows
     when ``labels`` is None, e.g. test predictions); densities, so the classes compare in shape."""
     scores = np.asarray(scores, dtype=float)
@@ -213,8 +229,14 @@ def score_hist(labels: Sequence[int] | None, scores: Sequence[float],
     fig, ax = _figure(figsize=(6, 3.5))
     bins = np.linspace(0, 1, 41)
     for name, values in groups.items():
-        ax.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.45,
-                label=f"{name} (n={len(values)})")  # fmt: skip
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.45,
+            label=f"{name} (n={len(values)})",
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("predicted probability of label 1")
     ax.set_ylabel("density")
@@ -236,15 +258,21 @@ def _figure(ncols: int = 1, figsize=(6, 4)):
 def _length_bars(groups: Mapping[str, Sequence[str]], title: str) -> Figure:
     """Side-by-side bars, one per length (integer bins) and group, heights = share of the group."""
     fig, ax = _figure(figsize=(7, 3.5))
-    lengths = {name: np.asarray([len(t) for t in texts], dtype=int)
-               for name, texts in groups.items()}  # fmt: skip
+    lengths = {
+        name: np.asarray([len(t) for t in texts], dtype=int) for name, texts in groups.items()
+    }
     every = np.concatenate([v for v in lengths.values()] + [np.zeros(0, dtype=int)])
     lo, hi = (int(every.min()), int(every.max())) if every.size else (0, 1)
     bins = np.arange(lo, hi + 2) - 0.5  # one bin per integer length, centred on it
     data = list(lengths.values())
     weights = [np.full(len(v), 1 / len(v)) if len(v) else np.zeros(0) for v in data]
-    ax.hist(data, bins=bins, weights=weights, histtype="bar",
-            label=[f"{name} (n={len(v)})" for name, v in lengths.items()])  # fmt: skip
+    ax.hist(
+        data,
+        bins=bins,
+        weights=weights,
+        histtype="bar",
+        label=[f"{name} (n={len(v)})" for name, v in lengths.items()],
+    )
     ax.set_xticks(np.arange(lo, hi + 1))
     ax.set_xlabel("characters")
     ax.set_ylabel("share of rows")

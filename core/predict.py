@@ -64,10 +64,13 @@ def latest_run(output_dir: Path) -> Path:
     started = sorted((output_dir / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
     if started:
         run_dir = started[-1].parent
-        raise RunNotFinishedError(f"{message}; the latest, {show_path(run_dir)}, finishes with: "
-                                  f"{finish_command(run_dir, output_dir)}")  # fmt: skip
-    raise RunNotFinishedError(f"{message}: make one with `./suite.sh run` (python -m "
-                              "core.pipeline), or pass --run")  # fmt: skip
+        raise RunNotFinishedError(
+            f"{message}; the latest, {show_path(run_dir)}, finishes with: "
+            f"{finish_command(run_dir, output_dir)}"
+        )
+    raise RunNotFinishedError(
+        f"{message}: make one with `./suite.sh run` (python -m core.pipeline), or pass --run"
+    )
 
 
 def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFrame:
@@ -103,13 +106,15 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
         head.load_weights(str(fold_dir(run_dir, "stage2", fold) / "head.h5"))
         stage2.append(head.predict(feats, batch_size=batch_size, verbose=0).reshape(-1))
     p1, p2 = np.mean(stage1, axis=0), np.mean(stage2, axis=0)
-    return pd.DataFrame({"text": texts, "probability": weight * p1 + (1 - weight) * p2,
-                         "stage1": p1, "stage2": p2})  # fmt: skip
+    return pd.DataFrame(
+        {"text": texts, "probability": weight * p1 + (1 - weight) * p2, "stage1": p1, "stage2": p2}
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.predict",
-                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m core.predict", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("texts", nargs="*", help="sentences to score")
     parser.add_argument(
         "--file", help="a file of sentences in the test format (or a CSV with content)"
@@ -129,8 +134,10 @@ def main(argv=None) -> int:
             raise ConfigError(f"--out={args.out!r}: expected a file path, found a folder")
     for i, text in enumerate(args.texts, 1):
         if not text.strip():
-            raise DataError(f"sentence {i} of the command line: expected a sentence, found "
-                            f"{text!r} — remove it or fill it in")  # fmt: skip
+            raise DataError(
+                f"sentence {i} of the command line: expected a sentence, found "
+                f"{text!r} — remove it or fill it in"
+            )
     texts = list(args.texts)
     if args.file:
         hint = "core.predict scores sentences without labels: remove them"
@@ -142,8 +149,10 @@ def main(argv=None) -> int:
     else:
         run_dir = latest_run(settings.output_dir)
         # stderr: stdout is the CSV
-        print(f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
+            file=sys.stderr,
+        )
     scores = score(run_dir, texts)
     if out is not None:
         write_csv(out, scores[["text", "probability"]])

@@ -35,8 +35,9 @@ REFERENCE_CONFIG = ROOT / "configs" / "reference.yaml"
 TEMPLATE = "report.html.j2"
 
 
-def write_report(run_dir: str | Path, settings: Settings | None = None,
-                 timings: dict | None = None) -> Path:  # fmt: skip
+def write_report(
+    run_dir: str | Path, settings: Settings | None = None, timings: dict | None = None
+) -> Path:
     """Render ``<run_dir>/index.html`` from whatever the run folder holds; return its path.
 
     ``settings`` and ``timings`` default to the folder's ``config.yaml`` and ``timings.json``.
@@ -71,8 +72,9 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     reference = _json(reference_dir / "ensemble" / "results.json") if reference_dir else None
     reference = reference["headline"] if reference else None
     n_folds = _n_folds(run_dir, settings, run)
-    done = {(s, k): _json(fold_dir(run_dir, s, k) / "done.json")
-            for s in STAGES for k in range(n_folds)}  # fmt: skip
+    done = {
+        (s, k): _json(fold_dir(run_dir, s, k) / "done.json") for s in STAGES for k in range(n_folds)
+    }
     return {
         "name": run_dir.name,
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -89,7 +91,8 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "errors": _json(run_dir / "errors" / "errors.json"),
         "submission": _exists(run_dir, "ensemble/submission.csv"),
         "params": [(s, k, v) for s in SECTIONS for k, v in settings.stage(s).items()]
-        if settings else [],
+        if settings
+        else [],
     }
 
 
@@ -120,8 +123,10 @@ def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
         (_share_label(h, "text also in another fold"), "oof_auc_text_in_other_fold", None),
         ("out-of-fold AUC, text only in its own fold", "oof_auc_text_only_in_own_fold", None),
     ]
-    return [{"figure": label, "run": h.get(key), "published": ref, "measured": r.get(key)}
-            for label, key, ref in rows]  # fmt: skip
+    return [
+        {"figure": label, "run": h.get(key), "published": ref, "measured": r.get(key)}
+        for label, key, ref in rows
+    ]
 
 
 def fold_rows(done: dict, n_folds: int, timings: dict, headline: dict | None) -> list[dict]:
@@ -156,8 +161,9 @@ def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
     if stage0 and stage0.get("history"):
         title = "stage 0 (masked-LM pre-training)"
         out["curves"].append((title, png_uri(plots.learning_curves(stage0["history"], title))))
-    aucs = pd.DataFrame([{"fold": k, "stage": s, "auc": d["val_auc"]}
-                         for (s, k), d in done.items() if d])  # fmt: skip
+    aucs = pd.DataFrame(
+        [{"fold": k, "stage": s, "auc": d["val_auc"]} for (s, k), d in done.items() if d]
+    )
     if len(aucs):
         out["folds"] = png_uri(plots.fold_auc_bars(aucs))
     final = run_dir / "ensemble" / "oof_final.csv"
@@ -170,15 +176,19 @@ def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
                 stage = pd.concat(parts)
                 curves[s] = (stage["label"], stage["pred"])
         out["roc"] = png_uri(plots.roc_curves(curves, "ROC of the out-of-fold predictions"))
-        out["scores"] = png_uri(plots.score_hist(oof["label"], oof["pred"],
-                                                 "Out-of-fold scores of the final blend by label"))
+        out["scores"] = png_uri(
+            plots.score_hist(
+                oof["label"], oof["pred"], "Out-of-fold scores of the final blend by label"
+            )
+        )
     for s in STAGES:
         for k in range(n_folds):
             history = fold_dir(run_dir, s, k) / "history.json"
             if history.is_file():
                 title = f"{s.replace('stage', 'stage ')}, fold {k}"
-                out["curves"].append((title, png_uri(plots.learning_curves(read_json(history),
-                                                                           title))))
+                out["curves"].append(
+                    (title, png_uri(plots.learning_curves(read_json(history), title)))
+                )
     return out
 
 
@@ -198,8 +208,13 @@ def provenance(run_dir: Path, run: dict | None) -> dict:
     if stage0:
         for name, record in stage0.get("data_files", {}).items():
             files.append((f"stage 0 {name} data", record.get("path", ""), record.get("sha256")))
-        files.append(("stage 0 started from (weights)", stage0.get("source", ""),
-                      stage0.get("source_weights_sha256")))
+        files.append(
+            (
+                "stage 0 started from (weights)",
+                stage0.get("source", ""),
+                stage0.get("source_weights_sha256"),
+            )
+        )
     packages = dict((run or {}).get("packages", {}))
     if run and run.get("python"):
         packages = {"python": run["python"], **packages}
@@ -224,13 +239,15 @@ def notebook_rows(run_dir: Path, done: dict, timings: dict) -> list[dict]:
         stage, _, fold = label.partition("-fold")
         d = done.get((stage, int(fold))) if fold.isdigit() else None
         html = nb.with_suffix(".html")
-        rows.append({
-            "step": label,
-            "html": f"notebooks/{html.name}" if html.is_file() else None,
-            "ipynb": f"notebooks/{nb.name}",
-            "auc": d["val_auc"] if d else None,
-            "seconds": timings.get(label),
-        })  # fmt: skip
+        rows.append(
+            {
+                "step": label,
+                "html": f"notebooks/{html.name}" if html.is_file() else None,
+                "ipynb": f"notebooks/{nb.name}",
+                "auc": d["val_auc"] if d else None,
+                "seconds": timings.get(label),
+            }
+        )
     return rows
 
 
@@ -278,8 +295,9 @@ def _num(value, digits: int = 4) -> str:
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          check=True, timeout=10).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
 
 
 def main(argv=None) -> int:

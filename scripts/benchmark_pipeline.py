@@ -28,9 +28,11 @@ def report(run_dir: Path) -> None:
     folds = pd.read_csv(run_dir / "ensemble" / "fold_auc.csv")
     print(f"\nrun folder: {run_dir}")
     print(folds.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nOOF AUC  stage 1: {headline['stage1_oof_auc']:.4f}   stage 2: "
-          f"{headline['stage2_oof_auc']:.4f}   final ({headline['final']}): "
-          f"{headline['oof_auc']:.4f}")  # fmt: skip
+    print(
+        f"\nOOF AUC  stage 1: {headline['stage1_oof_auc']:.4f}   stage 2: "
+        f"{headline['stage2_oof_auc']:.4f}   final ({headline['final']}): "
+        f"{headline['oof_auc']:.4f}"
+    )
     print(f"F1 at nested best threshold: {headline['f1_at_threshold']:.4f}")
     groups: dict[str, float] = {}
     for label, seconds in timings.items():

@@ -105,10 +105,11 @@ def main() -> None:
     from core.data import read_unlabelled
 
     texts = read_unlabelled(args.texts).texts
-    jobs = [("SavedModel (float32)", "savedmodel", args.savedmodel, len(texts), args.single),
-            ("TFLite (int8 weights)", "tflite", args.tflite, len(texts), args.single),
-            ("core.predict.score", "predict", args.run, args.predict_texts,
-             args.predict_single)]  # fmt: skip
+    jobs = [
+        ("SavedModel (float32)", "savedmodel", args.savedmodel, len(texts), args.single),
+        ("TFLite (int8 weights)", "tflite", args.tflite, len(texts), args.single),
+        ("core.predict.score", "predict", args.run, args.predict_texts, args.predict_single),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +118,18 @@ def main() -> None:
                 continue
             sentences = Path(tmp) / f"{kind}.json"
             sentences.write_text(json.dumps(texts[:n_texts]), encoding="utf-8")
-            cmd = [sys.executable, __file__, "--worker", kind, "--path", str(Path(path).resolve()),
-                   "--texts-json", str(sentences), "--single", str(n_single)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--path",
+                str(Path(path).resolve()),
+                "--texts-json",
+                str(sentences),
+                "--single",
+                str(n_single),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if done.returncode:
                 raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")

@@ -137,14 +137,19 @@ def train_pass(v: Variant, token_ids, labels, seed: int) -> tuple[float, float]:
         feed = seed_style_batches(token_ids, labels, v.batch_size, seed)
         steps = -(-len(token_ids) // v.batch_size)
     else:
-        seq = BatchSequence(token_ids, labels, v.batch_size, shuffle=True, seed=seed,
-                            group_by_length=True,
-                            pad_multiple=PIPELINE.stage1_pad_multiple)  # fmt: skip
+        seq = BatchSequence(
+            token_ids,
+            labels,
+            v.batch_size,
+            shuffle=True,
+            seed=seed,
+            group_by_length=True,
+            pad_multiple=PIPELINE.stage1_pad_multiple,
+        )
         feed, steps = seq.dataset(), len(seq)  # as core.engine feeds stage 1
     window = TrainWindow()
     start = time.perf_counter()
-    v.model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
-                callbacks=[window])  # fmt: skip
+    v.model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[window])
     stop = time.perf_counter()
     return stop - start, stop - window.end
 
@@ -187,8 +192,10 @@ def main() -> None:
     token_ids = tokenizer.encode_all(data.texts[: args.rows])
     labels = data.labels[: args.rows].astype(np.float32)
     real_tokens = sum(len(t) for t in token_ids)
-    print(f"{len(token_ids)} sentences, {real_tokens} real tokens "
-          f"({real_tokens / len(token_ids):.1f} per sentence incl. [CLS]/[SEP])")  # fmt: skip
+    print(
+        f"{len(token_ids)} sentences, {real_tokens} real tokens "
+        f"({real_tokens / len(token_ids):.1f} per sentence incl. [CLS]/[SEP])"
+    )
     peak32, peak16 = matmul_peak(tf.float32, tries=3), matmul_peak(tf.bfloat16, tries=3)
     print(f"matmul peak at start: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
 
@@ -208,8 +215,11 @@ def main() -> None:
         with PeakRSS() as mem_pred:
             predict_pass(v, token_ids, labels)
         if v is ours:
-            print(f"peak RSS of the pipeline's model: training {mem_train.peak / 2**20:.0f} MiB, "
-                  f"prediction {mem_pred.peak / 2**20:.0f} MiB", flush=True)  # fmt: skip
+            print(
+                f"peak RSS of the pipeline's model: training {mem_train.peak / 2**20:.0f} MiB, "
+                f"prediction {mem_pred.peak / 2**20:.0f} MiB",
+                flush=True,
+            )
         gc.collect()
     weights = [w for w in ours.model.trainable_weights if "Embedding" not in w.name]
     n_params = sum(int(np.prod(w.shape)) for w in weights)
@@ -224,14 +234,19 @@ def main() -> None:
             v.train.append(len(token_ids) / train_s)
             v.share.append(gflop / train_s / peak)
             v.predict.append(len(token_ids) / predict_pass(v, token_ids, labels))
-            print(f"round {r + 1} {v.name:10s} train {v.train[-1]:6.1f} samples/s "
-                  f"({gflop / train_s:5.1f} GFLOP/s, {v.share[-1]:5.1%} of the float32 peak "
-                  f"{peak:.0f} measured right after), predict {v.predict[-1]:6.1f} samples/s; "
-                  f"fit teardown {v.teardown[-1]:.1f} s", flush=True)  # fmt: skip
+            print(
+                f"round {r + 1} {v.name:10s} train {v.train[-1]:6.1f} samples/s "
+                f"({gflop / train_s:5.1f} GFLOP/s, {v.share[-1]:5.1%} of the float32 peak "
+                f"{peak:.0f} measured right after), predict {v.predict[-1]:6.1f} samples/s; "
+                f"fit teardown {v.teardown[-1]:.1f} s",
+                flush=True,
+            )
 
     med = np.median
-    print(f"\nencoder parameters (without embeddings): {n_params / 1e6:.1f} M "
-          f"-> {6 * n_params / 1e6:.0f} MFLOP per real token in training")  # fmt: skip
+    print(
+        f"\nencoder parameters (without embeddings): {n_params / 1e6:.1f} M "
+        f"-> {6 * n_params / 1e6:.0f} MFLOP per real token in training"
+    )
     print(
         f"float32 matmul peak over the rounds: median {med(peaks):.1f}, range "
         f"{min(peaks):.1f}-{max(peaks):.1f} GFLOP/s; bfloat16 at start {peak16:.1f} GFLOP/s"

@@ -31,8 +31,10 @@ from core.run import fold_dir
 def by_length(score, texts: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
     """``score(batch)`` over batches of similar length (less padding), back in input order."""
     order = np.argsort([len(t) for t in texts], kind="stable")
-    parts = [score([texts[i] for i in order[s : s + batch_size]])
-             for s in range(0, len(texts), batch_size)]  # fmt: skip
+    parts = [
+        score([texts[i] for i in order[s : s + batch_size]])
+        for s in range(0, len(texts), batch_size)
+    ]
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return {k: v[np.argsort(order, kind="stable")] for k, v in out.items()}
 
@@ -100,8 +102,10 @@ def main() -> None:
     if len(own) == 2:
         gap = auc(train.labels, own["tflite"]) - auc(train.labels, own["savedmodel"])
         diff = np.abs(own["tflite"] - own["savedmodel"])
-        print(f"  tflite - savedmodel: AUC {gap:+.5f}, max |probability| {diff.max():.3g}, "
-              f"mean {diff.mean():.3g}")  # fmt: skip
+        print(
+            f"  tflite - savedmodel: AUC {gap:+.5f}, max |probability| {diff.max():.3g}, "
+            f"mean {diff.mean():.3g}"
+        )
 
 
 if __name__ == "__main__":

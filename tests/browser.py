@@ -22,9 +22,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--hide-scrollbars", "--no-pdf-header-footer"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--no-pdf-header-footer",
+]
 
 
 def have_chromium() -> bool:
@@ -34,9 +42,12 @@ def have_chromium() -> bool:
 def chromium(page: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run headless Chromium on ``page`` with a throw-away profile; raise if it fails."""
     with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args,
-                               Path(page).resolve().as_uri()], capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args, Path(page).resolve().as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"chromium failed on {page} ({done.returncode}): {done.stderr[-2000:]}")
     return done
@@ -64,8 +75,12 @@ def cjk_font_names() -> set[str]:
     """Installed fonts that cover Chinese, by PostScript name (as PDFs name them) and by family
     with spaces removed."""
     try:
-        listed = subprocess.run(["fc-list", "-f", "%{family},%{postscriptname}\\n", ":lang=zh"],
-                                capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        listed = subprocess.run(
+            ["fc-list", "-f", "%{family},%{postscriptname}\\n", ":lang=zh"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
     except OSError:
         return set()
     return {f.replace(" ", "") for line in listed.splitlines() for f in line.split(",") if f}
@@ -90,8 +105,12 @@ def broken_refs(page: Path, html: str | None = None) -> list[str]:
             target = page.parent / unquote(parts.path) if parts.path else page
             if not target.is_file():
                 broken.append(f"<{tag}> {ref}: no file {target}")
-            elif parts.fragment and target == page and not (
-                {parts.fragment, unquote(parts.fragment)} & refs.ids  # as browsers look it up
+            elif (
+                parts.fragment
+                and target == page
+                and not (
+                    {parts.fragment, unquote(parts.fragment)} & refs.ids  # as browsers look it up
+                )
             ):
                 broken.append(f"<{tag}> {ref}: no element with that id")
         else:
@@ -136,8 +155,9 @@ def main(argv: list[str]) -> int:
     docs = Path(__file__).resolve().parents[1] / "docs"
     print(screenshot(run / "index.html", docs / "report.png", height=2200))
     # The error notebook from its first coloured character (section 4) on.
-    shot = screenshot(run / "notebooks" / "05_errors-errors.html", docs / "errors.png",
-                      height=12000)  # fmt: skip
+    shot = screenshot(
+        run / "notebooks" / "05_errors-errors.html", docs / "errors.png", height=12000
+    )
     print(crop_from_colour(shot, (0, 160, 60), above=420, height=1500))
     return 0
 
@@ -156,7 +176,7 @@ def crop_from_colour(png: Path, rgb: tuple[int, int, int], above: int, height: i
     hit = (scale > 0.8) & (np.abs(white - scale[..., None] * target).max(-1) < 12)
     rows = np.flatnonzero(hit.sum(1) >= 10)
     top = max(0, int(rows[0]) - above) if rows.size else 0
-    Image.fromarray(image[top: top + height].astype(np.uint8)).save(png)
+    Image.fromarray(image[top : top + height].astype(np.uint8)).save(png)
     return png
 
 

@@ -53,8 +53,7 @@ def m3e_dir() -> Path:
     try:
         check_bert_dir(path, read_checkpoint=False)
     except ValueError as e:
-        pytest.fail(f"{path} is not a usable BERT folder ({e}); "
-                    "run python -m core.weights first")  # fmt: skip
+        pytest.fail(f"{path} is not a usable BERT folder ({e}); run python -m core.weights first")
     return path
 
 
@@ -90,8 +89,14 @@ def torch_pickle(tensors: dict, storages: dict, parameters=()) -> bytes:
     for name, (key, offset, size, stride) in tensors.items():
         cls, arr = storages[key]
         pid = [_str("storage"), _global("torch", cls), _str(key), _str("cpu"), _int(arr.size)]
-        args = [_tuple(pid) + b"Q", _int(offset), _tuple(map(_int, size)),
-                _tuple(map(_int, stride)), b"\x89", hooks]  # fmt: skip
+        args = [
+            _tuple(pid) + b"Q",
+            _int(offset),
+            _tuple(map(_int, size)),
+            _tuple(map(_int, stride)),
+            b"\x89",
+            hooks,
+        ]
         tensor = _global("torch._utils", "_rebuild_tensor_v2") + _tuple(args) + b"R"
         if name in parameters:
             wrapped = _tuple([tensor, b"\x88", hooks])
@@ -116,8 +121,13 @@ def torch_zip(
     return buf.getvalue()
 
 
-_CLASS_OF = {"float32": "FloatStorage", "float16": "HalfStorage", "int64": "LongStorage",
-             "int32": "IntStorage", "float64": "DoubleStorage"}  # fmt: skip
+_CLASS_OF = {
+    "float32": "FloatStorage",
+    "float16": "HalfStorage",
+    "int64": "LongStorage",
+    "int32": "IntStorage",
+    "float64": "DoubleStorage",
+}
 
 
 def state_dict_zip(state: dict, archive: str = "archive") -> bytes:

@@ -12,9 +12,13 @@ from core.weights.google_ckpt import hf_to_google, write_bert_dir
 
 
 def random_hf_state_dict(
-    vocab_size: int, hidden: int = 32, layers: int = 2, intermediate: int = 64,
-    max_position: int = 64, seed: int = 0,
-) -> dict:  # fmt: skip
+    vocab_size: int,
+    hidden: int = 32,
+    layers: int = 2,
+    intermediate: int = 64,
+    max_position: int = 64,
+    seed: int = 0,
+) -> dict:
     """A random HF-named BERT state dict (with MLM/NSP heads): N(0, 0.02) weights and biases,
     LayerNorm gamma 1 and beta 0."""
     rng = np.random.default_rng(seed)
@@ -27,9 +31,18 @@ def random_hf_state_dict(
         "embeddings.position_embeddings.weight": normal(max_position, hidden),
         "embeddings.token_type_embeddings.weight": normal(2, hidden),
     }
-    linears = [f"encoder.layer.{i}.{m}" for i in range(layers) for m in (
-        "attention.self.query", "attention.self.key", "attention.self.value",
-        "attention.output.dense", "intermediate.dense", "output.dense")]  # fmt: skip
+    linears = [
+        f"encoder.layer.{i}.{m}"
+        for i in range(layers)
+        for m in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        )
+    ]
     norms = ["embeddings.LayerNorm", "cls.predictions.transform.LayerNorm"] + [
         f"encoder.layer.{i}.{m}.LayerNorm"
         for i in range(layers)
@@ -50,18 +63,31 @@ def random_hf_state_dict(
 
 
 def write_random_bert_dir(
-    out_dir: str | os.PathLike, vocab_tokens: list[str], hidden: int = 32, layers: int = 2,
-    heads: int = 2, intermediate: int = 64, max_position: int = 64, seed: int = 0,
-) -> Path:  # fmt: skip
+    out_dir: str | os.PathLike,
+    vocab_tokens: list[str],
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+    max_position: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write a tiny random BERT folder (for tests). Its HF-named weights are
     ``random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position,
     seed)``, so a test can rebuild them for a reference forward pass."""
     config = {
-        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": intermediate,
-        "max_position_embeddings": max_position, "num_attention_heads": heads,
-        "num_hidden_layers": layers, "type_vocab_size": 2, "vocab_size": len(vocab_tokens),
-    }  # fmt: skip
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": max_position,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab_tokens),
+    }
     sd = random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position, seed)
     return write_bert_dir(out_dir, config, list(vocab_tokens), hf_to_google(sd))
 

@@ -74,11 +74,16 @@ def bert_forward(
         probs = scores / scores.sum(-1, keepdims=True)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
         att = linear(ctx, f"{p}.attention.output.dense") + x
-        x = layer_norm(att, w[f"{p}.attention.output.LayerNorm.weight"],
-                       w[f"{p}.attention.output.LayerNorm.bias"], eps)  # fmt: skip
+        x = layer_norm(
+            att,
+            w[f"{p}.attention.output.LayerNorm.weight"],
+            w[f"{p}.attention.output.LayerNorm.bias"],
+            eps,
+        )
         ff = linear(gelu(linear(x, f"{p}.intermediate.dense"), gelu_form), f"{p}.output.dense")
-        x = layer_norm(ff + x, w[f"{p}.output.LayerNorm.weight"],
-                       w[f"{p}.output.LayerNorm.bias"], eps)  # fmt: skip
+        x = layer_norm(
+            ff + x, w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"], eps
+        )
     return x
 
 
@@ -86,8 +91,10 @@ def encode(sentences: list[str], vocab: list[str]) -> tuple[np.ndarray, np.ndarr
     """``[CLS]`` + characters + ``[SEP]``, each character looked up directly (``[UNK]`` if
     absent), padded with id 0; returns (token ids, segment ids)."""
     index = {t: i for i, t in enumerate(vocab)}
-    rows = [[index["[CLS]"]] + [index.get(c, index["[UNK]"]) for c in s] + [index["[SEP]"]]
-            for s in sentences]  # fmt: skip
+    rows = [
+        [index["[CLS]"]] + [index.get(c, index["[UNK]"]) for c in s] + [index["[SEP]"]]
+        for s in sentences
+    ]
     ids = np.zeros((len(rows), max(map(len, rows))), dtype=np.int32)
     for r, row in enumerate(rows):
         ids[r, : len(row)] = row

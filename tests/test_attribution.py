@@ -84,8 +84,9 @@ def test_logit_model_shares_the_classifier_weights(tiny_model, vocab):
     saved = tiny_model.get_weights()
     try:
         sharpen_head(tiny_model, 1)
-        after, logit, _ = integrated_gradients(tiny_model, ids, baseline_for(ids, vocab), 4,
-                                               features)  # fmt: skip
+        after, logit, _ = integrated_gradients(
+            tiny_model, ids, baseline_for(ids, vocab), 4, features
+        )
         assert not np.allclose(before, after)
         assert logit == pytest.approx(logit_of(tiny_model, ids), abs=1e-4)
     finally:
@@ -146,6 +147,7 @@ def test_one_fold_explains_that_folds_models_only(explainer):
     whole = explainer.explain(TEXT)
     parts = [explainer.explain(TEXT, folds=[k]) for k in range(2)]
     assert whole.probability == pytest.approx(np.mean([p.probability for p in parts]), abs=1e-6)
-    np.testing.assert_allclose(whole.credits, np.mean([p.credits for p in parts], axis=0),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        whole.credits, np.mean([p.credits for p in parts], axis=0), atol=1e-5
+    )
     assert parts[0].probability != pytest.approx(parts[1].probability, abs=1e-3)

@@ -143,16 +143,26 @@ def test_unlabelled_file_passed_as_train(tmp_path):
 
 def test_labelled_csv_passed_as_test(tmp_path):
     path = write(tmp_path, "content,label\n好吃,1\n", "test.csv")
-    data_error(read_unlabelled, path, 1, "found ['content', 'label']",
-               "looks like a labelled train file; pass it as train")  # fmt: skip
+    data_error(
+        read_unlabelled,
+        path,
+        1,
+        "found ['content', 'label']",
+        "looks like a labelled train file; pass it as train",
+    )
     message = data_error(read_unlabelled, path, 1, "remove them", labelled_hint="remove them")
     assert "pass it as train" not in message
 
 
 def test_csv_with_a_misspelt_label_column(tmp_path):
     path = write(tmp_path, "content,lable\n好吃,1\n", "train.csv")
-    message = data_error(read_labelled, path, 1, "no column is named 'label'",
-                         "rename the label column ('lable'?) to label")  # fmt: skip
+    message = data_error(
+        read_labelled,
+        path,
+        1,
+        "no column is named 'label'",
+        "rename the label column ('lable'?) to label",
+    )
     assert "unlabelled" not in message
 
 

@@ -29,9 +29,14 @@ DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
 
 
 def command(module: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
-                          env={**subprocess_env(), **(env or {})}, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=ROOT,
+        env={**subprocess_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def failed(proc: subprocess.CompletedProcess) -> list[str]:
@@ -55,8 +60,13 @@ def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) ->
     """A run folder as core.predict reads it, without trained folds (every test stops before)."""
     run = outputs / "runs" / name
     (run / "ensemble").mkdir(parents=True)
-    run_json = {"train_path": str(resolve("data/train_shuffle.txt")), "n_folds": 3, "seed": 2020,
-                "maxlen": 20, "bert_dir": str(bert_dir)}  # as a run records them  # fmt: skip
+    run_json = {
+        "train_path": str(resolve("data/train_shuffle.txt")),
+        "n_folds": 3,
+        "seed": 2020,
+        "maxlen": 20,
+        "bert_dir": str(bert_dir),
+    }  # as a run records them
     (run / "run.json").write_text(json.dumps(run_json))
     if finished:
         (run / "ensemble" / "results.json").write_text(json.dumps({"headline": {}}))
@@ -80,8 +90,15 @@ def test_expected_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
     [line] = failed(proc)
     assert line.startswith(f"error: {missing}: not found; expected the data file at {missing}")
     for debug in ({"args": ["--debug"]}, {"env": {cli.DEBUG_ENV: "1"}}):
-        proc = command("core.pipeline", "--train-path", missing, "--output-dir", tmp_path / "out",
-                       *debug.get("args", []), env=debug.get("env"))  # fmt: skip
+        proc = command(
+            "core.pipeline",
+            "--train-path",
+            missing,
+            "--output-dir",
+            tmp_path / "out",
+            *debug.get("args", []),
+            env=debug.get("env"),
+        )
         assert proc.returncode == 1 and proc.stderr.startswith("Traceback"), proc.stderr
         assert proc.stderr.splitlines()[-1].startswith(f"core.data.DataError: {missing}: not found")
 
@@ -110,7 +127,6 @@ def test_interrupt_and_unexpected_errors(capfd):
         cli.run(bug)
 
 
-
 def test_noise_is_dropped_and_nothing_else(tmp_path):
     import logging
 
@@ -130,23 +146,35 @@ def test_noise_is_dropped_and_nothing_else(tmp_path):
     assert not NoiseFilter().filter(record)
     record = logging.makeLogRecord({"msg": "".join(noise + kept)})
     assert NoiseFilter().filter(record) and record.getMessage() == "".join(kept)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import core", outputs=[
-        nbformat.v4.new_output("stream", name="stderr", text="".join(noise)),
-        nbformat.v4.new_output("stream", name="stdout", text="".join(noise + kept))])])  # fmt: skip
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "import core",
+                outputs=[
+                    nbformat.v4.new_output("stream", name="stderr", text="".join(noise)),
+                    nbformat.v4.new_output("stream", name="stdout", text="".join(noise + kept)),
+                ],
+            )
+        ]
+    )
     nbformat.write(nb, tmp_path / "nb.ipynb")
     clean_notebook(tmp_path / "nb.ipynb")
     [out] = nbformat.read(tmp_path / "nb.ipynb", as_version=4).cells[0].outputs
     assert out.name == "stdout" and out.text == "".join(kept)
 
+
 # -- the main job ----------------------------------------------------------------------------------
 
 
 def test_pipeline_missing_bert_dir_is_a_bert_dir_error(tmp_path):
-    proc = command("core.pipeline", "--set", f"bert_dir={tmp_path / 'nope'}",
-                   "--output-dir", tmp_path / "out")  # fmt: skip
+    proc = command(
+        "core.pipeline", "--set", f"bert_dir={tmp_path / 'nope'}", "--output-dir", tmp_path / "out"
+    )
     [line] = failed(proc)
-    assert line.startswith(f"error: {tmp_path / 'nope'}: expected a BERT folder, found no such "
-                           "folder; point bert_dir at")  # fmt: skip
+    assert line.startswith(
+        f"error: {tmp_path / 'nope'}: expected a BERT folder, found no such "
+        "folder; point bert_dir at"
+    )
     assert "`python -m core.weights --force`" in line and "data file" not in line
     assert not (tmp_path / "out").exists()
 
@@ -157,8 +185,10 @@ def test_pipeline_truncated_weights_stop_before_anything_runs(bert, tmp_path):
     data.write_bytes(data.read_bytes()[: size // 2])
     proc = command("core.pipeline", "--set", f"bert_dir={bert}", "--output-dir", tmp_path / "out")
     [line] = failed(proc)
-    assert line.startswith(f"error: {data}: expected {size:,} bytes (as written, {MANIFEST_FILE}), "
-                           f"found {size // 2:,}: the file is truncated or damaged;")  # fmt: skip
+    assert line.startswith(
+        f"error: {data}: expected {size:,} bytes (as written, {MANIFEST_FILE}), "
+        f"found {size // 2:,}: the file is truncated or damaged;"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -168,8 +198,9 @@ def test_pipeline_truncated_weights_stop_before_anything_runs(bert, tmp_path):
 def test_predict_run_that_does_not_exist(outputs):
     run = outputs / "runs" / "nope"
     [line] = failed(command("core.predict", "--output-dir", outputs, "--run", run, "好吃"))
-    assert line.startswith(f"error: --run {run}: no such run folder; omit --run to use the "
-                           "latest finished run")  # fmt: skip
+    assert line.startswith(
+        f"error: --run {run}: no such run folder; omit --run to use the latest finished run"
+    )
 
 
 def test_predict_unfinished_run_names_the_command_that_finishes_it(outputs, bert):
@@ -180,8 +211,14 @@ def test_predict_unfinished_run_names_the_command_that_finishes_it(outputs, bert
     start = f"error: run {run} has not finished (no ensemble/results.json yet); finish it with: "
     assert line.startswith(start)
     assert shlex.split(line[len(start) :]) == [
-        "python", "-m", "core.pipeline", "--config", str(run / CONFIG_FILE), "--run-dir", str(run)
-    ]  # fmt: skip
+        "python",
+        "-m",
+        "core.pipeline",
+        "--config",
+        str(run / CONFIG_FILE),
+        "--run-dir",
+        str(run),
+    ]
     assert resolve_settings(str(run / CONFIG_FILE), []) == settings  # the run's own settings
 
 
@@ -189,8 +226,9 @@ def test_predict_checks_out_before_scoring(outputs, tmp_path):
     fake_run(outputs, "r", tmp_path / "gone")  # scoring would stop on its missing encoder
     outside = tmp_path / "scores.csv"
     [line] = failed(command("core.predict", "--output-dir", outputs, "--out", outside, "好吃"))
-    assert line.startswith(f"error: --out={str(outside)!r}: expected a path inside the output "
-                           f"folder {outputs}")  # fmt: skip
+    assert line.startswith(
+        f"error: --out={str(outside)!r}: expected a path inside the output folder {outputs}"
+    )
     folder = outputs / "runs"
     [line] = failed(command("core.predict", "--output-dir", outputs, "--out", folder, "好吃"))
     assert line == f"error: --out={str(folder)!r}: expected a file path, found a folder"
@@ -198,30 +236,39 @@ def test_predict_checks_out_before_scoring(outputs, tmp_path):
 
 def test_predict_without_a_finished_run(outputs, bert):
     [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
-    assert line == (f"error: no finished run under {outputs / 'runs'}: make one with `./suite.sh "
-                    "run` (python -m core.pipeline), or pass --run")  # fmt: skip
+    assert line == (
+        f"error: no finished run under {outputs / 'runs'}: make one with `./suite.sh "
+        "run` (python -m core.pipeline), or pass --run"
+    )
     run = fake_run(outputs, "half", bert, finished=False)
     [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
-    assert line.startswith(f"error: no finished run under {outputs / 'runs'}; the latest, {run}, "
-                           "finishes with: python -m core.pipeline ")  # fmt: skip
+    assert line.startswith(
+        f"error: no finished run under {outputs / 'runs'}; the latest, {run}, "
+        "finishes with: python -m core.pipeline "
+    )
     assert line.endswith(f"--run-dir {run}")
 
 
 def test_predict_refuses_an_empty_sentence(outputs):
     [line] = failed(command("core.predict", "--output-dir", outputs, "好吃", "  ", "不错"))
-    assert line == ("error: sentence 2 of the command line: expected a sentence, found '  ' — "
-                    "remove it or fill it in")  # fmt: skip
+    assert line == (
+        "error: sentence 2 of the command line: expected a sentence, found '  ' — "
+        "remove it or fill it in"
+    )
 
 
-@pytest.mark.parametrize("name,content", [("new.txt", "1\t好吃\n\n0\t不错\n\n"),
-                                          ("new.csv", "content,label\n好吃,1\n")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,content", [("new.txt", "1\t好吃\n\n0\t不错\n\n"), ("new.csv", "content,label\n好吃,1\n")]
+)
 def test_predict_file_with_labels_gets_a_hint_for_predict(outputs, tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path))
     assert line.startswith(f"error: {path}, line 1: expected ")
-    assert line.endswith("looks like a labelled train file; core.predict scores sentences without "
-                         "labels: remove them")  # fmt: skip
+    assert line.endswith(
+        "looks like a labelled train file; core.predict scores sentences without "
+        "labels: remove them"
+    )
 
 
 def test_predict_says_which_run_it_picked(outputs, tmp_path):
@@ -229,8 +276,9 @@ def test_predict_says_which_run_it_picked(outputs, tmp_path):
     proc = command("core.predict", "--output-dir", outputs, "好吃")
     picked, error = failed(proc)
     assert picked == f"using run {run} (the latest finished; --run picks another)"
-    assert error.startswith(f"error: run {run}, its encoder: {tmp_path / 'gone'}: expected a BERT "
-                            "folder")  # fmt: skip
+    assert error.startswith(
+        f"error: run {run}, its encoder: {tmp_path / 'gone'}: expected a BERT folder"
+    )
     assert proc.stdout == ""  # stdout is for the CSV only
 
 
@@ -265,8 +313,15 @@ def test_pipeline_bad_train_file_stops_before_any_notebook(tmp_path, tiny_bert_d
     train = tmp_path / "train.csv"
     train.write_text("content,lable\n好吃,1\n", encoding="utf-8")
     out = tmp_path / "out"
-    proc = command("core.pipeline", "--train-path", train, "--output-dir", out,
-                   "--set", f"bert_dir={tiny_bert_dir}")  # fmt: skip
+    proc = command(
+        "core.pipeline",
+        "--train-path",
+        train,
+        "--output-dir",
+        out,
+        "--set",
+        f"bert_dir={tiny_bert_dir}",
+    )
     [error] = failed(proc)
     assert error == (
         f"error: {train}, line 1: expected a header with columns ['content', 'label'], found "
@@ -283,9 +338,25 @@ def test_pipeline_notebook_error_says_where_the_notebook_is(tmp_path, tiny_bert_
     train.write_text(first_rows(TRAIN, 30), encoding="utf-8")
     test.write_text(first_rows(TEST, 5), encoding="utf-8")
     out = tmp_path / "out"
-    proc = command("core.pipeline", "--train-path", train, "--test-path", test, "--output-dir", out,
-                   "--set", f"bert_dir={tiny_bert_dir}", "--set", "stage0_epochs=0",
-                   "--set", "n_folds=3", "--only", "stage2", "--folds", "0")  # fmt: skip
+    proc = command(
+        "core.pipeline",
+        "--train-path",
+        train,
+        "--test-path",
+        test,
+        "--output-dir",
+        out,
+        "--set",
+        f"bert_dir={tiny_bert_dir}",
+        "--set",
+        "stage0_epochs=0",
+        "--set",
+        "n_folds=3",
+        "--only",
+        "stage2",
+        "--folds",
+        "0",
+    )
     error, saved = failed(proc)
     assert error.startswith("error: stage 2 fold 0 needs the stage-1 weights ")
     assert "Make them first: papermill notebooks/02_cv.ipynb out.ipynb" in error
@@ -295,4 +366,3 @@ def test_pipeline_notebook_error_says_where_the_notebook_is(tmp_path, tiny_bert_
     assert html.is_file()
     for noise in ("without encryption", "absl", "oneDNN", "cuInit"):
         assert noise not in proc.stdout + proc.stderr
-

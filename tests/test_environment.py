@@ -54,7 +54,8 @@ def test_importing_core_after_tensorflow_fails_clearly():
 
     code = "import tensorflow\nimport core\n"
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
     assert done.returncode != 0
     assert "import core before tensorflow" in done.stderr

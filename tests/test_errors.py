@@ -30,10 +30,12 @@ def run(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "ensemble").mkdir(parents=True)
     rows = np.arange(len(ROWS))
-    pd.DataFrame({"row": rows, "label": [r[0] for r in ROWS], "pred": [r[3] for r in ROWS]}
-                 ).iloc[::-1].to_csv(run_dir / "ensemble" / "oof_final.csv", index=False)
-    pd.DataFrame({"row": rows, "id": rows, "fold": [r[2] for r in ROWS]}
-                 ).to_csv(run_dir / "folds.csv", index=False)  # fmt: skip
+    pd.DataFrame({"row": rows, "label": [r[0] for r in ROWS], "pred": [r[3] for r in ROWS]}).iloc[
+        ::-1
+    ].to_csv(run_dir / "ensemble" / "oof_final.csv", index=False)
+    pd.DataFrame({"row": rows, "id": rows, "fold": [r[2] for r in ROWS]}).to_csv(
+        run_dir / "folds.csv", index=False
+    )
     return run_dir, train
 
 
@@ -43,8 +45,13 @@ def test_oof_frame_joins_texts_folds_and_scores(run):
     assert oof["fold"].tolist() == [r[2] for r in ROWS]
     assert oof["score"].tolist() == [r[3] for r in ROWS]
     assert oof["in_other_fold"].tolist() == [False, True, True] + [False] * 5
-    assert oof["length_bucket"].astype(str).tolist()[:5] == ["up to 7", "up to 7", "up to 7",
-                                                             "up to 7", "11-13"]  # fmt: skip
+    assert oof["length_bucket"].astype(str).tolist()[:5] == [
+        "up to 7",
+        "up to 7",
+        "up to 7",
+        "up to 7",
+        "11-13",
+    ]
 
 
 def test_oof_frame_refuses_another_training_file(run, tmp_path):
@@ -57,7 +64,15 @@ def test_oof_frame_refuses_another_training_file(run, tmp_path):
 
 def test_length_buckets():
     assert errors.length_bucket([5, 7, 8, 10, 11, 16, 17, 19]).astype(str).tolist() == [
-        "up to 7", "up to 7", "8-10", "8-10", "11-13", "14-16", "17+", "17+"]  # fmt: skip
+        "up to 7",
+        "up to 7",
+        "8-10",
+        "8-10",
+        "11-13",
+        "14-16",
+        "17+",
+        "17+",
+    ]
 
 
 def test_confident_errors_each_way(run):
@@ -94,8 +109,10 @@ def test_conflicts_show_how_each_row_was_scored(run):
 def test_summary_lists_the_figures(run):
     s = errors.summary(errors.oof_frame(*run), n=1)
     assert s["n_rows"] == len(ROWS) and s["n_conflicting_texts"] == 1
-    assert s["confident_errors"] == {"label 0, scored highest": ["服务态度很好"],
-                                     "label 1, scored lowest": ["烤鸭皮脆肉嫩，酱汁香浓"]}
+    assert s["confident_errors"] == {
+        "label 0, scored highest": ["服务态度很好"],
+        "label 1, scored lowest": ["烤鸭皮脆肉嫩，酱汁香浓"],
+    }
     assert set(s["auc_by_text_in_other_fold"]) == {"True", "False", "all rows"}
 
 

@@ -30,12 +30,23 @@ SENTENCES = ["这家店的菜味道很好", "服务态度不错，环境也干�
 
 
 def _tiny_config(vocab_size: int) -> dict:
-    return json.loads(json.dumps({
-        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
-        "max_position_embeddings": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
-        "type_vocab_size": 2, "vocab_size": vocab_size,
-    }))  # fmt: skip
+    return json.loads(
+        json.dumps(
+            {
+                "attention_probs_dropout_prob": 0.1,
+                "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.1,
+                "hidden_size": 32,
+                "initializer_range": 0.02,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 2,
+                "type_vocab_size": 2,
+                "vocab_size": vocab_size,
+            }
+        )
+    )
 
 
 def test_hf_to_google_names_shapes_and_transposes():
@@ -44,18 +55,25 @@ def test_hf_to_google_names_shapes_and_transposes():
     g = hf_to_google({f"bert.{k}" if k.startswith("enc") else k: v for k, v in sd.items()})
     shapes = expected_shapes(_tiny_config(50))
     extra = {"bert/pooler/dense/kernel", "bert/pooler/dense/bias", "cls/predictions/output_bias"}
-    extra |= {f"cls/predictions/transform/{n}" for n in
-              ("dense/kernel", "dense/bias", "LayerNorm/gamma", "LayerNorm/beta")}  # fmt: skip
+    extra |= {
+        f"cls/predictions/transform/{n}"
+        for n in ("dense/kernel", "dense/bias", "LayerNorm/gamma", "LayerNorm/beta")
+    }
     extra |= {"cls/seq_relationship/output_weights", "cls/seq_relationship/output_bias"}
     assert set(g) == set(shapes) | extra
     for name, shape in shapes.items():
         assert g[name].shape == shape, name
-    np.testing.assert_array_equal(g["bert/encoder/layer_1/intermediate/dense/kernel"],
-                                  sd["encoder.layer.1.intermediate.dense.weight"].T)  # fmt: skip
-    np.testing.assert_array_equal(g["cls/seq_relationship/output_weights"],
-                                  sd["cls.seq_relationship.weight"])  # fmt: skip
-    np.testing.assert_array_equal(g["bert/encoder/layer_0/output/LayerNorm/gamma"],
-                                  sd["encoder.layer.0.output.LayerNorm.weight"])  # fmt: skip
+    np.testing.assert_array_equal(
+        g["bert/encoder/layer_1/intermediate/dense/kernel"],
+        sd["encoder.layer.1.intermediate.dense.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        g["cls/seq_relationship/output_weights"], sd["cls.seq_relationship.weight"]
+    )
+    np.testing.assert_array_equal(
+        g["bert/encoder/layer_0/output/LayerNorm/gamma"],
+        sd["encoder.layer.0.output.LayerNorm.weight"],
+    )
 
 
 def test_hf_to_google_refuses_unknown_keys():
@@ -73,15 +91,18 @@ def test_hf_config_to_google():
 
 
 def test_vocab_from_tokenizer_json():
-    obj = {"model": {"type": "WordPiece", "vocab": {"[PAD]": 0, "好": 2, "[UNK]": 1}},
-           "added_tokens": [{"id": 0, "content": "[PAD]"},
-                            {"id": 3, "content": "[NEW]"}]}  # fmt: skip
+    obj = {
+        "model": {"type": "WordPiece", "vocab": {"[PAD]": 0, "好": 2, "[UNK]": 1}},
+        "added_tokens": [{"id": 0, "content": "[PAD]"}, {"id": 3, "content": "[NEW]"}],
+    }
     assert vocab_from_tokenizer_json(json.dumps(obj)) == ["[PAD]", "[UNK]", "好", "[NEW]"]
     gap = {"model": {"type": "WordPiece", "vocab": {"a": 0, "b": 2}}}
     with pytest.raises(ValueError, match=r"missing ids \[1\]"):
         vocab_from_tokenizer_json(gap)
-    clash = {"model": {"type": "WordPiece", "vocab": {"a": 0}},
-             "added_tokens": [{"id": 0, "content": "b"}]}  # fmt: skip
+    clash = {
+        "model": {"type": "WordPiece", "vocab": {"a": 0}},
+        "added_tokens": [{"id": 0, "content": "b"}],
+    }
     with pytest.raises(ValueError, match="id 0 is both"):
         vocab_from_tokenizer_json(clash)
     with pytest.raises(ValueError, match="WordPiece"):
@@ -131,8 +152,15 @@ def bert_copy(tiny_bert_dir, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("missing", ["vocab.txt", "bert_config.json", "bert_model.ckpt.index",
-                                     "bert_model.ckpt.data-00000-of-00001"])  # fmt: skip
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "vocab.txt",
+        "bert_config.json",
+        "bert_model.ckpt.index",
+        "bert_model.ckpt.data-00000-of-00001",
+    ],
+)
 def test_check_names_missing_file(bert_copy, missing):
     (bert_copy / missing).unlink()
     with pytest.raises(BertDirError, match=missing) as err:
@@ -157,10 +185,12 @@ def test_check_duplicate_vocab_line(bert_copy):
 
 @pytest.mark.parametrize(
     "change,message",
-    [({"hidden_size": 48}, r"word_embeddings of shape \(206, 48\).*found shape \(206, 32\)"),
-     ({"num_hidden_layers": 3}, "layer_2.* no such variable"),
-     ({"max_position_embeddings": 128}, r"position_embeddings of shape \(128, 32\)")],
-)  # fmt: skip
+    [
+        ({"hidden_size": 48}, r"word_embeddings of shape \(206, 48\).*found shape \(206, 32\)"),
+        ({"num_hidden_layers": 3}, "layer_2.* no such variable"),
+        ({"max_position_embeddings": 128}, r"position_embeddings of shape \(128, 32\)"),
+    ],
+)
 def test_check_config_disagreeing_with_checkpoint(bert_copy, change, message):
     cfg_path = bert_copy / "bert_config.json"
     cfg_path.write_text(json.dumps(dict(json.loads(cfg_path.read_text()), **change)))
@@ -234,9 +264,12 @@ def test_damaged_file_of_the_same_size_is_found_before_loading(written_copy):
     raw[500] ^= 0xFF
     data.write_bytes(bytes(raw))
     check_bert_dir(written_copy, read_checkpoint=False)  # sizes only: cheap, no TensorFlow
-    with pytest.raises(BertDirError, match=r"expected sha256 [0-9a-f]{12}… \(as written, "
-                       r"MANIFEST\.json\), found [0-9a-f]{12}…: the file is damaged; rebuild it: "
-                       r"make-it --again") as err:  # fmt: skip
+    with pytest.raises(
+        BertDirError,
+        match=r"expected sha256 [0-9a-f]{12}… \(as written, "
+        r"MANIFEST\.json\), found [0-9a-f]{12}…: the file is damaged; rebuild it: "
+        r"make-it --again",
+    ) as err:
         check_bert_dir(written_copy)  # before the weights load: sha256 too
     assert str(err.value).startswith(f"{data}: ")
 
@@ -303,9 +336,11 @@ def _keras_bert_last_layer(bert_dir, ids, segs, training=False):
     import tensorflow as tf
 
     model = keras_bert.load_trained_model_from_checkpoint(
-        str(bert_dir / "bert_config.json"), str(bert_dir / "bert_model.ckpt"),
-        training=training, seq_len=None,
-    )  # fmt: skip
+        str(bert_dir / "bert_config.json"),
+        str(bert_dir / "bert_model.ckpt"),
+        training=training,
+        seq_len=None,
+    )
     return model([tf.constant(ids), tf.constant(segs)], training=False).numpy()
 
 
@@ -333,7 +368,9 @@ def test_tiny_dir_loads_in_training_mode(tiny_bert_dir):
     import keras_bert
 
     model = keras_bert.load_trained_model_from_checkpoint(
-        str(tiny_bert_dir / "bert_config.json"), str(tiny_bert_dir / "bert_model.ckpt"),
-        training=True, seq_len=16,
-    )  # fmt: skip
+        str(tiny_bert_dir / "bert_config.json"),
+        str(tiny_bert_dir / "bert_model.ckpt"),
+        training=True,
+        seq_len=16,
+    )
     assert model.get_layer("MLM-Sim").get_weights()[0].shape == (206,)

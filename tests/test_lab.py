@@ -65,9 +65,14 @@ def server(tmp_path_factory):
     env.pop("JUPYTER_TOKEN", None)  # Jupyter's own random token, as ./suite.sh lab gets
     port = free_port()
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "core.lab", f"--port={port}",
-                             "--ServerApp.port_retries=0"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.lab", f"--port={port}", "--ServerApp.port_retries=0"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     info_file = home / "runtime" / f"jpserver-{proc.pid}.json"
     deadline = time.monotonic() + START_TIMEOUT
     while not info_file.is_file():
@@ -164,12 +169,33 @@ async def run_notebook(server: Server, kernel_id: str, nb) -> None:
 async def execute(ws, session: str, code: str) -> list:
     msg_id = uuid.uuid4().hex
     now = datetime.now(UTC).isoformat()
-    header = {"msg_id": msg_id, "msg_type": "execute_request", "session": session,
-              "username": "test", "version": "5.3", "date": now}  # fmt: skip
-    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-               "allow_stdin": False, "stop_on_error": True}  # fmt: skip
-    await ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {},
-                                       "content": content, "channel": "shell"}))  # fmt: skip
+    header = {
+        "msg_id": msg_id,
+        "msg_type": "execute_request",
+        "session": session,
+        "username": "test",
+        "version": "5.3",
+        "date": now,
+    }
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    await ws.write_message(
+        json.dumps(
+            {
+                "header": header,
+                "parent_header": {},
+                "metadata": {},
+                "content": content,
+                "channel": "shell",
+            }
+        )
+    )
     outputs = []
     while True:
         raw = await ws.read_message()

@@ -65,9 +65,16 @@ def test_config_and_vocab_match_the_source(m3e_dir, m3e_source):
 
     hf_config, tokenizer, _ = m3e_source
     config = check_bert_dir(m3e_dir)
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "vocab_size", "max_position_embeddings", "type_vocab_size",
-                "hidden_act"):  # fmt: skip
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "hidden_act",
+    ):
         assert config[key] == hf_config[key], key
     lines = (m3e_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     source = vocab_from_tokenizer_json(tokenizer)
@@ -91,9 +98,11 @@ def test_keras_bert_matches_numpy_forward_of_source_weights(m3e_dir, m3e_source)
     ids, segs = encode(SENTENCES, vocab)
     assert (ids != vocab.index("[UNK]")).all()
     model = keras_bert.load_trained_model_from_checkpoint(
-        str(m3e_dir / "bert_config.json"), str(m3e_dir / "bert_model.ckpt"),
-        training=False, seq_len=None,
-    )  # fmt: skip
+        str(m3e_dir / "bert_config.json"),
+        str(m3e_dir / "bert_model.ckpt"),
+        training=False,
+        seq_len=None,
+    )
     out = model([tf.constant(ids), tf.constant(segs)], training=False).numpy()
     real = ids != 0
     # HF-faithful reference (erf GELU, eps 1e-12) and one with keras-bert's own choices
@@ -101,8 +110,10 @@ def test_keras_bert_matches_numpy_forward_of_source_weights(m3e_dir, m3e_source)
     exact = bert_forward(state, ids, segs, heads=8, eps=1e-12, gelu_form="erf")
     same = bert_forward(state, ids, segs, heads=8, eps=1e-14, gelu_form="tanh")
     diff_exact, diff_same = np.abs(out - exact)[real].max(), np.abs(out - same)[real].max()
-    print(f"m3e: max|keras-numpy(erf)|={diff_exact:.2e}, max|keras-numpy(tanh)|={diff_same:.2e}, "
-          f"max|output|={np.abs(exact).max():.2f}")  # fmt: skip
+    print(
+        f"m3e: max|keras-numpy(erf)|={diff_exact:.2e}, max|keras-numpy(tanh)|={diff_same:.2e}, "
+        f"max|output|={np.abs(exact).max():.2f}"
+    )
     assert diff_same < 1e-4
     assert diff_exact < 1e-2  # observed ~5e-3: keras-bert's tanh GELU vs m3e's exact GELU
 
@@ -115,8 +126,10 @@ def test_second_call_is_fast_and_needs_neither_download_nor_tensorflow(m3e_dir, 
     start = time.perf_counter()
     assert m3e.ensure_m3e_small() == m3e_dir
     assert time.perf_counter() - start < 2.0
-    code = ("import sys, core.weights.m3e as m; m.download_wheel = None; m.ensure_m3e_small(); "
-            "print('tensorflow' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, core.weights.m3e as m; m.download_wheel = None; m.ensure_m3e_small(); "
+        "print('tensorflow' in sys.modules)"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -135,12 +148,22 @@ def fake_wheel(tiny_vocab, torch_zip_tools):
     state = random_hf_state_dict(len(vocab), seed=5)
     state = {k: v for k, v in state.items() if not k.startswith("cls.")}  # m3e has no heads
     state["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
-    config = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1,
-              "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 32,
-              "initializer_range": 0.02, "intermediate_size": 64, "layer_norm_eps": 1e-12,
-              "max_position_embeddings": 64,
-              "model_type": "bert", "num_attention_heads": 2, "num_hidden_layers": 2,
-              "type_vocab_size": 2, "vocab_size": len(vocab)}  # fmt: skip
+    config = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 64,
+        "model_type": "bert",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab),
+    }
     tokenizer = {"model": {"type": "WordPiece", "vocab": {t: i for i, t in enumerate(vocab)}}}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

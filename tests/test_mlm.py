@@ -49,8 +49,14 @@ def _rows(rng, n, low, high, unk_rate=0.0):
 
 
 def _mask(ids, seed=0, rate=0.15):
-    return mask_batch(ids, np.random.default_rng(seed), len(TINY_VOCAB), SPECIALS.values(), rate,
-                      mask_id=SPECIALS["[MASK]"])  # fmt: skip
+    return mask_batch(
+        ids,
+        np.random.default_rng(seed),
+        len(TINY_VOCAB),
+        SPECIALS.values(),
+        rate,
+        mask_id=SPECIALS["[MASK]"],
+    )
 
 
 def test_mask_batch_statistics():
@@ -94,14 +100,24 @@ def headless_dir(tmp_path_factory):
     """The tiny BERT without cls/* or pooler variables, like m3e-small."""
     source = tmp_path_factory.mktemp("headless") / "bert"
     tensors = hf_to_google(random_hf_state_dict(len(TINY_VOCAB), seed=3))
-    tensors = {k: v for k, v in tensors.items() if k.startswith("bert/embeddings/")
-               or k.startswith("bert/encoder/")}  # fmt: skip
+    tensors = {
+        k: v
+        for k, v in tensors.items()
+        if k.startswith("bert/embeddings/") or k.startswith("bert/encoder/")
+    }
     config = {
-        "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-        "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
-        "max_position_embeddings": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
-        "type_vocab_size": 2, "vocab_size": len(TINY_VOCAB),
-    }  # fmt: skip
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "type_vocab_size": 2,
+        "vocab_size": len(TINY_VOCAB),
+    }
     return write_bert_dir(source, config, TINY_VOCAB, tensors)
 
 
@@ -128,8 +144,9 @@ def test_mlm_model_head_and_masked_loss(tiny_bert_dir, headless_dir):
     loss, acc = model.evaluate(slot_inputs, slot_target, batch_size=8, verbose=0)
 
     # Reference: keras-bert's own MLM output at every position, same weights, read where masked.
-    full, config = build_model_from_config(str(tiny_bert_dir / "bert_config.json"),
-                                           training=True, seq_len=12)  # fmt: skip
+    full, config = build_model_from_config(
+        str(tiny_bert_dir / "bert_config.json"), training=True, seq_len=12
+    )
     load_model_weights_from_checkpoint(full, config, ckpt, training=True)
     probs = full.predict(inputs, verbose=0)[0]
     picked = np.take_along_axis(probs, target, axis=-1)[..., 0]
@@ -184,10 +201,19 @@ def test_pretrain_writes_exact_folder_and_resumes(headless_dir, tmp_path):
     data = tmp_path / "texts.txt"
     data.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "task-bert"
-    kwargs = dict(epochs=6, batch_size=16, lr=3e-3, maxlen=20, seed=7, mask_rate=0.15,
-                  jit_compile=False, verbose=False)  # fmt: skip
-    result = pretrain(headless_dir, texts, out, data_files={"texts": data}, return_model=True,
-                      **kwargs)  # fmt: skip
+    kwargs = dict(
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        maxlen=20,
+        seed=7,
+        mask_rate=0.15,
+        jit_compile=False,
+        verbose=False,
+    )
+    result = pretrain(
+        headless_dir, texts, out, data_files={"texts": data}, return_model=True, **kwargs
+    )
     loss = result["history"]["loss"]
     assert not result["skipped"] and len(loss) == 6
     assert loss[-1] < loss[0] - 0.5, loss
@@ -253,8 +279,16 @@ def test_pretrain_shows_progress_and_says_how_to_rebuild(headless_dir, tmp_path,
     """Stage 0 reports its epochs as stage 1 does (core.engine.Progress, on stderr), and its
     folder's manifest says how to make it again when a file of it is damaged."""
     out = tmp_path / "task-bert"
-    pretrain(headless_dir, ["好吃不错", "服务很好"] * 16, out, epochs=2, batch_size=16, lr=1e-3,
-             maxlen=8, jit_compile=False)  # fmt: skip
+    pretrain(
+        headless_dir,
+        ["好吃不错", "服务很好"] * 16,
+        out,
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        maxlen=8,
+        jit_compile=False,
+    )
     err = capsys.readouterr().err
     for epoch in (1, 2):
         assert f"[stage0] epoch {epoch}/2 batch 2/2  loss " in err, err

@@ -93,8 +93,9 @@ def test_every_head_branch_ignores_padding(full):
 def test_avg_branch_is_the_mean_over_real_positions(full):
     s = sentence(6, 30)
     sequence = keras.Model(full.inputs, full.get_layer("head_avg").input)
-    branches = keras.Model(full.inputs, [full.get_layer("head_avg").output,
-                                         full.get_layer("head_max").output])  # fmt: skip
+    branches = keras.Model(
+        full.inputs, [full.get_layer("head_avg").output, full.get_layer("head_max").output]
+    )
     ids = pad([s], width=15)
     seq = run(sequence, ids)[0, : len(s)]
     avg, mx = run(branches, ids)
@@ -109,8 +110,9 @@ def attention_reference(layer, x: np.ndarray) -> np.ndarray:
     """keras-self-attention's additive formula on an unpadded (time, hidden) sequence, numpy:
     h = tanh(x_t Wt + x_s Wx + bh), e = h Wa + ba, s = softmax_s(e) (the attention_activation),
     a = exp(s - max s) / Σ exp(s - max s) (the library's own normalisation), out = a x."""
-    wt, wx, bh, wa, ba = (np.asarray(w, dtype=np.float64) for w in
-                          (layer.Wt, layer.Wx, layer.bh, layer.Wa, layer.ba))  # fmt: skip
+    wt, wx, bh, wa, ba = (
+        np.asarray(w, dtype=np.float64) for w in (layer.Wt, layer.Wx, layer.bh, layer.Wa, layer.ba)
+    )
     x = x.astype(np.float64)
     h = np.tanh((x @ wt)[:, None, :] + (x @ wx)[None, :, :] + bh)
     e = (h @ wa)[..., 0] + ba[0]
@@ -170,8 +172,13 @@ def test_masked_attention_refuses_what_it_does_not_mask():
 
 
 def test_masked_max_ignores_padding():
-    x = np.array([[[-3.0, -1.0], [-2.0, -5.0], [0.0, 0.0], [9.0, 9.0]],
-                  [[1.0, -4.0], [2.0, -6.0], [3.0, -7.0], [-1.0, -2.0]]], np.float32)  # fmt: skip
+    x = np.array(
+        [
+            [[-3.0, -1.0], [-2.0, -5.0], [0.0, 0.0], [9.0, 9.0]],
+            [[1.0, -4.0], [2.0, -6.0], [3.0, -7.0], [-1.0, -2.0]],
+        ],
+        np.float32,
+    )
     mask = np.array([[True, True, False, False], [True, True, True, True]])
     out = MaskedGlobalMaxPooling1D()(x, mask=tf.constant(mask)).numpy()
     # Row 0: all real values negative, padding holds 0 and 9: neither may win.

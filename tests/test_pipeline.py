@@ -102,9 +102,16 @@ def test_every_output_exists(run, settings):
         for suffix in (".ipynb", ".html"):
             path = run / "notebooks" / f"{stem}{suffix}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for name in ("index.html", "run.json", CONFIG_FILE, "folds.csv", "eda/eda.json",
-                 "errors/errors.json",
-                 "ensemble/results.json", "ensemble/submission.csv"):  # fmt: skip
+    for name in (
+        "index.html",
+        "run.json",
+        CONFIG_FILE,
+        "folds.csv",
+        "eda/eda.json",
+        "errors/errors.json",
+        "ensemble/results.json",
+        "ensemble/submission.csv",
+    ):
         assert (run / name).is_file(), name
     for stage in STAGES:
         assert (run / stage / "params.json").is_file()
@@ -125,8 +132,12 @@ def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, settings):
     assert record["source_weights_sha256"] == weights_sha256(settings.bert_dir)
     assert encoder_dir(settings, run) == encoder
     for stage in STAGES:  # the executed notebooks did not pass another encoder
-        nb = json.loads((run / "notebooks" / f"{'02_cv' if stage == 'stage1' else '03_f1_refine'}"
-                         f"-{stage}-fold0.ipynb").read_text(encoding="utf-8"))  # fmt: skip
+        nb = json.loads(
+            (
+                run / "notebooks" / f"{'02_cv' if stage == 'stage1' else '03_f1_refine'}"
+                f"-{stage}-fold0.ipynb"
+            ).read_text(encoding="utf-8")
+        )
         assert nb["metadata"]["papermill"]["parameters"]["bert_dir"] == str(settings.bert_dir)
 
 
@@ -151,8 +162,10 @@ def test_a_finished_stage0_refuses_other_data(run, settings, tmp_path):
     [step] = [s for s in plan(settings, run) if s.section == "stage0"]
     check_stage0(step.done, settings)  # the run's own inputs: accepted
     other = tmp_path / "train.txt"
-    other.write_text(settings.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
-                     encoding="utf-8")  # fmt: skip
+    other.write_text(
+        settings.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
+        encoding="utf-8",
+    )
     with pytest.raises(RunMismatchError, match="train_path data: was '[0-9a-f]{64}', now '"):
         check_stage0(step.done, dataclasses.replace(settings, train_path=other))
 
@@ -210,8 +223,12 @@ def test_report_holds_the_headline_figures_provenance_and_timings(run):
         assert f"{headline[key]:.4f}" in page, key
     assert "0.9553" in page and "0.9604" in page  # the reference method's published figures
     manifest = read_json(run / "run.json")
-    for value in (manifest["train_sha256"], manifest["bert_sha256"], manifest["python"],
-                  manifest["packages"]["tensorflow"]):  # fmt: skip
+    for value in (
+        manifest["train_sha256"],
+        manifest["bert_sha256"],
+        manifest["python"],
+        manifest["packages"]["tensorflow"],
+    ):
         assert value in page
     for label in read_json(run / "timings.json"):
         assert f"<td>{label}</td>" in page, label
@@ -227,14 +244,16 @@ def test_error_analysis_explains_chosen_sentences(run):
     summary = read_json(run / "errors" / "errors.json")
     assert summary["n_rows"] == 120
     assert summary["oof_auc"] == pytest.approx(
-        read_json(run / "ensemble" / "results.json")["headline"]["oof_auc"], abs=1e-9)
+        read_json(run / "ensemble" / "results.json")["headline"]["oof_auc"], abs=1e-9
+    )
     assert set(summary["auc_by_text_in_other_fold"]) == {"True", "False", "all rows"}
     nb = json.loads((run / "notebooks" / "05_errors-errors.ipynb").read_text(encoding="utf-8"))
     assert nb["metadata"]["papermill"]["parameters"]["interactive"] is False
     outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in
-                o.get("data", {})]  # no text box in the executed notebook  # fmt: skip
+    assert not [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]  # no text box in the executed notebook
     page = (run / "notebooks" / "05_errors-errors.html").read_text(encoding="utf-8")
     # Coloured characters: 4 groups of n_explain sentences, then the fixed live examples.
     coloured = re.findall(r"<span[^>]*background:rgba[^>]*>([^<]*)</span>", page)
@@ -252,15 +271,28 @@ def test_error_notebook_with_a_live_kernel_shows_a_text_box_that_scores(run, tin
     from core.predict import score
 
     nb = nbformat.read(ROOT / "notebooks" / "05_errors.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        'box = errors.live_box(explainer)\nbox.children[0].value = "服务很好"\n'
-        'print(box.children[1].outputs[0]["data"]["text/html"])'))  # fmt: skip
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            'box = errors.live_box(explainer)\nbox.children[0].value = "服务很好"\n'
+            'print(box.children[1].outputs[0]["data"]["text/html"])'
+        )
+    )
     nbformat.write(nb, tmp_path / "in.ipynb")
-    params = {"run_dir": str(run), "output_dir": str(run.parents[1]), "n_folds": N_FOLDS,
-              "train_path": str(tiny.train_path), "test_path": str(tiny.test_path),
-              "n_explain": 1}  # fmt: skip
-    out = pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
-                              parameters=params, cwd=str(ROOT), progress_bar=False)  # fmt: skip
+    params = {
+        "run_dir": str(run),
+        "output_dir": str(run.parents[1]),
+        "n_folds": N_FOLDS,
+        "train_path": str(tiny.train_path),
+        "test_path": str(tiny.test_path),
+        "n_explain": 1,
+    }
+    out = pm.execute_notebook(
+        str(tmp_path / "in.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
     outputs = [o for c in out.cells for o in c.get("outputs", [])]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     typed = out.cells[-1].outputs[0]["text"]
@@ -274,8 +306,10 @@ def test_pages_in_a_browser(run, name, tmp_path):
     """The report and the error notebook in headless Chromium: they load, every link and image
     resolves, and their Chinese text is drawn with a CJK font."""
     if not browser.have_chromium():
-        pytest.skip(f"no Chromium at {browser.CHROMIUM}: apt-get install chromium "
-                    "(./suite.sh test does so when run as root)")  # fmt: skip
+        pytest.skip(
+            f"no Chromium at {browser.CHROMIUM}: apt-get install chromium "
+            "(./suite.sh test does so when run as root)"
+        )
     page = run / name
     dom = browser.dump_dom(page)
     assert "</body>" in dom and ("Run run-" in dom or "Error analysis" in dom)
@@ -367,8 +401,9 @@ def papermill(notebook: str, out: Path, *args: str, **params) -> subprocess.Comp
     words = [str(Path(sys.executable).parent / "papermill"), notebook, str(out), *args]
     for key, value in params.items():
         words += ["-p", key, str(value)]
-    return subprocess.run(words, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        words, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path):
@@ -410,8 +445,15 @@ def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path, chan
     """A finished fold is not passed off as the result of other settings."""
     files = fold_files(run, "stage1", 1)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
-    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", "-f", str(run / CONFIG_FILE),
-                     fold=1, run_dir=run.relative_to(ROOT), **change)  # fmt: skip
+    proc = papermill(
+        "notebooks/02_cv.ipynb",
+        tmp_path / "out.ipynb",
+        "-f",
+        str(run / CONFIG_FILE),
+        fold=1,
+        run_dir=run.relative_to(ROOT),
+        **change,
+    )
     assert proc.returncode != 0
     assert "RunMismatchError" in proc.stderr, proc.stderr[-3000:]
     [(name, value)] = change.items()
@@ -421,8 +463,14 @@ def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path, chan
 
 def test_papermill_cli_refuses_a_fold_out_of_range(run, repo_outputs, tmp_path):
     rel = (repo_outputs / "bad-fold").relative_to(ROOT)
-    proc = papermill("notebooks/02_cv.ipynb", tmp_path / "out.ipynb", "-f", str(run / CONFIG_FILE),
-                     fold=7, run_dir=rel)  # fmt: skip
+    proc = papermill(
+        "notebooks/02_cv.ipynb",
+        tmp_path / "out.ipynb",
+        "-f",
+        str(run / CONFIG_FILE),
+        fold=7,
+        run_dir=rel,
+    )
     assert proc.returncode != 0
     assert "ConfigError" in proc.stderr
     assert "fold=7" in proc.stderr and "0..2" in proc.stderr, proc.stderr[-3000:]
@@ -434,9 +482,13 @@ def test_stage2_before_stage1_names_the_stage1_command(settings, repo_outputs, t
 
     run_dir = repo_outputs / f"fresh-{uuid.uuid4().hex[:8]}"
     with pytest.raises(PapermillExecutionError) as info:
-        pm.execute_notebook(str(ROOT / "notebooks/03_f1_refine.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"fold": 1, "run_dir": str(run_dir), **settings.changed()},
-                            cwd=str(ROOT), progress_bar=False)  # fmt: skip
+        pm.execute_notebook(
+            str(ROOT / "notebooks/03_f1_refine.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"fold": 1, "run_dir": str(run_dir), **settings.changed()},
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
     err = info.value
     assert err.ename == "MissingStageError"
     assert "papermill notebooks/02_cv.ipynb out.ipynb -p " in err.evalue
@@ -448,8 +500,9 @@ def test_stage2_before_stage1_names_the_stage1_command(settings, repo_outputs, t
 def test_output_dir_outside_the_repository(settings, tmp_path):
     """``output_dir=<tmp>`` runs there (the CLI's --output-dir)."""
     output = tmp_path / "outputs"
-    run_dir = run_pipeline(dataclasses.replace(settings, output_dir=output), only="stage1",
-                           folds=[0])  # fmt: skip
+    run_dir = run_pipeline(
+        dataclasses.replace(settings, output_dir=output), only="stage1", folds=[0]
+    )
     assert run_dir.is_relative_to(output)
     # A part of a run makes the encoder it fine-tunes first.
     assert (run_dir / "stage0" / "bert" / "PRETRAIN.json").is_file()
@@ -484,19 +537,40 @@ def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
     assert scores["text"].tolist() == texts
     assert scores["probability"].between(0, 1).all()
     # The ensemble's test predictions of the stage-1 fold mean are the same model on the same text.
-    stage1_test = np.mean([pd.read_csv(run / "stage1" / f"fold{k}" / "test.csv")["pred"][:5]
-                           for k in range(N_FOLDS)], axis=0)  # fmt: skip
+    stage1_test = np.mean(
+        [pd.read_csv(run / "stage1" / f"fold{k}" / "test.csv")["pred"][:5] for k in range(N_FOLDS)],
+        axis=0,
+    )
     np.testing.assert_allclose(scores["stage1"], stage1_test, atol=1e-5)
 
     out = repo_outputs / "scores.csv"
-    done = subprocess.run([sys.executable, "-m", "core.predict", "--run", str(run), "--out",
-                           str(out), *texts[:2]], capture_output=True, text=True, cwd=ROOT,
-                          env=subprocess_env(), timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "core.predict", "--run", str(run), "--out", str(out), *texts[:2]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     written = pd.read_csv(out)
     assert written.columns.tolist() == ["text", "probability"] and len(written) == 2
 
-    outside = subprocess.run([sys.executable, "-m", "core.predict", "--run", str(run), "--out",
-                              "/tmp/elsewhere.csv", "好吃"], capture_output=True, text=True,
-                             cwd=ROOT, env=subprocess_env(), timeout=300)  # fmt: skip
+    outside = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.predict",
+            "--run",
+            str(run),
+            "--out",
+            "/tmp/elsewhere.csv",
+            "好吃",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert outside.returncode != 0 and "--out='/tmp/elsewhere.csv'" in outside.stderr

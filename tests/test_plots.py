@@ -115,7 +115,7 @@ def test_fold_auc_bars_grouped_by_stage():
             "fold": [0, 0, 1, 1, 2, 2],
             "stage": ["stage 1", "stage 2"] * 3,
             "auc": [0.95, 0.96, 0.94, 0.95, 0.93, 0.97],
-        }  # fmt: skip
+        }
     )
     fig = plots.fold_auc_bars(table)
     (ax,) = fig.axes
@@ -175,8 +175,14 @@ IMPORT_IN = {
 @pytest.mark.parametrize("where", IMPORT_IN)
 def test_importing_plots_registers_the_formatter_only_inside_ipython(where, tmp_path):
     env = {**os.environ, "IPYTHONDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", IMPORT_IN[where]], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_IN[where]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

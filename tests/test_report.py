@@ -23,15 +23,19 @@ SETTINGS = {"n_folds": 2, "seed": 2020, "stage1_lr": 1e-4}
 def sections(page: str) -> dict[str, str]:
     """The text of each ``<h2 id=...>`` section, tags removed."""
     parts = re.split(r'<h2 id="([^"]+)">', page)
-    return {name: re.sub(r"<[^>]+>", " ", body) for name, body in zip(parts[1::2], parts[2::2],
-                                                                       strict=True)}  # fmt: skip
+    return {
+        name: re.sub(r"<[^>]+>", " ", body)
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 def finish_fold(run_dir, stage, fold, auc):
     d = run_dir / stage / f"fold{fold}"
     write_json(d / "history.json", {"loss": [0.6, 0.5], "val_auc": [auc - 0.01, auc]})
-    write_json(d / "done.json", {"stage": stage, "fold": fold, "val_auc": auc, "best_epoch": 2,
-                                 "epochs_run": 2})  # fmt: skip
+    write_json(
+        d / "done.json",
+        {"stage": stage, "fold": fold, "val_auc": auc, "best_epoch": 2, "epochs_run": 2},
+    )
 
 
 def test_an_empty_run_folder_says_not_yet_everywhere(tmp_path):
@@ -66,8 +70,14 @@ def test_a_partial_run_shows_its_finished_folds(tmp_path):
 
 def test_headline_beside_the_published_and_the_measured_reference(tmp_path):
     runs = tmp_path / "runs"
-    headline = {"final": "stage1 fold mean", "oof_auc": 0.9636, "stage1_oof_auc": 0.9636,
-                "stage2_oof_auc": 0.9631, "f1_at_threshold": 0.8649, "threshold": 0.41}
+    headline = {
+        "final": "stage1 fold mean",
+        "oof_auc": 0.9636,
+        "stage1_oof_auc": 0.9636,
+        "stage2_oof_auc": 0.9631,
+        "f1_at_threshold": 0.8649,
+        "threshold": 0.41,
+    }
     write_json(runs / "mine" / "ensemble" / "results.json", {"headline": headline})
     settings = Settings(output_dir=tmp_path)  # the default method, on the default data
     record_settings(runs / "mine", settings)
@@ -76,18 +86,33 @@ def test_headline_beside_the_published_and_the_measured_reference(tmp_path):
     # The reference method's run on the same data and encoder: configs/reference.yaml's folder.
     reference = reference_run_dir(runs / "mine", settings)
     assert reference.parent == runs and reference.name.startswith("run-")
-    write_json(reference / "ensemble" / "results.json",
-               {"headline": {**headline, "oof_auc": 0.9512, "stage1_oof_auc": 0.9498}})
+    write_json(
+        reference / "ensemble" / "results.json",
+        {"headline": {**headline, "oof_auc": 0.9512, "stage1_oof_auc": 0.9498}},
+    )
     s = sections(write_report(runs / "mine").read_text(encoding="utf-8"))["headline"]
     row = re.search(r"final out-of-fold AUC \(stage1 fold mean\)([^\n]*\n){4}", s).group(0)
-    assert re.findall(r"\d\.\d{4}", row) == ["0.9636", f"{REFERENCE_PUBLISHED['stage2_oof_auc']}",
-                                             "0.9512"]  # fmt: skip
+    assert re.findall(r"\d\.\d{4}", row) == [
+        "0.9636",
+        f"{REFERENCE_PUBLISHED['stage2_oof_auc']}",
+        "0.9512",
+    ]
     assert "F1 at a nested threshold (for the test: 0.410)" in s and "0.8649" in s
     # The reference run's own report does not compare it with itself.
-    record_settings(reference, Settings(output_dir=tmp_path, stage0_epochs=0, stage1_batch_size=16,
-                                        stage1_lr=1e-5, stage1_schedule="constant",
-                                        stage1_warmup=0.0, stage2_loss="soft_f1",
-                                        stage2_lr=1e-7, stage2_epochs=3))  # fmt: skip
+    record_settings(
+        reference,
+        Settings(
+            output_dir=tmp_path,
+            stage0_epochs=0,
+            stage1_batch_size=16,
+            stage1_lr=1e-5,
+            stage1_schedule="constant",
+            stage1_warmup=0.0,
+            stage2_loss="soft_f1",
+            stage2_lr=1e-7,
+            stage2_epochs=3,
+        ),
+    )
     assert reference_run_dir(reference, None) is None
     assert "No measured reference run" in write_report(reference).read_text("utf-8")
 

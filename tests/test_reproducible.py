@@ -34,10 +34,18 @@ def twin_runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("repro")
     tiny = make_tiny_inputs(tmp / "data")
-    settings = Settings(train_path=tiny.train_path, test_path=tiny.test_path,
-                        bert_dir=tiny.bert_dir, n_folds=3, stage0_epochs=0, stage1_epochs=1,
-                        stage1_lr=1e-3, stage1_batch_size=16, stage1_jit_compile=False,
-                        output_dir=tmp)  # fmt: skip
+    settings = Settings(
+        train_path=tiny.train_path,
+        test_path=tiny.test_path,
+        bert_dir=tiny.bert_dir,
+        n_folds=3,
+        stage0_epochs=0,
+        stage1_epochs=1,
+        stage1_lr=1e-3,
+        stage1_batch_size=16,
+        stage1_jit_compile=False,
+        output_dir=tmp,
+    )
     runs = [tmp / "a" / "run", tmp / "b" / "run"]
     summaries = [engine.train_stage1(settings, 0, run) for run in runs]
     return {"tiny": tiny, "settings": settings, "runs": runs, "summaries": summaries}
@@ -75,12 +83,26 @@ def test_run_json_records_what_the_run_is(twin_runs):
     tiny = twin_runs["tiny"]
     run = twin_runs["runs"][0]
     manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    assert {"train_path", "train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_dir",
-            "bert_sha256", "python", "packages"} <= set(manifest)  # fmt: skip
+    assert {
+        "train_path",
+        "train_sha256",
+        "n_rows",
+        "n_folds",
+        "seed",
+        "maxlen",
+        "bert_dir",
+        "bert_sha256",
+        "python",
+        "packages",
+    } <= set(manifest)
     assert manifest["train_sha256"] == hashlib.sha256(tiny.train_path.read_bytes()).hexdigest()
     assert manifest["bert_sha256"] == weights_sha256(tiny.bert_dir)
     assert (manifest["n_rows"], manifest["n_folds"], manifest["seed"], manifest["maxlen"]) == (
-        120, 3, 2020, 20)  # fmt: skip
+        120,
+        3,
+        2020,
+        20,
+    )
     assert manifest["packages"] == {name: metadata.version(name) for name in PACKAGES}
     params = json.loads((run / "stage1" / "params.json").read_text(encoding="utf-8"))
     expected = {"lr": 1e-3, "epochs": 1, "patience": 1, "batch_size": 16, "loss": "bce"}
@@ -91,8 +113,9 @@ def test_run_json_records_what_the_run_is(twin_runs):
 
 def test_other_seed_in_the_same_run_folder_is_refused(twin_runs):
     s = twin_runs["settings"]
-    other = Settings(train_path=s.train_path, test_path=s.test_path, bert_dir=s.bert_dir,
-                     n_folds=3, seed=7)  # fmt: skip
+    other = Settings(
+        train_path=s.train_path, test_path=s.test_path, bert_dir=s.bert_dir, n_folds=3, seed=7
+    )
     with pytest.raises(RunMismatchError, match=r"seed: was 2020, now 7"):
         open_run(twin_runs["runs"][0], other, np.arange(120))
 
@@ -103,8 +126,9 @@ def test_train_seed_changes_the_model_not_the_folds(twin_runs, tmp_path, train_s
     same folds (what a seed ensemble needs)."""
     from core import engine
 
-    settings = dataclasses.replace(twin_runs["settings"], train_seed=train_seed,
-                                   output_dir=tmp_path)  # fmt: skip
+    settings = dataclasses.replace(
+        twin_runs["settings"], train_seed=train_seed, output_dir=tmp_path
+    )
     run, default = tmp_path / "run", twin_runs["runs"][0]
     engine.train_stage1(settings, 0, run)
     folds = [pd.read_csv(r / "folds.csv") for r in (run, default)]
@@ -133,9 +157,14 @@ def test_xla_training_is_reproducible_in_one_process():
     preds = []
     for _ in range(2):
         keras.utils.set_random_seed(2020)
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dropout(0.5),
-                                  keras.layers.Dense(1, activation="sigmoid")])  # fmt: skip
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
         compile_model(model, "bce", lr=1e-2, jit_compile=True)
         model.fit(x, y.astype(np.float32), batch_size=8, epochs=2, shuffle=False, verbose=0)
         preds.append(model.predict(x, verbose=0).ravel())

@@ -44,33 +44,60 @@ FINISH_TIMEOUT = 300  # s for the rerun
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    tiny = make_tiny_inputs(tmp, n_train=N_TRAIN, n_test=N_TEST,
-                            extra={"stage1_epochs": 3, "stage1_patience": 3})  # fmt: skip
+    tiny = make_tiny_inputs(
+        tmp, n_train=N_TRAIN, n_test=N_TEST, extra={"stage1_epochs": 3, "stage1_patience": 3}
+    )
     outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
     settings = dataclasses.replace(tiny.settings, output_dir=outputs)
     run_dir = outputs / "runs" / "resume"
-    sets = [f"{k}={v!r}" for k, v in settings.changed().items()
-            if k not in ("train_path", "test_path", "output_dir")]  # fmt: skip
+    sets = [
+        f"{k}={v!r}"
+        for k, v in settings.changed().items()
+        if k not in ("train_path", "test_path", "output_dir")
+    ]
     # The command line must rebuild exactly these settings (3 epochs, so fold 1 runs a while).
     paths = {k: str(getattr(tiny, k)) for k in ("train_path", "test_path")}
     rebuilt = resolve_settings(None, sets, **paths, output_dir=str(outputs.relative_to(ROOT)))
     assert rebuilt == settings
     assert settings.stage1_epochs == 3 and settings.n_folds == N_FOLDS
-    cmd = [sys.executable, "-m", "core.pipeline", "--only", "stage1",
-           "--train-path", str(tiny.train_path), "--test-path", str(tiny.test_path),
-           *[arg for pair in sets for arg in ("--set", pair)],
-           "--output-dir", str(outputs.relative_to(ROOT)),
-           "--run-dir", str(run_dir.relative_to(ROOT))]  # fmt: skip
-    yield {"tiny": tiny, "settings": settings, "cmd": cmd, "run_dir": run_dir, "outputs": outputs,
-           "tmp": tmp}  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "core.pipeline",
+        "--only",
+        "stage1",
+        "--train-path",
+        str(tiny.train_path),
+        "--test-path",
+        str(tiny.test_path),
+        *[arg for pair in sets for arg in ("--set", pair)],
+        "--output-dir",
+        str(outputs.relative_to(ROOT)),
+        "--run-dir",
+        str(run_dir.relative_to(ROOT)),
+    ]
+    yield {
+        "tiny": tiny,
+        "settings": settings,
+        "cmd": cmd,
+        "run_dir": run_dir,
+        "outputs": outputs,
+        "tmp": tmp,
+    }
     shutil.rmtree(outputs, ignore_errors=True)
 
 
 def start(job, log_name: str) -> tuple[subprocess.Popen, Path]:
     log = job["tmp"] / log_name
     with open(log, "wb") as out:
-        proc = subprocess.Popen(job["cmd"], cwd=ROOT, env=subprocess_env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            job["cmd"],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return proc, log
 
 
@@ -119,8 +146,11 @@ def killed(job):
             pytest.fail("fold 1 finished before the kill: make its training longer")
     finally:
         kill_job(proc)
-    return {"seconds": time.time() - began, "fold0": snapshot(run_dir / "stage1" / "fold0"),
-            "log": log}  # fmt: skip
+    return {
+        "seconds": time.time() - began,
+        "fold0": snapshot(run_dir / "stage1" / "fold0"),
+        "log": log,
+    }
 
 
 def read_fold(run_dir: Path, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -138,8 +168,13 @@ def test_kill_leaves_fold0_complete(job, killed):
     assert done["fold"] == 0 and done["n_valid"] == len(oof) and done["epochs_run"] == 3
     with h5py.File(run_dir / "stage1" / "fold0" / "weights.h5", "r") as f:
         assert len(f.keys()) > 0
-    assert set(killed["fold0"]) >= {"oof.csv", "test.csv", "history.json", "done.json",
-                                     "weights.h5"}  # fmt: skip
+    assert set(killed["fold0"]) >= {
+        "oof.csv",
+        "test.csv",
+        "history.json",
+        "done.json",
+        "weights.h5",
+    }
 
 
 def test_kill_leaves_no_finished_looking_fold1(job, killed):

@@ -25,8 +25,21 @@ from core.run import (
     run_settings,
 )
 
-TEXTS = ["菜很好吃", "服务态度差", "环境干净卫生", "价格便宜", "味道一般", "老板热情", "不推荐",
-         "下次再来", "量少价格贵", "强烈推荐", "鱼很新鲜", "汤太咸了", "性价比高"]  # fmt: skip
+TEXTS = [
+    "菜很好吃",
+    "服务态度差",
+    "环境干净卫生",
+    "价格便宜",
+    "味道一般",
+    "老板热情",
+    "不推荐",
+    "下次再来",
+    "量少价格贵",
+    "强烈推荐",
+    "鱼很新鲜",
+    "汤太咸了",
+    "性价比高",
+]
 
 
 def write_train(path, labels=None):
@@ -47,8 +60,9 @@ def kfold_assignment(n, k, seed):
 @pytest.fixture
 def run_setup(tmp_path, tiny_bert_dir):
     train = write_train(tmp_path / "train.txt")
-    settings = Settings(train_path=train, bert_dir=tiny_bert_dir, output_dir=tmp_path,
-                        n_folds=3, seed=7, maxlen=12)  # fmt: skip
+    settings = Settings(
+        train_path=train, bert_dir=tiny_bert_dir, output_dir=tmp_path, n_folds=3, seed=7, maxlen=12
+    )
     ids = read_labelled(train).ids
     return settings, ids, tmp_path / "runs" / "r1"
 
@@ -129,8 +143,9 @@ def test_same_data_under_another_path_is_the_same_run(run_setup, tmp_path):
     assert np.array_equal(open_run(run_dir, moved, ids), first)
 
 
-@pytest.mark.parametrize("change, name", [({"seed": 8}, "seed"), ({"n_folds": 4}, "n_folds"),
-                                          ({"maxlen": 20}, "maxlen")])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, name", [({"seed": 8}, "seed"), ({"n_folds": 4}, "n_folds"), ({"maxlen": 20}, "maxlen")]
+)
 def test_changed_identity_setting_is_refused(run_setup, change, name):
     settings, ids, run_dir = run_setup
     open_run(run_dir, settings, ids)
@@ -203,10 +218,15 @@ def test_fold_command_before_anything_is_recorded_repeats_the_settings(run_setup
     assert words[:3] == ["papermill", "notebooks/03_f1_refine.ipynb", "out.ipynb"]
     assert "-f" not in words
     assert _passed(" ".join(words)) == {
-        "train_path": str(settings.train_path), "bert_dir": str(settings.bert_dir),
-        "output_dir": str(settings.output_dir), "maxlen": "12", "n_folds": "3", "seed": "7",
-        "fold": "0", "run_dir": str(run_dir),
-    }  # fmt: skip
+        "train_path": str(settings.train_path),
+        "bert_dir": str(settings.bert_dir),
+        "output_dir": str(settings.output_dir),
+        "maxlen": "12",
+        "n_folds": "3",
+        "seed": "7",
+        "fold": "0",
+        "run_dir": str(run_dir),
+    }
 
 
 def test_fold_command_for_the_default_run_is_the_short_one():

