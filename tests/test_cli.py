@@ -40,10 +40,11 @@ def command(module: str, *args, env: dict | None = None) -> subprocess.Completed
 
 
 def failed(proc: subprocess.CompletedProcess) -> list[str]:
-    """stderr's lines of a command that stopped on an expected error: exit 1, no traceback."""
+    """stderr's non-blank lines of a command that stopped on an expected error: exit 1, no
+    traceback."""
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return proc.stderr.splitlines()
+    return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
 @pytest.fixture
