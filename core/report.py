@@ -69,6 +69,7 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     results = _json(run_dir / "ensemble" / "results.json")
     headline = results["headline"] if results else None
     reference_dir = reference_run_dir(run_dir, settings)
+    is_reference = reference_dir is None and _is_reference(run_dir, settings)
     reference = _json(reference_dir / "ensemble" / "results.json") if reference_dir else None
     reference = reference["headline"] if reference else None
     n_folds = _n_folds(run_dir, settings, run)
@@ -82,6 +83,7 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "headline_rows": headline_rows(headline, reference),
         "reference_label": REFERENCE_PUBLISHED_LABEL,
         "reference_run": reference_dir.name if reference else None,
+        "is_reference": is_reference,
         "folds": fold_rows(done, n_folds, timings, headline),
         "figures": figures(run_dir, done, n_folds),
         "timings": timing_rows(timings),
@@ -99,15 +101,24 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
 def reference_run_dir(run_dir: Path, settings: Settings | None) -> Path | None:
     """The folder of the reference method's run on this run's data and encoder
     (configs/reference.yaml), or None for the reference run itself or unknown settings."""
+    folder = _reference_folder(settings)
+    return None if folder is None or folder == Path(run_dir).resolve() else folder
+
+
+def _is_reference(run_dir: Path, settings: Settings | None) -> bool:
+    folder = _reference_folder(settings)
+    return folder is not None and folder == Path(run_dir).resolve()
+
+
+def _reference_folder(settings: Settings | None) -> Path | None:
     if settings is None or not REFERENCE_CONFIG.is_file():
         return None
     paths = {k: getattr(settings, k) for k in ("train_path", "test_path", "bert_dir", "output_dir")}
     try:
         reference = from_values({**read_config(REFERENCE_CONFIG), **paths}, "reference")
-        folder = reference.default_run_dir()
+        return reference.default_run_dir()
     except (OSError, ValueError):  # inputs gone: no comparison rather than no report
         return None
-    return None if folder == Path(run_dir).resolve() else folder
 
 
 def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
