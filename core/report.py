@@ -75,6 +75,7 @@ def context(run_dir: Path, params: dict | None = None, timings: dict | None = No
         "headline_rows": headline_rows(headline, reference),
         "reference_label": REFERENCE_PUBLISHED_LABEL,
         "reference_run": REFERENCE_RUN if reference else None,
+        "is_reference": run_dir.name == REFERENCE_RUN,
         "folds": fold_rows(done, n_folds, timings, headline),
         "figures": figures(run_dir, done, n_folds),
         "timings": timing_rows(timings),

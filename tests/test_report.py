@@ -77,7 +77,8 @@ def test_headline_beside_the_published_and_the_measured_reference(tmp_path):
                                              "0.9512"]  # fmt: skip
     assert "F1 at a nested threshold (for the test: 0.410)" in s and "0.8649" in s
     # The reference run's own report does not compare it with itself.
-    assert "No measured reference run" in write_report(runs / "reference").read_text("utf-8")
+    own = write_report(runs / "reference").read_text("utf-8")
+    assert "This run is the measured reference" in own and "0.9512" in own
 
 
 def test_text_is_escaped(tmp_path):
