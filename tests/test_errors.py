@@ -130,3 +130,10 @@ def test_live_box_scores_what_is_typed():
     assert "0.730" in page and page.count("<span") == len("好吃<不贵>") and "&lt;" in page
     text.value = ""
     assert out.outputs == ()
+
+
+def test_before_the_ensemble_it_says_what_to_run(run):
+    run_dir, train = run
+    (run_dir / "ensemble" / "oof_final.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"oof_final\.csv: not found .*04_ensemble"):
+        errors.oof_frame(run_dir, train)
