@@ -244,3 +244,23 @@ def test_record_settings_refuses_another_configuration(run_setup):
     with pytest.raises(RunMismatchError, match=r"stage2_lr: was 0\.0001, now 0\.001"):
         record_settings(run_dir, dataclasses.replace(settings, stage2_lr=1e-3))
     assert (run_dir / CONFIG_FILE).read_bytes() == saved
+
+
+def test_a_missing_stage0_encoder_names_the_command_that_makes_it(run_setup):
+    """Stages 1 and 2 fine-tune the run's stage-0 encoder; before it exists they stop with the
+    one command that makes it (issue #16)."""
+    from core.config import PRETRAIN_FILE
+    from core.run import MissingStageError, encoder_dir
+
+    settings, ids, run_dir = run_setup
+    open_run(run_dir, settings, ids)
+    with pytest.raises(MissingStageError) as info:
+        encoder_dir(settings, run_dir)
+    message = str(info.value)
+    assert "stage-0 encoder is not there yet (stage0_epochs=3)" in message
+    assert f"papermill notebooks/00_pretrain.ipynb out.ipynb -f {run_dir / CONFIG_FILE}" in message
+    (run_dir / "stage0" / "bert").mkdir(parents=True)
+    (run_dir / "stage0" / "bert" / PRETRAIN_FILE).write_text("{}", encoding="utf-8")
+    assert encoder_dir(settings, run_dir) == run_dir / "stage0" / "bert"
+    off = dataclasses.replace(settings, stage0_epochs=0)
+    assert encoder_dir(off, run_dir) == settings.bert_dir
