@@ -62,6 +62,30 @@ def random_hf_state_dict(
     return sd
 
 
+def tiny_config(
+    vocab_size: int,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+    max_position: int = 64,
+) -> dict:
+    """A Google ``bert_config.json`` for a tiny BERT (the shapes ``random_hf_state_dict`` makes)."""
+    return {
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": max_position,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "type_vocab_size": 2,
+        "vocab_size": vocab_size,
+    }
+
+
 def write_random_bert_dir(
     out_dir: str | os.PathLike,
     vocab_tokens: list[str],
@@ -75,19 +99,7 @@ def write_random_bert_dir(
     """Write a tiny random BERT folder (for tests). Its HF-named weights are
     ``random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position,
     seed)``, so a test can rebuild them for a reference forward pass."""
-    config = {
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": hidden,
-        "initializer_range": 0.02,
-        "intermediate_size": intermediate,
-        "max_position_embeddings": max_position,
-        "num_attention_heads": heads,
-        "num_hidden_layers": layers,
-        "type_vocab_size": 2,
-        "vocab_size": len(vocab_tokens),
-    }
+    config = tiny_config(len(vocab_tokens), hidden, layers, heads, intermediate, max_position)
     sd = random_hf_state_dict(len(vocab_tokens), hidden, layers, intermediate, max_position, seed)
     return write_bert_dir(out_dir, config, list(vocab_tokens), hf_to_google(sd))
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from fakes import random_hf_state_dict
+from fakes import random_hf_state_dict, tiny_config
 from numpy_bert import bert_forward, encode
 
 from core.weights import google_ckpt
@@ -29,31 +29,11 @@ from core.weights.google_ckpt import (
 SENTENCES = ["这家店的菜味道很好", "服务态度不错，环境也干净", "价格有点贵", "下次还会再来吃"]
 
 
-def _tiny_config(vocab_size: int) -> dict:
-    return json.loads(
-        json.dumps(
-            {
-                "attention_probs_dropout_prob": 0.1,
-                "hidden_act": "gelu",
-                "hidden_dropout_prob": 0.1,
-                "hidden_size": 32,
-                "initializer_range": 0.02,
-                "intermediate_size": 64,
-                "max_position_embeddings": 64,
-                "num_attention_heads": 2,
-                "num_hidden_layers": 2,
-                "type_vocab_size": 2,
-                "vocab_size": vocab_size,
-            }
-        )
-    )
-
-
 def test_hf_to_google_names_shapes_and_transposes():
     sd = random_hf_state_dict(50)
     sd["embeddings.position_ids"] = np.arange(64)[None]
     g = hf_to_google({f"bert.{k}" if k.startswith("enc") else k: v for k, v in sd.items()})
-    shapes = expected_shapes(_tiny_config(50))
+    shapes = expected_shapes(tiny_config(50))
     extra = {"bert/pooler/dense/kernel", "bert/pooler/dense/bias", "cls/predictions/output_bias"}
     extra |= {
         f"cls/predictions/transform/{n}"
@@ -82,8 +62,8 @@ def test_hf_to_google_refuses_unknown_keys():
 
 
 def test_hf_config_to_google():
-    hf = dict(_tiny_config(10), layer_norm_eps=1e-12, model_type="bert", hidden_act="gelu_new")
-    assert hf_config_to_google(hf) == _tiny_config(10)
+    hf = dict(tiny_config(10), layer_norm_eps=1e-12, model_type="bert", hidden_act="gelu_new")
+    assert hf_config_to_google(hf) == tiny_config(10)
     with pytest.raises(ValueError, match="hidden_act"):
         hf_config_to_google(dict(hf, hidden_act="silu"))
     with pytest.raises(ValueError, match="relative_key"):
@@ -114,7 +94,7 @@ def test_sanitize_vocab_keeps_ids_and_write_refuses_raw_tokens(tmp_path):
     clean, changed = sanitize_vocab(tokens)
     assert clean == ["[PAD]", "[U+2028]", "##[U+2028]", "好"]
     assert changed == {1: ("\u2028", "[U+2028]"), 2: ("##\u2028", "##[U+2028]")}
-    cfg, sd = _tiny_config(4), hf_to_google(random_hf_state_dict(4))
+    cfg, sd = tiny_config(4), hf_to_google(random_hf_state_dict(4))
     with pytest.raises(ValueError, match="sanitize_vocab"):
         write_bert_dir(tmp_path / "x", cfg, tokens, sd)
     assert not (tmp_path / "x").exists()
@@ -313,7 +293,7 @@ def test_checkpoint_reader_errors_name_the_data_file(bert_copy, damage):
 
 
 def test_write_is_atomic(tmp_path, tiny_vocab, monkeypatch):
-    cfg = _tiny_config(len(tiny_vocab))
+    cfg = tiny_config(len(tiny_vocab))
     tensors = hf_to_google(random_hf_state_dict(len(tiny_vocab)))
     out = write_bert_dir(tmp_path / "bert", cfg, tiny_vocab, tensors)
     before = {p.name: p.read_bytes() for p in out.iterdir()}

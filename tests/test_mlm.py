@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_VOCAB
-from fakes import random_hf_state_dict
+from fakes import random_hf_state_dict, tiny_config
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 
 from core.mlm import (
@@ -105,19 +105,7 @@ def headless_dir(tmp_path_factory):
         for k, v in tensors.items()
         if k.startswith("bert/embeddings/") or k.startswith("bert/encoder/")
     }
-    config = {
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": 32,
-        "initializer_range": 0.02,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-        "num_attention_heads": 2,
-        "num_hidden_layers": 2,
-        "type_vocab_size": 2,
-        "vocab_size": len(TINY_VOCAB),
-    }
+    config = tiny_config(len(TINY_VOCAB))
     return write_bert_dir(source, config, TINY_VOCAB, tensors)
 
 
