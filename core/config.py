@@ -153,10 +153,10 @@ class Settings:
             if f.metadata["section"] == section
         }
 
-    def values(self, paths_as_given: bool = True) -> dict:
+    def values(self) -> dict:
         """Every setting, paths shown relative to the repository where they lie inside it."""
         return {
-            f.name: show(v) if isinstance(v, Path) and paths_as_given else v
+            f.name: show(v) if isinstance(v, Path) else v
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }

@@ -360,7 +360,6 @@ def main(argv=None) -> int:
         output_dir=args.output_dir,
     )
     folds = parse_folds(args.folds)
-    check_inputs(settings, args.only, folds)  # every setting, file and fold, before any step
     start = time.time()
     run_dir = run_pipeline(settings, args.run_dir, args.only, folds, args.stage1_from)
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {show(run_dir)}")
