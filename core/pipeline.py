@@ -284,10 +284,20 @@ class _QuietPapermill(logging.Filter):
         )
 
 
+class _OneNewline(logging.Filter):
+    # papermill logs a kernel's output chunk by chunk, each ending in its own newline; the
+    # handler adds another, which would print a blank line after every line of progress.
+    def filter(self, record):
+        if isinstance(record.msg, str) and not record.args and record.msg.endswith("\n"):
+            record.msg = record.msg[:-1]
+        return True
+
+
 def setup_logging() -> None:
     """Show the steps and the notebooks' own output (papermill logs cell stdout at INFO)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").addFilter(_QuietPapermill())
+    logging.getLogger("papermill").addFilter(_OneNewline())
     for name in ("papermill", "traitlets"):  # the kernels' TensorFlow start-up; nbconvert
         logging.getLogger(name).addFilter(NoiseFilter())
 
