@@ -1,6 +1,6 @@
 """Lines that tell a user nothing, and the places they are dropped: this process's stderr (and its
-children's: TensorFlow's C++ start-up lines, notebook kernels), the log of the pipeline (the
-kernels' output as papermill logs it, nbconvert), and the executed notebooks.
+children's: TensorFlow's C++ start-up lines, notebook kernels), the main job's terminal (what its
+kernels print, nbconvert's log), and the executed notebooks.
 
 No environment variable silences TensorFlow's start-up lines: they are logged before absl's
 logging is initialised, so TF_CPP_MIN_LOG_LEVEL (2, set in core/__init__) does not apply to them
@@ -55,6 +55,19 @@ class NoiseFilter(logging.Filter):
         if kept != message:
             record.msg, record.args = kept, None
         return bool(kept.strip()) or not message.strip()
+
+
+class KernelOutput:
+    """A file for papermill's ``stdout_file``/``stderr_file``: what a notebook's kernel prints,
+    minus noise, written to this process's current ``sys.stdout`` (where the main job's own lines
+    go, so the two stay in order)."""
+
+    def write(self, text: str) -> int:
+        sys.stdout.write(drop_noise(text))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 @contextmanager

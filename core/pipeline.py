@@ -38,7 +38,7 @@ from core.config import (
 )
 from core.data import file_sha256, read_labelled, read_unlabelled
 from core.io import atomic_path, read_json, write_json, write_text
-from core.noise import NoiseFilter, clean_notebook
+from core.noise import KernelOutput, NoiseFilter, clean_notebook
 from core.run import check_same, fold_dir, record_settings, run_settings, weights_sha256
 
 log = logging.getLogger("pipeline")
@@ -139,7 +139,11 @@ def execute(step: Step, params: dict, run_dir: Path) -> Path:
             str(tmp),
             parameters=params,
             cwd=str(ROOT),
-            log_output=True,
+            # What a kernel prints goes to the terminal as printed, minus noise; its figures and
+            # tables stay in the notebook (papermill's log_output would log their text/plain
+            # reprs, "<Figure size ...>", and add a blank line after every printed chunk).
+            stdout_file=KernelOutput(),
+            stderr_file=KernelOutput(),
             progress_bar=False,
         )
     except PapermillExecutionError as e:
@@ -284,22 +288,11 @@ class _QuietPapermill(logging.Filter):
         )
 
 
-class _OneNewline(logging.Filter):
-    # papermill logs a kernel's output chunk by chunk, each ending in its own newline; the
-    # handler adds another, which would print a blank line after every line of progress.
-    def filter(self, record):
-        if isinstance(record.msg, str) and not record.args and record.msg.endswith("\n"):
-            record.msg = record.msg[:-1]
-        return True
-
-
 def setup_logging() -> None:
-    """Show the steps and the notebooks' own output (papermill logs cell stdout at INFO)."""
+    """Show the steps on stdout (the notebooks' printed output goes there too: ``execute``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("papermill").addFilter(_QuietPapermill())
-    logging.getLogger("papermill").addFilter(_OneNewline())
-    for name in ("papermill", "traitlets"):  # the kernels' TensorFlow start-up; nbconvert
-        logging.getLogger(name).addFilter(NoiseFilter())
+    logging.getLogger("traitlets").addFilter(NoiseFilter())  # nbconvert's warnings
 
 
 def parse_folds(text: str | None) -> list[int] | None:

@@ -1,4 +1,4 @@
-"""End to end: all four notebooks through papermill on a tiny slice of the real data.
+"""End to end: every notebook through papermill on a tiny slice of the real data.
 
 One run (3 folds, one epoch per stage, a tiny random BERT, stage 1 without XLA) is shared by
 every assertion here. Run folders live in a unique ``outputs/test-<uuid>/`` folder of the
@@ -7,7 +7,9 @@ repository, removed afterwards (``test_output_dir_outside_the_repository`` check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import re
 import shutil
@@ -28,6 +30,7 @@ from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.data import read_labelled, read_unlabelled
 from core.io import read_json
+from core.noise import is_noise
 from core.pipeline import check_stage0, plan, run_pipeline
 from core.run import RunMismatchError, encoder_dir, weights_sha256
 from core.submission import HEADER, check_submission
@@ -71,11 +74,22 @@ def settings(tiny, repo_outputs) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def run(settings) -> Path:
+def run_and_terminal(settings) -> tuple[Path, str]:
+    """The tiny main job's run folder and what it printed."""
     start = time.time()
-    run_dir = run_pipeline(settings)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            run_dir = run_pipeline(settings)
+    finally:
+        sys.stdout.write(printed.getvalue())  # pytest shows it when the run fails
     print(f"tiny pipeline: {time.time() - start:.0f} s in {run_dir}")
-    return run_dir
+    return run_dir, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(run_and_terminal) -> Path:
+    return run_and_terminal[0]
 
 
 def read_oof(run_dir: Path, stage: str) -> pd.DataFrame:
@@ -94,6 +108,16 @@ def stage_file_mtimes(run_dir: Path) -> dict[str, int]:
 
 
 # -- outputs --------------------------------------------------------------------------------------
+
+
+def test_terminal_shows_what_notebooks_print_and_no_figure_reprs(run_and_terminal):
+    printed = run_and_terminal[1]
+    lines = printed.splitlines()
+    progress = [i for i, line in enumerate(lines) if line.startswith("  [stage1 fold 0] epoch")]
+    assert progress, printed
+    assert all(lines[i + 1].strip() for i in progress), "a blank line after a progress line"
+    assert "<Figure size" not in printed and "<IPython.core.display" not in printed
+    assert not [line for line in lines if is_noise(line)]
 
 
 def test_every_output_exists(run, settings):
