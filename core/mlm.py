@@ -23,6 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,21 @@ class GatherPositions(keras.layers.Layer):
         return tf.cast(inputs[2], tf.bool)
 
 
+@contextmanager
+def _legacy_random_ops():
+    """Layers built here draw dropout and initial weights from TensorFlow's stateful random ops,
+    whatever core.model (imported or not) set for the process: stage 0 always drew them so, and
+    the default encoder, hence every figure measured on it, depends on those draws."""
+    experimental = keras.backend.experimental
+    enabled = experimental.is_tf_random_generator_enabled()
+    experimental.disable_tf_random_generator()
+    try:
+        yield
+    finally:
+        if enabled:
+            experimental.enable_tf_random_generator()
+
+
 def build_mlm_model(
     bert_dir: str | Path,
     lr: float = 5e-5,
@@ -104,9 +120,10 @@ def build_mlm_model(
     """
     bert_dir = Path(bert_dir)
     check_bert_dir(bert_dir)
-    full, config = build_model_from_config(
-        str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
-    )
+    with _legacy_random_ops():
+        full, config = build_model_from_config(
+            str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
+        )
     ckpt = str(bert_dir / CKPT_PREFIX)
     with checkpoint_errors(bert_dir):
         # training=False: the encoder only; m3e-small has no cls/* or NSP variables.
