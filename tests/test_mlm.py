@@ -4,6 +4,8 @@ the written BERT folder (exact write-back, MLM head kept) and resuming."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import tensorflow as tf
 from conftest import TINY_VOCAB
 from fakes import random_hf_state_dict, tiny_config
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
+from tiny_run import subprocess_env
 
 from core.mlm import (
     PRETRAIN_FILE,
@@ -282,3 +285,42 @@ def test_pretrain_shows_progress_and_says_how_to_rebuild(headless_dir, tmp_path,
         assert f"[stage0] epoch {epoch}/2 batch 2/2  loss " in err, err
     rebuild = json.loads((out / "MANIFEST.json").read_text())["rebuild"]
     assert rebuild.startswith(f"delete {out} and run stage 0 again")
+
+
+# Stage 0 in a fresh process, after `before` ran; prints the written weights' sha256 and whether
+# the process still draws dropout from tf.random.Generator afterwards.
+_STAGE0 = """
+import hashlib, sys
+{before}
+from tensorflow import keras
+from core.mlm import pretrain
+out = sys.argv[2]
+pretrain(sys.argv[1], ["好吃不错", "服务很好", "一般般吧"] * 11, out, epochs=2, batch_size=16,
+         lr=1e-3, maxlen=8, seed=3, jit_compile=False, verbose=False)
+data = open(out + "/bert_model.ckpt.data-00000-of-00001", "rb").read()
+print(hashlib.sha256(data).hexdigest(), keras.backend.experimental.is_tf_random_generator_enabled())
+"""
+
+
+def test_stage0_draws_do_not_depend_on_what_was_imported_first(headless_dir, tmp_path):
+    """core.model switches a process to tf.random.Generator; stage 0's draws (and so the default
+    encoder, and every figure measured on it) must stay the stateful ops' either way."""
+    befores = {
+        "model first": "import core.model",
+        "legacy ops": "import core.mlm\nfrom tensorflow import keras\n"
+        "keras.backend.experimental.disable_tf_random_generator()",
+    }
+    printed = {}
+    for name, before in befores.items():
+        out = tmp_path / name.replace(" ", "-")
+        done = subprocess.run(
+            [sys.executable, "-c", _STAGE0.format(before=before), str(headless_dir), str(out)],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        printed[name] = done.stdout.split()
+    assert printed["model first"][0] == printed["legacy ops"][0]
+    assert printed["model first"][1] == "True"  # restored for stage 1 in the same process
