@@ -10,7 +10,6 @@ parameters cell drifts from them. The defaults are the best measured method (doc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.mode
 LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.losses)
 STRATEGIES = ("default", "mirrored", "multiworker")  # core.strategy
 PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
+# Settings that change no result: in no step's key and not in a run's identity (core.steps).
+NO_RESULT = ("predict_batch_size",)
 
 
 class ConfigError(ValueError):
@@ -43,9 +44,10 @@ class ConfigError(ValueError):
 
 def _setting(default, help: str, check: str, *args, section: str = "data"):
     """A field with its check (``check``: int, number, choice, bool, path, seed) and help text."""
-    return field(
-        default=default, metadata={"help": help, "check": (check, *args), "section": section}
-    )
+    metadata = {"help": help, "check": (check, *args), "section": section}
+    if isinstance(default, list):  # a mutable default: each Settings gets its own copy
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _stage(n: int):
@@ -55,6 +57,10 @@ def _stage(n: int):
 
 
 _s0, _s1, _s2 = _stage(0), _stage(1), _stage(2)
+
+
+def _ensemble(default, help, check, *args):
+    return _setting(default, help, check, *args, section="ensemble")
 
 
 @dataclass
@@ -91,6 +97,9 @@ class Settings:
         0.15, "share of each sentence's characters to predict", "number", 0, 1
     )
     stage0_jit_compile: bool = _s0(True, "XLA-compile the training step", "bool")
+    stage0_seed: int | None = _s0(
+        None, "masks and initial weights (None: seed; train_seed does not change it)", "seed"
+    )
     # Stage 1: fine-tune encoder + head with binary cross-entropy, one fold at a time.
     stage1_epochs: int = _s1(
         3, "at most this many epochs (early stopping on validation AUC)", "int", 1
@@ -130,10 +139,21 @@ class Settings:
         1, "epochs without a better validation AUC before stopping", "int", 1
     )
     stage2_batch_size: int = _s2(16, "head training batch size", "int", 1)
+    # The ensemble: one run's stages, or a seed ensemble of several runs.
+    blend_seeds: list[int] = _ensemble(
+        [],
+        "other training seeds of this method to blend with it (a seed ensemble; each is a run)",
+        "seeds",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.training_seed in self.blend_seeds:
+            raise ConfigError(
+                f"setting blend_seeds={self.blend_seeds}: {self.training_seed} is this run's own "
+                "training seed; list only the other seeds to blend with it"
+            )
 
     @property
     def training_seed(self) -> int:
@@ -141,8 +161,17 @@ class Settings:
         return self.seed if self.train_seed is None else self.train_seed
 
     @property
+    def stage0_seed_value(self) -> int:
+        """The seed of stage 0's masks and initial weights: ``stage0_seed``, or ``seed``."""
+        return self.seed if self.stage0_seed is None else self.stage0_seed
+
+    @property
     def uses_stage0(self) -> bool:
         return self.stage0_epochs > 0
+
+    def members(self) -> list[Settings]:
+        """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
+        return [dataclasses.replace(self, train_seed=s, blend_seeds=[]) for s in self.blend_seeds]
 
     def stage(self, section: str) -> dict:
         """``{"lr": ..., ...}``: the settings of one section, unprefixed (a stage's params.json)."""
@@ -166,24 +195,6 @@ class Settings:
         base = Settings().values()
         return {k: v for k, v in self.values().items() if v != base[k]}
 
-    def identity(self) -> dict:
-        """What a run is: every setting but where it writes, and the inputs' contents (not their
-        paths: the same files elsewhere make the same run)."""
-        from core.data import file_sha256
-        from core.run import weights_sha256  # local: run imports this module
-
-        values = {k: v for k, v in self.values().items() if k not in PATHS}
-        values["train_sha256"] = file_sha256(self.train_path)
-        values["test_sha256"] = file_sha256(self.test_path)
-        values["bert_sha256"] = weights_sha256(self.bert_dir)
-        return values
-
-    def default_run_dir(self) -> Path:
-        """``<output_dir>/runs/run-<hash of identity()>``: the main job's folder for these
-        settings, which a notebook run by hand with the same settings uses too."""
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
-        return self.output_dir / "runs" / f"run-{digest[:10]}"
-
     def check_fold(self, fold: int) -> int:
         """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones."""
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < self.n_folds:
@@ -193,11 +204,9 @@ class Settings:
             )
         return fold
 
-    def run_path(self, run_dir: str | Path | None, name: str = "parameter run_dir") -> Path:
-        """Resolve a run folder (None: ``default_run_dir()``); it must lie inside
-        ``output_dir`` (runs write nowhere else)."""
-        if run_dir is None:
-            return self.default_run_dir()
+    def run_path(self, run_dir: str | Path, name: str = "parameter run_dir") -> Path:
+        """Resolve a folder to write; it must lie inside ``output_dir`` (runs write nowhere
+        else). ``core.run.run_folder`` also gives the default run folder of these settings."""
         path = resolve(run_dir)
         if path == self.output_dir or not path.is_relative_to(self.output_dir):
             raise ConfigError(
@@ -220,6 +229,8 @@ def _checked(f: dataclasses.Field, value):
     bad = None
     if kind == "path":
         return resolve(value, f"setting {f.name}")
+    if kind == "seeds":
+        return _seed_list(f, value)
     if kind in ("int", "seed"):
         if kind == "seed" and value is None:
             return None
@@ -244,6 +255,26 @@ def _checked(f: dataclasses.Field, value):
     if bad:
         raise ConfigError(f"setting {f.name}={value!r}: expected {bad} ({f.metadata['help']})")
     return value
+
+
+def _seed_list(f: dataclasses.Field, value) -> list[int]:
+    """A list of distinct seeds; papermill's ``-p`` gives it as text (``"[1, 2]"``)."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(
+            f"setting {f.name}={value!r}: expected a list of distinct integers >= 0, e.g. [1, 2] "
+            f"({f.metadata['help']})"
+        )
+    return list(value)
 
 
 def _number(text: str):
@@ -338,6 +369,7 @@ def parameters_source() -> str:
         "stage0": "stage 0 (00_pretrain)",
         "stage1": "stage 1 (02_cv)",
         "stage2": "stage 2 (03_f1_refine)",
+        "ensemble": "the ensemble (04_ensemble)",
     }
     lines, section = [SETTINGS_HEADER], None
     for f in dataclasses.fields(Settings):

@@ -8,13 +8,13 @@ missing or doubled line would otherwise silently shift every later test ID.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import hashing
 from core.config import ROOT
 
 BOM = b"\xef\xbb\xbf"
@@ -64,14 +64,10 @@ def read_unlabelled(path: str | Path, labelled_hint: str = "pass it as train") -
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    """Hex SHA-256 of a data file; a missing one is a DataError saying where it belongs."""
     path = Path(path)
     _check_exists(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashing.file_sha256(path)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

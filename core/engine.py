@@ -3,8 +3,9 @@
 Stage 1 fine-tunes encoder + head. Stage 2 freezes the encoder, so it computes the encoder's
 outputs once per fold and trains only the head on them (the same model, far less work).
 
-A fold's folder is complete when ``done.json`` exists; it is written last, after every other
-file of the fold was renamed into place, so a killed run never leaves a fold that looks finished.
+A fold is a stored step (core.steps): computed once under its key's lock, linked into every
+run that uses it. Its ``done.json`` is written last, after every other file of the fold was
+renamed into place, so a killed run never leaves a fold that looks finished.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import pandas as pd
 from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from core.config import Settings
+from core import steps
+from core.board import EVENTS, Board
+from core.config import Settings, show
 from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
@@ -127,17 +130,13 @@ class Progress(keras.callbacks.Callback):
             )
 
 
-def _already_done(
-    settings: Settings, run_dir: Path, stage: str, fold: int, params: dict
-) -> dict | None:
-    """Validate ``fold``; return the fold's summary if it already finished (a resumed run) with
-    these stage ``params`` — other ones raise RunMismatchError rather than pass off its results."""
-    settings.check_fold(fold)
-    done = fold_done(Path(run_dir), stage, fold)
-    if done:
-        open_stage(Path(run_dir) / stage, params)  # its params.json exists: this checks them
-        print(f"{stage} fold {fold}: already complete in {run_dir}, not recomputed")
-    return done
+def _reuse(step: steps.Step, run_dir: Path) -> dict | None:
+    """The stored fold's summary if it is done (by any run), linked into ``run_dir``."""
+    if not step.done():
+        return None
+    steps.link(run_dir, step)
+    print(f"{step.label}: already computed ({step.name}), reused")
+    return read_json(step.marker)
 
 
 def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start) -> dict:
@@ -196,15 +195,26 @@ def train_stage1(
 ) -> dict:
     """Fine-tune encoder + head (``settings.stage1_*``) on every fold but ``fold``; return the
     fold's summary."""
+    s, run_dir = settings, Path(run_dir)
+    step = steps.ref(settings, "stage1", fold)
+    bert_dir = encoder_dir(settings, run_dir)  # stops with the command that makes stage 0
+    open_stage(run_dir / "stage1", {**s.stage("stage1"), "train_seed": s.training_seed})
+    _link_stage0(settings, run_dir)
+    with steps.claim(step, settings):
+        if done := _reuse(step, run_dir):
+            return done
+        summary = _train_stage1(settings, fold, step.dir, bert_dir, inputs or prepare(s, run_dir))
+    steps.link(run_dir, step)
+    return summary
+
+
+def _link_stage0(settings: Settings, run_dir: Path) -> None:
+    if settings.uses_stage0:
+        steps.link(run_dir, steps.ref(settings, "stage0"))
+
+
+def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> dict:
     s = settings
-    params = {**s.stage("stage1"), "loss": "bce", "train_seed": s.train_seed}
-    if done := _already_done(settings, run_dir, "stage1", fold, params):
-        return done
-    run_dir = Path(run_dir)
-    bert_dir = encoder_dir(settings, run_dir)
-    inputs = inputs or prepare(settings, run_dir)
-    open_stage(run_dir / "stage1", params)
-    out = fold_dir(run_dir, "stage1", fold)
     keras.utils.set_random_seed(settings.training_seed + fold)
     train_rows = np.flatnonzero(inputs.folds != fold)
     valid_rows = np.flatnonzero(inputs.folds == fold)
@@ -244,7 +254,11 @@ def train_stage1(
         epochs=s.stage1_epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[Progress(f"stage1 fold {fold}", s.stage1_epochs), check],
+        callbacks=[
+            Progress(f"stage1 fold {fold}", s.stage1_epochs),
+            check,
+            Board(out / EVENTS, steps.hparams(settings, "stage1", fold)),
+        ],
     )
     model.load_weights(str(weights))
     test = predict_in_order(model, inputs.test_ids, settings.predict_batch_size)
@@ -276,22 +290,30 @@ def train_stage2(
 ) -> dict:
     """Freeze the stage-1 encoder of ``fold`` and train its head (``settings.stage2_*``) on
     cached outputs."""
-    s = settings
-    params = {**s.stage("stage2"), "train_seed": s.train_seed}
-    if done := _already_done(settings, run_dir, "stage2", fold, params):
-        return done
-    run_dir = Path(run_dir)
-    stage1 = fold_dir(run_dir, "stage1", fold)
-    if fold_done(run_dir, "stage1", fold) is None:
+    s, run_dir = settings, Path(run_dir)
+    step = steps.ref(settings, "stage2", fold)
+    stage1 = steps.ref(settings, "stage1", fold)
+    if not stage1.done():
         raise MissingStageError(
-            f"stage 2 fold {fold} needs the stage-1 weights {stage1 / 'weights.h5'}, which are not "
-            f"there (or that fold did not finish). Make them first: "
+            f"stage 2 fold {fold} needs stage 1's fold {fold} ({show(stage1.dir)}), which is not "
+            f"there (or did not finish). Make it first: "
             f"{fold_command('stage1', fold, run_dir, settings)}"
         )
     bert_dir = encoder_dir(settings, run_dir)
-    inputs = inputs or prepare(settings, run_dir)
-    open_stage(run_dir / "stage2", params)
-    out = fold_dir(run_dir, "stage2", fold)
+    open_stage(run_dir / "stage2", s.stage("stage2"))
+    _link_stage0(settings, run_dir)
+    steps.link(run_dir, stage1)  # the run's ensemble reads both stages of the fold
+    with steps.claim(step, settings):
+        if done := _reuse(step, run_dir):
+            return done
+        inputs = inputs or prepare(s, run_dir)
+        summary = _train_stage2(settings, fold, step.dir, stage1.dir, bert_dir, inputs)
+    steps.link(run_dir, step)
+    return summary
+
+
+def _train_stage2(settings, fold, out: Path, stage1: Path, bert_dir: Path, inputs) -> dict:
+    s = settings
     keras.utils.set_random_seed(settings.training_seed + fold)
     start = time.time()
 
@@ -334,7 +356,7 @@ def train_stage2(
         epochs=s.stage2_epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[check],
+        callbacks=[check, Board(out / EVENTS, steps.hparams(settings, "stage2", fold))],
     )
     head.load_weights(str(weights))
     test = head.predict(test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1)

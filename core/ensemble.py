@@ -1,5 +1,6 @@
-"""The ensemble step: gather both stages of a run, score the candidates (core.candidates), pick
-the final one, write ``<run>/ensemble/`` and the submission."""
+"""The ensemble step: gather both stages of a run (and of its seed ensemble's other runs), score
+the candidates (core.candidates), pick the final one, write ``<run>/ensemble/`` and the
+submission."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from core.candidates import (
     Blend,
     candidates,
     choose_final,
+    fold_mean,
     fold_table,
     honest_best_f1,
+    rank_blend,
     results_table,
 )
 from core.data import read_labelled, read_unlabelled
 from core.eda import seen_in_other_folds
-from core.fold_outputs import StagePredictions, load_stage
+from core.fold_outputs import StagePredictions, load_runs, load_stage
 from core.io import write_csv, write_json
 from core.metrics import auc
 from core.submission import write_submission
@@ -34,13 +37,20 @@ class Results:
     final: str
     headline: dict
     submission: Path
+    members: list[dict]
 
 
 def finalize(
-    run_dir: str | Path, n_folds: int, test_path: str | Path, train_path: str | Path | None = None
+    run_dir: str | Path,
+    n_folds: int,
+    test_path: str | Path,
+    train_path: str | Path | None = None,
+    members: list[tuple[int, Path]] = (),
 ) -> Results:
     """Score every candidate on out-of-fold rows, write ``<run>/ensemble/`` and the submission.
 
+    ``members`` (``(train seed, run folder)`` of a seed ensemble's other runs) add the
+    equal-weight rank averages of every run's stages: nothing fitted, so still honest.
     With ``train_path``, the headline also splits the final OOF AUC by whether a row's exact text
     sits in another fold (about one row in six does, as one test row in six is in train).
     """
@@ -49,6 +59,28 @@ def finalize(
     stages = {s: load_stage(run_dir, s, n_folds) for s in ("stage1", "stage2")}
     folds_table = fold_table(stages)
     blends = candidates(stages["stage1"], stages["stage2"])
+    member_rows = []
+    if members:
+        runs = [run_dir, *(Path(m) for _, m in members)]
+        per_stage = {s: load_runs(runs, s) for s in ("stage1", "stage2")}
+        for loaded in per_stage.values():
+            blend = rank_blend(loaded)
+            blends[blend.name] = blend
+        both = rank_blend(per_stage["stage1"] + per_stage["stage2"])
+        both.name = f"rank average of {len(runs)} runs' stage1+stage2"
+        blends[both.name] = both
+        labels = stages["stage1"].oof["label"]
+        for i, run in enumerate(runs):
+            member_rows.append(
+                {
+                    "run": run.name,
+                    "train_seed": None if i == 0 else members[i - 1][0],
+                    **{
+                        f"{s}_oof_auc": auc(labels, fold_mean(per_stage[s][i]).oof)
+                        for s in per_stage
+                    },
+                }
+            )
     labels, folds = stages["stage1"].oof["label"], stages["stage1"].oof["fold"]
     table = results_table(blends, labels, folds)
     final = choose_final(table)
@@ -69,6 +101,8 @@ def finalize(
         "n_train": int(len(labels)),
         "n_test": int(len(test_ids)),
     }
+    if member_rows:
+        headline["members"] = member_rows
     if train_path is not None:
         texts = read_labelled(train_path).texts
         rows = stages["stage1"].oof["row"].to_numpy()
@@ -87,4 +121,4 @@ def finalize(
         pd.DataFrame({"row": stages["stage1"].oof["row"], "label": labels, "pred": best.oof}),
     )
     write_json(out / "results.json", {"headline": headline, "candidates": table.to_dict("records")})
-    return Results(stages, folds_table, table, blends, final, headline, submission)
+    return Results(stages, folds_table, table, blends, final, headline, submission, member_rows)

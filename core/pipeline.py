@@ -5,11 +5,13 @@ stage 2 per fold -> ensemble -> error analysis.
     python -m core.pipeline --config configs/reference.yaml  # a named configuration
     python -m core.pipeline --set stage1_lr=3e-5 --set n_folds=3 --test-path other.txt
 
-The run folder's name is a hash of every setting and of the data and weights files
-(``Settings.default_run_dir``, which a notebook run by hand uses too), so a changed setting or
-data file starts a new run, and rerunning the same command resumes: a step whose outputs are
-complete is skipped, whoever made them. Executed notebooks and their HTML go to
-``<run>/notebooks/``; ``<run>/index.html`` links them with the headline figures.
+The run folder's name is a hash of every setting that changes a result and of the data and
+weights files (``core.run.default_run_dir``, which a notebook run by hand uses too). Each step's
+result is stored once under a key of what determines it (``core.steps``) and linked into every
+run that needs it: a changed setting recomputes only the steps whose key holds it, and rerunning
+the same command resumes. Executed notebooks and their HTML go to ``<run>/notebooks/`` (a stored
+step keeps its own copy); ``<run>/index.html`` links them with the headline figures. A seed
+ensemble (``blend_seeds``) runs each seed as a run of its own, then blends them.
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ import argparse
 import ast
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import cli
+from core import cli, steps
 from core.config import (
-    CONFIG_FILE,
     NOTEBOOKS,
-    PRETRAIN_FILE,
     ROOT,
     ConfigError,
     Settings,
@@ -36,54 +37,72 @@ from core.config import (
     read_config,
     show,
 )
-from core.data import file_sha256, read_labelled, read_unlabelled
+from core.data import read_labelled, read_unlabelled
 from core.io import atomic_path, read_json, write_json, write_text
 from core.noise import KernelOutput, NoiseFilter, clean_notebook
-from core.run import check_same, fold_dir, record_settings, run_settings, weights_sha256
+from core.run import default_run_dir, open_run, record_settings, run_folder
 
 log = logging.getLogger("pipeline")
 
 
+# The file a run-level step writes last (stored steps have theirs in core.steps.MARKERS).
+RUN_MARKERS = {"ensemble": "ensemble/results.json", "errors": "errors/errors.json"}
+
+
 @dataclass(frozen=True)
 class Step:
-    """One notebook run of the plan: its step (a key of NOTEBOOKS), its fold if it has one,
-    and the file whose presence marks it complete."""
+    """One notebook run of the plan: its step (a key of NOTEBOOKS), its fold if it has one, the
+    run it belongs to (a seed ensemble's other runs have their own), and the stored step it
+    makes (None for the run's own ensemble and error analysis)."""
 
     section: str
     fold: int | None
-    done: Path
+    settings: Settings
+    run_dir: Path
+    stored: steps.Step | None = None
+    member: int | None = None  # the training seed of a seed ensemble's other run
 
     @property
     def label(self) -> str:
-        return self.section if self.fold is None else f"{self.section}-fold{self.fold}"
+        own = self.section if self.fold is None else f"{self.section}-fold{self.fold}"
+        return own if self.member is None else f"seed{self.member}/{own}"
 
     @property
     def notebook(self) -> str:
         return NOTEBOOKS[self.section]
 
+    @property
+    def done(self) -> bool:
+        if self.stored is not None:
+            return self.stored.done()
+        return (self.run_dir / RUN_MARKERS[self.section]).is_file()
+
+
+def _run_steps(settings: Settings, run_dir: Path, member: int | None = None) -> list[Step]:
+    return [
+        Step(st.section, st.fold, settings, run_dir, st, member) for st in steps.run_steps(settings)
+    ]
+
 
 def plan(settings: Settings, run_dir: Path) -> list[Step]:
     """Every step of a run, in order: stage 0 (unless off), EDA, stage 1 and stage 2 per fold,
-    the ensemble."""
-    steps = []
-    if settings.uses_stage0:
-        steps.append(Step("stage0", None, run_dir / "stage0" / "bert" / PRETRAIN_FILE))
-    steps.append(Step("eda", None, run_dir / "eda" / "eda.json"))
-    for stage in ("stage1", "stage2"):
-        steps += [
-            Step(stage, k, fold_dir(run_dir, stage, k) / "done.json")
-            for k in range(settings.n_folds)
-        ]
-    steps.append(Step("ensemble", None, run_dir / "ensemble" / "results.json"))
-    steps.append(Step("errors", None, run_dir / "errors" / "errors.json"))  # analysis of the blend
-    return steps
+    each other run of a seed ensemble (its folds and ensemble), the ensemble, the error
+    analysis."""
+    out = _run_steps(settings, run_dir)
+    for m in settings.members():
+        m_dir = default_run_dir(m)
+        out += _run_steps(m, m_dir, m.train_seed)
+        out.append(Step("ensemble", None, m, m_dir, None, m.train_seed))
+    out.append(Step("ensemble", None, settings, run_dir))
+    out.append(Step("errors", None, settings, run_dir))  # analysis of the blend
+    return out
 
 
-def parameters(step: Step, settings: Settings, run_dir: Path) -> dict:
+def parameters(step: Step) -> dict:
     """What papermill passes: the settings that differ from the notebooks' defaults (which are
     core.config's), the run folder and the fold. The same notebook run by hand with the run's
     config.yaml (-f) and this fold does exactly the same."""
-    params = {**settings.changed(), "run_dir": show(run_dir)}
+    params = {**step.settings.changed(), "run_dir": show(step.run_dir)}
     if step.fold is not None:
         params["fold"] = step.fold
     if step.section == "errors":
@@ -91,16 +110,16 @@ def parameters(step: Step, settings: Settings, run_dir: Path) -> dict:
     return params
 
 
-def select(steps: list[Step], only: str | None, folds: list[int] | None) -> list[Step]:
+def select(plan_steps: list[Step], only: str | None, folds: list[int] | None) -> list[Step]:
     """The steps of ``only`` and ``folds``; a part that fine-tunes needs the run's stage 0 first."""
     chosen = [
         s
-        for s in steps
+        for s in plan_steps
         if (only is None or s.section == only)
         and (folds is None or s.fold is None or s.fold in folds)
     ]
     if any(s.section in ("stage1", "stage2") for s in chosen):
-        chosen = [s for s in steps if s.section == "stage0"] + [
+        chosen = [s for s in plan_steps if s.section == "stage0" and s.member is None] + [
             s for s in chosen if s.section != "stage0"
         ]
     return chosen
@@ -125,12 +144,18 @@ class NotebookError(RuntimeError):
     then where the executed notebook was saved."""
 
 
-def execute(step: Step, params: dict, run_dir: Path) -> Path:
+def notebook_path(step: Step) -> Path:
+    """Where the run keeps a step's executed notebook."""
+    own = step.section if step.fold is None else f"{step.section}-fold{step.fold}"
+    return step.run_dir / "notebooks" / f"{Path(step.notebook).stem}-{own}.ipynb"
+
+
+def execute(step: Step, params: dict) -> Path:
     """Run one notebook with papermill (kernel cwd = repo root), then render it to HTML."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    out = run_dir / "notebooks" / f"{Path(step.notebook).stem}-{step.label}.ipynb"
+    out = notebook_path(step)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.ipynb")
     try:
@@ -177,58 +202,38 @@ def write_index(run_dir: Path, settings: Settings, timings: dict) -> Path:
     return write_report(run_dir, settings, timings)
 
 
-def check_stage0(record_path: Path, settings: Settings) -> None:
-    """Stop if a finished stage-0 folder was made from other weights or data than ``settings``
-    name (its folder's config.yaml was checked before: its parameters are these)."""
-    record = read_json(record_path)
-    made = {"bert_dir weights": record["source_weights_sha256"]}
-    wanted = {"bert_dir weights": weights_sha256(settings.bert_dir)}
-    for name in ("train", "test"):
-        made[f"{name}_path data"] = record["data_files"].get(name, {}).get("sha256")
-        wanted[f"{name}_path data"] = file_sha256(getattr(settings, f"{name}_path"))
-    check_same(record_path, made, wanted, list(wanted))
+def keep_notebook(step: Step) -> None:
+    """A stored step keeps the executed notebook that made it, for the runs that reuse it."""
+    made = notebook_path(step)
+    if step.stored is None or not made.is_file():
+        return
+    for suffix in (".ipynb", ".html"):
+        src, dst = made.with_suffix(suffix), step.stored.dir / f"notebook{suffix}"
+        if src.is_file() and not dst.exists():
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
 
 
-def reuse_stage1(source: Path, run_dir: Path, settings: Settings) -> None:
-    """Copy a finished run's stage 1 into ``run_dir``, to try stage-2 or ensemble variants cheaply.
-
-    Allowed only when the source ran with the same data, stage-0 and stage-1 settings; each
-    fold's files are copied atomically with ``done.json`` last, so a copy interrupted midway
-    resumes.
-    """
-    if not (source / CONFIG_FILE).is_file():
-        raise ConfigError(
-            f"--stage1-from {show(source)}: expected a run folder with a {CONFIG_FILE}; found none"
-        )
-    theirs = run_settings(source, settings.output_dir)
-    for section in ("data", "stage0", "stage1"):
-        mine, other = settings.stage(section), theirs.stage(section)
-        if section == "stage0" and not (settings.uses_stage0 or theirs.uses_stage0):
-            continue  # both off: the other stage-0 values do not matter
-        if other != mine:
-            raise ConfigError(
-                f"--stage1-from {show(source)}: its {section} settings {other} differ from "
-                f"this run's {mine}; stage 1 can only be reused unchanged"
-            )
-    encoder = source / "stage0" / "bert"  # stage 2 reads its config and vocabulary
-    names = [f.relative_to(source) for f in sorted(encoder.iterdir())] if encoder.is_dir() else []
-    # PRETRAIN.json last: it marks the folder complete.
-    names.sort(key=lambda name: name.name == PRETRAIN_FILE)
-    for name in [*names, "run.json", "folds.csv", "stage1/params.json"]:
-        if not (run_dir / name).exists():
-            _copy(source / name, run_dir / name)
-    for done in sorted(source.glob("stage1/fold*/done.json")):
-        target = run_dir / done.parent.relative_to(source)
-        if (target / "done.json").exists():
-            continue
-        for f in sorted(done.parent.iterdir(), key=lambda f: f.name == "done.json"):
-            if not f.name.startswith("."):
-                _copy(f, target / f.name)
+def link_reused(step: Step) -> None:
+    """Link a stored step made elsewhere into the step's run, with the notebook that made it."""
+    steps.link(step.run_dir, step.stored)
+    made = notebook_path(step)
+    for suffix in (".ipynb", ".html"):
+        src, dst = step.stored.dir / f"notebook{suffix}", made.with_suffix(suffix)
+        if src.is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+            os.symlink(os.path.relpath(src, dst.parent), tmp)
+            os.replace(tmp, dst)
 
 
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> None:
+    """Record each run folder's settings and identity (or check them) before any step."""
+    ids = read_labelled(settings.train_path).ids
+    for s, d in [(settings, run_dir), *((m, default_run_dir(m)) for m in members)]:
+        d.mkdir(parents=True, exist_ok=True)
+        record_settings(d, s)  # a resumed run, or a --run-dir used before: same settings
+        open_run(d, s, ids)
 
 
 def run_pipeline(
@@ -236,7 +241,6 @@ def run_pipeline(
     run_dir: str | Path | None = None,
     only: str | None = None,
     folds: list[int] | None = None,
-    stage1_from: str | Path | None = None,
 ) -> Path:
     """Execute every step not yet complete; return the run folder.
 
@@ -245,28 +249,35 @@ def run_pipeline(
     on separate machines sharing ``outputs/``, and be ensembled afterwards.
     """
     check_inputs(settings, only, folds)
-    run_dir = settings.run_path(run_dir, "--run-dir")
-    source = settings.run_path(stage1_from, "--stage1-from") if stage1_from else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record_settings(run_dir, settings)  # a resumed run, or a --run-dir used before: same settings
-    if source is not None:
-        reuse_stage1(source, run_dir, settings)
-    timings_path = run_dir / "timings.json"
-    timings = read_json(timings_path) if timings_path.exists() else {}
-    steps = select(plan(settings, run_dir), only, folds)
-    for i, step in enumerate(steps, 1):
-        if step.section == "stage0" and step.done.exists():
-            check_stage0(step.done, settings)
-        if step.done.exists():
-            log.info("[%d/%d] %s: complete, skipped", i, len(steps), step.label)
+    run_dir = run_folder(settings, run_dir, "--run-dir")  # refuses a folder of other inputs
+    members = settings.members()
+    for m in members:
+        run_folder(m)
+    open_runs(settings, run_dir, members)
+    chosen = select(plan(settings, run_dir), only, folds)
+    for i, step in enumerate(chosen, 1):
+        if step.done:
+            if step.stored is not None:
+                link_reused(step)
+                log.info(
+                    "[%d/%d] %s: done, reused (%s)", i, len(chosen), step.label, step.stored.name
+                )
+            else:
+                log.info("[%d/%d] %s: complete, skipped", i, len(chosen), step.label)
             continue
-        log.info("[%d/%d] %s: %s", i, len(steps), step.label, step.notebook)
+        log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
         start = time.time()
-        execute(step, parameters(step, settings, run_dir), run_dir)
-        timings[step.label] = round(time.time() - start, 1)
+        execute(step, parameters(step))
+        keep_notebook(step)
+        timings_path = step.run_dir / "timings.json"
+        timings = read_json(timings_path) if timings_path.exists() else {}
+        own = step.label.split("/")[-1]
+        timings[own] = round(time.time() - start, 1)
         write_json(timings_path, timings)
-        write_index(run_dir, settings, timings)
-    write_index(run_dir, settings, timings)
+        write_index(step.run_dir, step.settings, timings)
+    for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
+        timings_path = d / "timings.json"
+        write_index(d, s, read_json(timings_path) if timings_path.exists() else {})
     return run_dir
 
 
@@ -351,7 +362,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--only", choices=list(NOTEBOOKS), help="run only this step")
     parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
-    parser.add_argument("--stage1-from", help="reuse stage 1 of this finished run (same settings)")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -364,7 +374,7 @@ def main(argv=None) -> int:
     )
     folds = parse_folds(args.folds)
     start = time.time()
-    run_dir = run_pipeline(settings, args.run_dir, args.only, folds, args.stage1_from)
+    run_dir = run_pipeline(settings, args.run_dir, args.only, folds)
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {show(run_dir)}")
     results = run_dir / "ensemble" / "results.json"
     if results.exists():

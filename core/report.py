@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.config import CONFIG_FILE, ROOT, Settings, from_values, read_config
 from core.io import read_json, write_text
-from core.run import fold_dir, run_settings
+from core.run import default_run_dir, fold_dir, run_settings
 
 STAGES = ("stage1", "stage2")
 SECTIONS = ("data", "stage0", "stage1", "stage2")  # Settings.stage's sections, in order
@@ -116,7 +116,7 @@ def _reference_folder(settings: Settings | None) -> Path | None:
     paths = {k: getattr(settings, k) for k in ("train_path", "test_path", "bert_dir", "output_dir")}
     try:
         reference = from_values({**read_config(REFERENCE_CONFIG), **paths}, "reference")
-        return reference.default_run_dir()
+        return default_run_dir(reference)
     except (OSError, ValueError):  # inputs gone: no comparison rather than no report
         return None
 

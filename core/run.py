@@ -6,7 +6,6 @@ resumed fold checks it still is, so results of different data or settings never 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as metadata
 import platform
 import shlex
@@ -16,14 +15,23 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from core.config import CONFIG_FILE, NOTEBOOKS, PATHS, PRETRAIN_FILE, Settings, config_text, show
+from core import hashing, steps
+from core.config import (
+    CONFIG_FILE,
+    NO_RESULT,
+    NOTEBOOKS,
+    PATHS,
+    Settings,
+    config_text,
+    show,
+)
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json, write_text
-from core.weights.google_ckpt import check_bert_dir
+from core.weights.google_ckpt import weights_sha256
 
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
-IDENTITY = ("train_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
+IDENTITY = ("train_sha256", "test_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
 
 
 class RunMismatchError(RuntimeError):
@@ -39,20 +47,45 @@ def fold_dir(run_dir: str | Path, stage: str, fold: int) -> Path:
     return Path(run_dir) / stage / f"fold{fold}"
 
 
-def weights_sha256(bert_dir: Path) -> str:
-    """Hash of a BERT folder's config, vocab and checkpoint files: the weights a run used.
+def identity(settings: Settings) -> dict:
+    """What a run is: every setting that changes a result (seeds resolved) and the contents of
+    its train, test and weight files, not their paths (the same files elsewhere: the same run)."""
+    values = {k: v for k, v in settings.values().items() if steps.keyed(k, v)}
+    values["train_seed"] = settings.training_seed
+    values["stage0_seed"] = settings.stage0_seed_value
+    data = steps.inputs(settings)
+    values.update(train_sha256=data["train"], test_sha256=data["test"], bert_sha256=data["bert"])
+    return values
 
-    The folder is checked first (``check_bert_dir`` without TensorFlow): a missing or damaged
-    one is a BertDirError saying how to make it, not a DataError about competition files.
-    """
-    check_bert_dir(bert_dir, read_checkpoint=False)
-    digest = hashlib.sha256()
-    files = [bert_dir / "bert_config.json", bert_dir / "vocab.txt"]
-    files += sorted(bert_dir.glob("bert_model.ckpt.*"))
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
+
+def default_run_dir(settings: Settings) -> Path:
+    """``<output_dir>/runs/run-<hash of identity()>``: the main job's folder for these settings,
+    which a notebook run by hand with the same settings uses too."""
+    return Path(settings.output_dir) / "runs" / f"run-{hashing.key(identity(settings), 10)}"
+
+
+def run_folder(
+    settings: Settings, run_dir: str | Path | None = None, name: str = "parameter run_dir"
+) -> Path:
+    """The run folder (None: ``default_run_dir``), checked to hold no other run's results:
+    a folder that records another identity is a RunMismatchError naming what differs."""
+    path = default_run_dir(settings) if run_dir is None else settings.run_path(run_dir, name)
+    check_identity(path, settings)
+    return path
+
+
+def check_identity(run_dir: Path, settings: Settings) -> None:
+    """Refuse a run folder whose ``run.json`` records other settings or input files."""
+    record = Path(run_dir) / "run.json"
+    if not record.is_file():
+        return
+    saved = read_json(record).get("identity")
+    if saved is None:
+        raise RunMismatchError(
+            f"{record}: made by an older version of the suite (no recorded identity); "
+            "delete that run folder and run again"
+        )
+    check_same(record, saved, identity(settings), sorted(set(saved) | set(identity(settings))))
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
@@ -76,6 +109,8 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
     manifest = {
         "train_path": str(settings.train_path),
         "train_sha256": file_sha256(settings.train_path),
+        "test_path": str(settings.test_path),
+        "test_sha256": file_sha256(settings.test_path),
         "n_rows": int(len(ids)),
         "n_folds": settings.n_folds,
         "seed": settings.seed,
@@ -84,10 +119,11 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
         "bert_sha256": weights_sha256(Path(settings.bert_dir)),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "identity": identity(settings),
     }
     path = run_dir / "run.json"
     if path.exists():
-        check_same(path, read_json(path), manifest, IDENTITY)
+        check_same(path, read_json(path), manifest, (*IDENTITY, "identity"))
     else:
         write_json(path, manifest)
 
@@ -153,8 +189,10 @@ def record_settings(run_dir: Path, settings: Settings) -> Path:
     wanted = settings.values()
     if path.exists():
         saved = Settings(**{**read_config_values(path), "output_dir": settings.output_dir})
-        # Paths may differ (the same files elsewhere are the same run: run.json checks contents).
-        check_same(path, saved.values(), wanted, [k for k in wanted if k not in PATHS])
+        # Paths may differ (the same files elsewhere are the same run: run.json checks contents),
+        # and so may settings that change no result.
+        keys = [k for k in wanted if k not in PATHS and k not in NO_RESULT]
+        check_same(path, saved.values(), wanted, keys)
     else:
         header = (
             "# Settings of this run that differ from core.config's defaults. Finish or\n"
@@ -179,12 +217,14 @@ def run_settings(run_dir: Path, output_dir: str | Path | None = None) -> Setting
 
 
 def encoder_dir(settings: Settings, run_dir: Path) -> Path:
-    """The encoder stages 1 and 2 fine-tune: the run's stage-0 folder, or ``bert_dir`` without
-    stage 0. A missing stage-0 folder raises MissingStageError with the command that makes it."""
+    """The encoder stages 1 and 2 fine-tune: the stored stage-0 encoder of these settings, or
+    ``bert_dir`` without stage 0. A missing one raises MissingStageError with the command that
+    makes it."""
     if not settings.uses_stage0:
         return settings.bert_dir
-    folder = Path(run_dir) / "stage0" / "bert"
-    if not (folder / PRETRAIN_FILE).is_file():
+    step = steps.ref(settings, "stage0")
+    folder = step.dir / "bert"
+    if not step.done():
         raise MissingStageError(
             f"{show(folder)}: this run's stage-0 encoder is not there yet (stage0_epochs="
             f"{settings.stage0_epochs}). Make it first: {step_command('stage0', run_dir, settings)}"
@@ -228,7 +268,7 @@ def pipeline_command(run_dir: str | Path, settings: Settings) -> str:
 
 def _default_dir(settings: Settings) -> Path | None:
     try:
-        return settings.default_run_dir()
+        return default_run_dir(settings)
     except (OSError, ValueError):  # inputs gone: name the folder rather than fail on a hint
         return None
 

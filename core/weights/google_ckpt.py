@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core import hashing
+
 __all__ = [
     "BertDirError",
     "CONFIG_KEYS",
     "MLM_HEAD",
     "check_bert_dir",
+    "weights_sha256",
     "checkpoint_errors",
     "expected_shapes",
     "google_tensors",
@@ -581,3 +584,13 @@ def google_tensors(model, source_dir: str | Path) -> dict[str, np.ndarray]:
                 raise RuntimeError(f"{name}: trained shape {value.shape}, source {old.shape}")
             out[name] = value
     return out
+
+
+def weights_sha256(bert_dir: str | Path) -> str:
+    """Hash of a BERT folder's config, vocabulary and checkpoint files: the weights a run used.
+
+    The folder is checked first (without TensorFlow): a missing or damaged one is a
+    BertDirError saying how to make it.
+    """
+    check_bert_dir(Path(bert_dir), read_checkpoint=False)
+    return hashing.folder_sha256(hashing.bert_files(bert_dir))
