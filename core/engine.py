@@ -22,7 +22,7 @@ from tensorflow import keras
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core import steps
 from core.board import EVENTS, Board
-from core.config import Settings, show
+from core.config import Settings
 from core.data import Dataset, read_labelled, read_unlabelled
 from core.generator import BatchSequence, plan_batches, predict_in_order
 from core.io import read_json, save_weights, write_csv, write_json
@@ -294,9 +294,10 @@ def train_stage2(
     step = steps.ref(settings, "stage2", fold)
     stage1 = steps.ref(settings, "stage1", fold)
     if not stage1.done():
+        weights = fold_dir(run_dir, "stage1", fold) / "weights.h5"
         raise MissingStageError(
-            f"stage 2 fold {fold} needs stage 1's fold {fold} ({show(stage1.dir)}), which is not "
-            f"there (or did not finish). Make it first: "
+            f"stage 2 fold {fold} needs the stage-1 weights {weights}, which are not there (or "
+            f"that fold did not finish). Make them first: "
             f"{fold_command('stage1', fold, run_dir, settings)}"
         )
     bert_dir = encoder_dir(settings, run_dir)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,12 +28,13 @@ from papermill.exceptions import PapermillExecutionError
 from sklearn.metrics import roc_auc_score
 from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 
+from core import steps
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.data import read_labelled, read_unlabelled
 from core.io import read_json
 from core.noise import is_noise
-from core.pipeline import check_stage0, plan, run_pipeline
-from core.run import RunMismatchError, encoder_dir, weights_sha256
+from core.pipeline import plan, run_pipeline
+from core.run import RunMismatchError, default_run_dir, encoder_dir, weights_sha256
 from core.submission import HEADER, check_submission
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
@@ -100,9 +102,14 @@ def read_oof(run_dir: Path, stage: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def stage_file_mtimes(run_dir: Path) -> dict[str, int]:
-    folders = ["stage0", "eda", "stage1", "stage2", "ensemble", "errors", "notebooks"]
-    files = [p for f in folders for p in (run_dir / f).rglob("*") if p.is_file()]
+def walk(folder: Path) -> list[Path]:
+    """Every file under ``folder``, through the links to stored steps."""
+    return [Path(d) / f for d, _, names in os.walk(folder, followlinks=True) for f in names]
+
+
+def stage_file_mtimes(run_dir: Path, folders=None) -> dict[str, int]:
+    folders = folders or ["stage0", "eda", "stage1", "stage2", "ensemble", "errors", "notebooks"]
+    files = [p for f in folders for p in walk(run_dir / f)]
     files += [run_dir / "run.json", run_dir / "folds.csv"]
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
 
@@ -121,7 +128,7 @@ def test_terminal_shows_what_notebooks_print_and_no_figure_reprs(run_and_termina
 
 
 def test_every_output_exists(run, settings):
-    assert run == settings.default_run_dir()  # the folder a notebook run by hand uses too
+    assert run == default_run_dir(settings)  # the folder a notebook run by hand uses too
     for stem in NOTEBOOK_STEMS:
         for suffix in (".ipynb", ".html"):
             path = run / "notebooks" / f"{stem}{suffix}"
@@ -152,9 +159,9 @@ def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, settings):
     encoder = run / "stage0" / "bert"
     record = read_json(encoder / "PRETRAIN.json")
     assert record["params"]["epochs"] == settings.stage0_epochs
-    assert record["params"]["seed"] == settings.training_seed
+    assert record["params"]["seed"] == settings.stage0_seed_value
     assert record["source_weights_sha256"] == weights_sha256(settings.bert_dir)
-    assert encoder_dir(settings, run) == encoder
+    assert encoder_dir(settings, run) == encoder.resolve()  # the stored step the run links
     for stage in STAGES:  # the executed notebooks did not pass another encoder
         nb = json.loads(
             (
@@ -182,16 +189,18 @@ def test_a_run_folder_refuses_other_settings(run, settings):
     assert (run / CONFIG_FILE).read_bytes() == saved
 
 
-def test_a_finished_stage0_refuses_other_data(run, settings, tmp_path):
-    [step] = [s for s in plan(settings, run) if s.section == "stage0"]
-    check_stage0(step.done, settings)  # the run's own inputs: accepted
+def test_other_data_is_another_stage0_and_its_run_folder_refuses_it(run, settings, tmp_path):
     other = tmp_path / "train.txt"
     other.write_text(
         settings.train_path.read_text(encoding="utf-8") + "1\t服务很好，还会再来\n\n",
         encoding="utf-8",
     )
-    with pytest.raises(RunMismatchError, match="train_path data: was '[0-9a-f]{64}', now '"):
-        check_stage0(step.done, dataclasses.replace(settings, train_path=other))
+    changed = dataclasses.replace(settings, train_path=other)
+    assert steps.ref(changed, "stage0").key != steps.ref(settings, "stage0").key
+    before = stage_file_mtimes(run)
+    with pytest.raises(RunMismatchError, match="train_sha256: was '[0-9a-f]{64}', now '"):
+        run_pipeline(changed, run_dir=run)
+    assert stage_file_mtimes(run) == before
 
 
 def test_executed_notebooks_hold_their_parameters(run):
@@ -409,15 +418,21 @@ def test_rerun_skips_every_step(run, settings):
 
 
 def test_changed_setting_gives_another_run_folder(run, settings):
-    assert dataclasses.replace(settings, stage1_lr=2e-3).default_run_dir() != run
-    # a later stage's setting counts too; where runs are written does not
-    assert dataclasses.replace(settings, stage2_epochs=2).default_run_dir() != run
-    assert dataclasses.replace(settings, predict_batch_size=8).default_run_dir() != run
+    assert default_run_dir(dataclasses.replace(settings, stage1_lr=2e-3)) != run
+    # a later stage's setting counts too; one that changes no result does not
+    assert default_run_dir(dataclasses.replace(settings, stage2_epochs=2)) != run
+    assert default_run_dir(dataclasses.replace(settings, predict_batch_size=8)) == run
+
+
+def test_a_setting_outside_every_key_reuses_everything(run, settings):
+    before = stage_file_mtimes(run)
+    assert run_pipeline(dataclasses.replace(settings, predict_batch_size=8)) == run
+    assert stage_file_mtimes(run) == before
 
 
 def test_changed_data_gives_another_run_folder(tmp_path, tiny):
     other = make_tiny_inputs(tmp_path, n_train=121)
-    assert other.settings.default_run_dir().name != tiny.settings.default_run_dir().name
+    assert default_run_dir(other.settings).name != default_run_dir(tiny.settings).name
 
 
 # -- the notebooks from the command line ----------------------------------------------------------
@@ -441,7 +456,7 @@ def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path)
     proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(run / CONFIG_FILE), fold=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     executed = out.read_text(encoding="utf-8")
-    assert "already complete" in executed and str(run) in executed
+    assert "already computed" in executed and "reused" in executed and str(run) in executed
     assert "unknown parameter" not in proc.stderr  # every setting is a notebook parameter
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
@@ -458,7 +473,7 @@ def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
     proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(config), fold=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = resolve_settings(str(config), [])
-    run_dir = resolved.default_run_dir()
+    run_dir = default_run_dir(resolved)
     done = run_dir / "stage1" / "fold1" / "done.json"
     stamp = done.stat().st_mtime_ns
     assert run_pipeline(resolved, only="stage1", folds=[1]) == run_dir
@@ -507,11 +522,12 @@ def test_stage2_before_stage1_names_the_stage1_command(settings, repo_outputs, t
     import papermill as pm
 
     run_dir = repo_outputs / f"fresh-{uuid.uuid4().hex[:8]}"
+    fresh = dataclasses.replace(settings, stage1_lr=3e-3)  # a stage 1 nobody made
     with pytest.raises(PapermillExecutionError) as info:
         pm.execute_notebook(
             str(ROOT / "notebooks/03_f1_refine.ipynb"),
             str(tmp_path / "out.ipynb"),
-            parameters={"fold": 1, "run_dir": str(run_dir), **settings.changed()},
+            parameters={"fold": 1, "run_dir": str(run_dir), **fresh.changed()},
             cwd=str(ROOT),
             progress_bar=False,
         )
@@ -535,23 +551,61 @@ def test_output_dir_outside_the_repository(settings, tmp_path):
     assert (run_dir / "stage1" / "fold0" / "done.json").is_file()
 
 
-def test_stage1_from_reuses_stage1_for_a_stage2_variant(settings, run):
+def test_a_stage2_change_reuses_stage0_and_stage1_and_recomputes_stage2(settings, run):
+    stored = stage_file_mtimes(run, ["stage0", "eda", "stage1"])
     variant_settings = dataclasses.replace(settings, stage2_lr=settings.stage2_lr / 10)
-    variant = run_pipeline(variant_settings, stage1_from=run)
+    variant = run_pipeline(variant_settings)
     assert variant != run
+    assert stage_file_mtimes(run, ["stage0", "eda", "stage1"]) == stored  # untouched
+    for section in ("stage0", "eda", "stage1/fold0", "stage1/fold2"):
+        assert (variant / section).resolve() == (run / section).resolve(), section
     for k in range(N_FOLDS):
-        for name in ("oof.csv", "test.csv", "weights.h5", "done.json"):
-            copied = variant / "stage1" / f"fold{k}" / name
-            assert copied.read_bytes() == (run / "stage1" / f"fold{k}" / name).read_bytes()
-    encoder = sorted(p.relative_to(run) for p in (run / "stage0" / "bert").iterdir())
-    assert encoder and all((variant / f).read_bytes() == (run / f).read_bytes() for f in encoder)
-    executed = {p.stem for p in (variant / "notebooks").glob("*.ipynb")}
-    assert not any(stem.startswith(("00_pretrain", "02_cv")) for stem in executed), executed
+        assert (variant / f"stage2/fold{k}").resolve() != (run / f"stage2/fold{k}").resolve()
+        assert (variant / f"stage2/fold{k}/done.json").is_file()
+    # Only stage 2 and the run's own steps were executed; the reused steps' notebooks are links.
+    assert set(read_json(variant / "timings.json")) == {
+        *(f"stage2-fold{k}" for k in range(N_FOLDS)),
+        "ensemble",
+        "errors",
+    }
+    assert (variant / "notebooks" / "02_cv-stage1-fold0.ipynb").is_symlink()
+    assert (variant / "notebooks" / "02_cv-stage1-fold0.html").is_file()
     assert (variant / "ensemble" / "submission.csv").is_file()
 
-    changed = dataclasses.replace(settings, stage1_lr=settings.stage1_lr * 2)
-    with pytest.raises(ConfigError, match="stage1 settings"):
-        run_pipeline(changed, stage1_from=run)
+    # Deleting the variant leaves the run it shared its steps with whole.
+    shutil.rmtree(variant)
+    before = stage_file_mtimes(run)
+    assert run_pipeline(settings) == run
+    assert stage_file_mtimes(run) == before
+
+
+def test_a_seed_ensemble_blends_runs_that_share_stage0(settings, run, tmp_path):
+    """blend_seeds=[5]: this method at seed 5 is a run of its own (the folder
+    ``train_seed=5`` names), sharing stage 0; the ensemble blends both runs. A hand run of the
+    member's fold finds the same stored step."""
+    seeds = dataclasses.replace(settings, blend_seeds=[5])
+    blend = run_pipeline(seeds)
+    member = default_run_dir(dataclasses.replace(settings, train_seed=5))
+    assert blend not in (run, member) and (member / "ensemble/results.json").is_file()
+    assert (blend / "stage1/fold0").resolve() == (run / "stage1/fold0").resolve()
+    assert (member / "stage0").resolve() == (run / "stage0").resolve()
+    assert (member / "stage1/fold0").resolve() != (run / "stage1/fold0").resolve()
+    results = read_json(blend / "ensemble/results.json")
+    members = results["headline"]["members"]
+    assert [m["run"] for m in members] == [blend.name, member.name]
+    names = [c["candidate"] for c in results["candidates"]]
+    assert "rank average of 2 runs' stage1" in names
+    assert results["headline"]["final"] in names
+    # The member's config, by hand: the same stored fold, reused.
+    out = tmp_path / "out.ipynb"
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(member / CONFIG_FILE), fold=0)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reused" in out.read_text(encoding="utf-8")
+    # The blend's ensemble by hand gives the main job's figures.
+    saved = (blend / "ensemble/results.json").read_bytes()
+    proc = papermill("notebooks/04_ensemble.ipynb", out, "-f", str(blend / CONFIG_FILE))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (blend / "ensemble/results.json").read_bytes() == saved
 
 
 def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):

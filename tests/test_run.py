@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
+from core import steps
 from core.config import CONFIG_FILE, Settings
 from core.data import read_labelled
 from core.run import (
     RunMismatchError,
+    default_run_dir,
     fold_command,
     make_folds,
     open_run,
@@ -231,7 +233,7 @@ def test_fold_command_before_anything_is_recorded_repeats_the_settings(run_setup
 
 def test_fold_command_for_the_default_run_is_the_short_one():
     settings = Settings()
-    assert fold_command("stage1", 3, settings.default_run_dir(), settings) == (
+    assert fold_command("stage1", 3, default_run_dir(settings), settings) == (
         "papermill notebooks/02_cv.ipynb out.ipynb -p fold 3"
     )
 
@@ -259,8 +261,9 @@ def test_a_missing_stage0_encoder_names_the_command_that_makes_it(run_setup):
     message = str(info.value)
     assert "stage-0 encoder is not there yet (stage0_epochs=3)" in message
     assert f"papermill notebooks/00_pretrain.ipynb out.ipynb -f {run_dir / CONFIG_FILE}" in message
-    (run_dir / "stage0" / "bert").mkdir(parents=True)
-    (run_dir / "stage0" / "bert" / PRETRAIN_FILE).write_text("{}", encoding="utf-8")
-    assert encoder_dir(settings, run_dir) == run_dir / "stage0" / "bert"
+    stored = steps.ref(settings, "stage0").dir / "bert"  # the stored step, whoever made it
+    stored.mkdir(parents=True)
+    (stored / PRETRAIN_FILE).write_text("{}", encoding="utf-8")
+    assert encoder_dir(settings, run_dir) == stored
     off = dataclasses.replace(settings, stage0_epochs=0)
     assert encoder_dir(off, run_dir) == settings.bert_dir
