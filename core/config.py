@@ -145,6 +145,11 @@ class Settings:
         "other training seeds of this method to blend with it (a seed ensemble; each is a run)",
         "seeds",
     )
+    blend_runs: list[str] = _ensemble(
+        [],
+        "finished runs (folders or names under output_dir/runs) to blend with this one",
+        "names",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -171,7 +176,10 @@ class Settings:
 
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
-        return [dataclasses.replace(self, train_seed=s, blend_seeds=[]) for s in self.blend_seeds]
+        return [
+            dataclasses.replace(self, train_seed=s, blend_seeds=[], blend_runs=[])
+            for s in self.blend_seeds
+        ]
 
     def stage(self, section: str) -> dict:
         """``{"lr": ..., ...}``: the settings of one section, unprefixed (a stage's params.json)."""
@@ -231,6 +239,8 @@ def _checked(f: dataclasses.Field, value):
         return resolve(value, f"setting {f.name}")
     if kind == "seeds":
         return _seed_list(f, value)
+    if kind == "names":
+        return _name_list(f, value)
     if kind in ("int", "seed"):
         if kind == "seed" and value is None:
             return None
@@ -275,6 +285,24 @@ def _seed_list(f: dataclasses.Field, value) -> list[int]:
             f"({f.metadata['help']})"
         )
     return list(value)
+
+
+def _name_list(f: dataclasses.Field, value) -> list[str]:
+    """A list of distinct non-empty names; papermill's ``-p`` gives it as text."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(
+            f"setting {f.name}={value!r}: expected a list of distinct run folders, e.g. "
+            f"[outputs/runs/run-0123456789] ({f.metadata['help']})"
+        )
+    return [str(v) for v in value]
 
 
 def _number(text: str):

@@ -45,12 +45,13 @@ def finalize(
     n_folds: int,
     test_path: str | Path,
     train_path: str | Path | None = None,
-    members: list[tuple[int, Path]] = (),
+    members: list[tuple[str, Path]] = (),
 ) -> Results:
     """Score every candidate on out-of-fold rows, write ``<run>/ensemble/`` and the submission.
 
-    ``members`` (``(train seed, run folder)`` of a seed ensemble's other runs) add the
-    equal-weight rank averages of every run's stages: nothing fitted, so still honest.
+    ``members`` (``(what it is, run folder)``: a seed ensemble's other runs, finished runs to
+    blend; ``core.run.members``) add the equal-weight rank averages of every run's stages:
+    nothing fitted, so still honest.
     With ``train_path``, the headline also splits the final OOF AUC by whether a row's exact text
     sits in another fold (about one row in six does, as one test row in six is in train).
     """
@@ -74,7 +75,7 @@ def finalize(
             member_rows.append(
                 {
                     "run": run.name,
-                    "train_seed": None if i == 0 else members[i - 1][0],
+                    "member": "this run" if i == 0 else members[i - 1][0],
                     **{
                         f"{s}_oof_auc": auc(labels, fold_mean(per_stage[s][i]).oof)
                         for s in per_stage

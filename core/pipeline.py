@@ -40,7 +40,7 @@ from core.config import (
 from core.data import read_labelled, read_unlabelled
 from core.io import atomic_path, read_json, write_json, write_text
 from core.noise import KernelOutput, NoiseFilter, clean_notebook
-from core.run import default_run_dir, open_run, record_settings, run_folder
+from core.run import check_blend_runs, default_run_dir, open_run, record_settings, run_folder
 
 log = logging.getLogger("pipeline")
 
@@ -249,6 +249,7 @@ def run_pipeline(
     on separate machines sharing ``outputs/``, and be ensembled afterwards.
     """
     check_inputs(settings, only, folds)
+    check_blend_runs(settings)
     run_dir = run_folder(settings, run_dir, "--run-dir")  # refuses a folder of other inputs
     members = settings.members()
     for m in members:

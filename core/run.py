@@ -21,6 +21,7 @@ from core.config import (
     NO_RESULT,
     NOTEBOOKS,
     PATHS,
+    ConfigError,
     Settings,
     config_text,
     show,
@@ -53,6 +54,7 @@ def identity(settings: Settings) -> dict:
     values = {k: v for k, v in settings.values().items() if steps.keyed(k, v)}
     values["train_seed"] = settings.training_seed
     values["stage0_seed"] = settings.stage0_seed_value
+    values["blend_runs"] = [blend_run_dir(settings, name).name for name in settings.blend_runs]
     data = steps.inputs(settings)
     values.update(train_sha256=data["train"], test_sha256=data["test"], bert_sha256=data["bert"])
     return values
@@ -62,6 +64,37 @@ def default_run_dir(settings: Settings) -> Path:
     """``<output_dir>/runs/run-<hash of identity()>``: the main job's folder for these settings,
     which a notebook run by hand with the same settings uses too."""
     return Path(settings.output_dir) / "runs" / f"run-{hashing.key(identity(settings), 10)}"
+
+
+def blend_run_dir(settings: Settings, name: str) -> Path:
+    """A run named in ``blend_runs``: a folder inside the output folder, or a run's name."""
+    if "/" not in name:
+        return Path(settings.output_dir) / "runs" / name
+    return settings.run_path(name, "setting blend_runs")
+
+
+def members(settings: Settings) -> list[tuple[str, Path]]:
+    """The other runs an ensemble blends: ``(what it is, run folder)`` for each of
+    ``blend_seeds`` (runs of these settings) and ``blend_runs`` (finished runs)."""
+    out = [(f"train_seed {m.train_seed}", default_run_dir(m)) for m in settings.members()]
+    out += [("finished run", blend_run_dir(settings, n)) for n in settings.blend_runs]
+    return out
+
+
+def check_blend_runs(settings: Settings) -> None:
+    """Each of ``blend_runs`` is a finished run, or a ConfigError says how to finish it."""
+    for name in settings.blend_runs:
+        folder = blend_run_dir(settings, name)
+        if not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"setting blend_runs: {show(folder)} is not a run folder (no {CONFIG_FILE}); "
+                "name a folder under outputs/runs, e.g. outputs/runs/run-0123456789"
+            )
+        if not (folder / "ensemble" / "results.json").is_file():
+            command = pipeline_command(folder, run_settings(folder, settings.output_dir))
+            raise ConfigError(
+                f"setting blend_runs: {show(folder)} has not finished; finish it first: {command}"
+            )
 
 
 def run_folder(

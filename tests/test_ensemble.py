@@ -307,35 +307,34 @@ def test_blend_runs_refuses_other_folds_and_a_single_run(tmp_path):
         blend_runs([a])
 
 
-def test_blend_command_writes_a_checked_submission(tmp_path, capsys):
-    """``python -m core.blend RUN RUN --out FILE`` (in-process): each run's OOF AUC, the blend's,
-    and a submission covering every test ID; runs from other training files are refused."""
-    import shutil
-    import uuid
+def test_finalize_blends_other_runs_without_fitting_anything(tmp_path):
+    """A seed ensemble's (or blend_runs') members: the equal-weight rank averages of every run's
+    stages join the candidates, unfitted (nothing chosen on the rows they are scored on), and
+    the headline lists each member; the final choice still comes from the honest table."""
+    from core.ensemble import finalize
 
-    from core.blend import main
-    from core.config import ROOT
-
-    outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    try:
-        (a, _, _), (b, _, _) = make_run(outputs / "a"), make_run(outputs / "b")
-        for run in (a, b):
-            write_json(run / "run.json", {"train_sha256": "same"})
-        test_file = tmp_path / "test.txt"
-        test_file.write_text("".join(f"句子{i}\n\n" for i in range(60)), encoding="utf-8")
-        # make_run's test ids are 5000.. ; the test file's row index is the ID: shift them.
-        for run in (a, b):
+    (a, labels, _), (b, _, _) = (
+        make_run(tmp_path / "a"),
+        make_run(tmp_path / "b", strengths={"stage1": 3.0, "stage2": 2.5}),
+    )
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("".join(f"句子{i}\n\n" for i in range(60)), encoding="utf-8")
+    for run in (a, b):  # make_run's test ids are 5000..; the test file's row index is the ID
+        for stage in ("stage1", "stage2"):
             for k in range(N_FOLDS):
-                path = run / "stage1" / f"fold{k}" / "test.csv"
+                path = run / stage / f"fold{k}" / "test.csv"
                 frame = pd.read_csv(path)
                 write_csv(path, frame.assign(id=frame["id"] - 5000))
-        out = outputs / "blend.csv"
-        assert main([str(a), str(b), "--out", str(out), "--test-path", str(test_file)]) == 0
-        printed = capsys.readouterr().out
-        assert printed.count("stage1 OOF AUC") == 2 and "OOF AUC" in printed.splitlines()[2]
-        assert sorted(pd.read_csv(out)["ID"]) == list(range(60))
-        write_json(b / "run.json", {"train_sha256": "other"})
-        with pytest.raises(SystemExit, match="different files"):
-            main([str(a), str(b)])
-    finally:
-        shutil.rmtree(outputs, ignore_errors=True)
+    results = finalize(a, N_FOLDS, test_file, members=[("train_seed 1", b)])
+    rows = results.table.set_index("candidate")
+    name = "rank average of 2 runs' stage1"
+    assert not rows.loc[name, "fitted"]
+    sa, sb = load_stage(a, "stage1", N_FOLDS), load_stage(b, "stage1", N_FOLDS)
+    expected = rank_average([sa.oof["pred"], sb.oof["pred"]])
+    assert rows.loc[name, "oof_auc"] == pytest.approx(auc(labels, expected), abs=1e-12)
+    assert "rank average of 2 runs' stage1+stage2" in rows.index
+    members = results.headline["members"]
+    assert [m["member"] for m in members] == ["this run", "train_seed 1"]
+    assert members[1]["stage1_oof_auc"] == pytest.approx(auc(labels, sb.oof["pred"]))
+    assert results.final == rows["oof_auc"].astype(float).idxmax()
+    assert sorted(pd.read_csv(results.submission)["ID"]) == list(range(60))
