@@ -5,6 +5,8 @@
 #   ./suite.sh test [pytest options]    # set-up, then ruff (lint, format) and the test suite
 #   ./suite.sh lab [jupyter options]    # set-up, then JupyterLab on the repo (python -m core.lab):
 #                                       # on 127.0.0.1 only; open the URL with the token it prints
+#   ./suite.sh board [tensorboard opts] # set-up, then TensorBoard over every run (python -m
+#                                       # core.board) on 127.0.0.1:6006
 #   ./suite.sh setup                    # set-up only
 #
 # Set-up is idempotent and quick when nothing changed: a project-local .venv, the pinned packages
@@ -105,5 +107,9 @@ case "$cmd" in
     setup
     exec "$VENV/bin/python" -m core.lab "$@"
     ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  board)
+    setup
+    exec "$VENV/bin/python" -m core.board "$@"
+    ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ links to them (a step shared by two runs shows in both) and serves TensorBoard o
 
     python -m core.board                 # http://127.0.0.1:6006
     python -m core.board --port 6010     # any tensorboard option goes through
+    python -m core.board --output-dir other/outputs
 """
 
 from __future__ import annotations
@@ -88,10 +89,14 @@ def command(logdir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     from core.config import DEFAULTS
 
-    options = sys.argv[1:] if argv is None else argv
-    view = layout(DEFAULTS.output_dir)
+    parser = argparse.ArgumentParser(prog="python -m core.board", add_help=False)
+    parser.add_argument("--output-dir", default=DEFAULTS.output_dir, type=Path)
+    args, options = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    view = layout(args.output_dir)
     args = [*command(view), *options]
     print(f"TensorBoard over {view} (one folder per run)", file=sys.stderr, flush=True)
     os.execv(args[0], args)  # the server replaces this process (Ctrl-C stops it)

@@ -34,7 +34,7 @@ from core.data import read_labelled, read_unlabelled
 from core.io import read_json
 from core.noise import is_noise
 from core.pipeline import plan, run_pipeline
-from core.run import RunMismatchError, default_run_dir, encoder_dir, weights_sha256
+from core.run import RunMismatchError, default_run_dir, encoder_dir, run_settings, weights_sha256
 from core.submission import HEADER, check_submission
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
@@ -313,14 +313,8 @@ def test_error_notebook_with_a_live_kernel_shows_a_text_box_that_scores(run, tin
         )
     )
     nbformat.write(nb, tmp_path / "in.ipynb")
-    params = {
-        "run_dir": str(run),
-        "output_dir": str(run.parents[1]),
-        "n_folds": N_FOLDS,
-        "train_path": str(tiny.train_path),
-        "test_path": str(tiny.test_path),
-        "n_explain": 1,
-    }
+    # The run's own settings: a run folder refuses a notebook given other ones.
+    params = {**run_settings(run).changed(), "run_dir": str(run), "n_explain": 1}
     out = pm.execute_notebook(
         str(tmp_path / "in.ipynb"),
         str(tmp_path / "out.ipynb"),
