@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 from core.config import CONFIG_FILE, ROOT, Settings, from_values, read_config
 from core.io import read_json, write_text
 from core.run import default_run_dir, fold_dir, run_settings
+from core.steps import linked_steps
 
 STAGES = ("stage1", "stage2")
 SECTIONS = ("data", "stage0", "stage1", "stage2")  # Settings.stage's sections, in order
@@ -87,6 +87,8 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "folds": fold_rows(done, n_folds, timings, headline),
         "figures": figures(run_dir, done, n_folds),
         "timings": timing_rows(timings),
+        "reused": [label for label in linked_steps(run_dir) if label not in timings],
+        "members": member_rows(run_dir, headline),
         "provenance": provenance(run_dir, run),
         "notebooks": notebook_rows(run_dir, done, timings),
         "errors_page": _exists(run_dir, "notebooks/05_errors-errors.html"),
@@ -203,6 +205,16 @@ def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
     return out
 
 
+def member_rows(run_dir: Path, headline: dict | None) -> list[dict]:
+    """The runs a blend holds (this one first), each linked to its own report."""
+    rows = []
+    for m in (headline or {}).get("members", []):
+        report = Path(run_dir).parent / m["run"] / "index.html"
+        link = f"../{m['run']}/index.html" if m["run"] != Path(run_dir).name else None
+        rows.append({**m, "link": link if link is None or report.is_file() else None})
+    return rows
+
+
 def timing_rows(timings: dict) -> list[tuple[str, float]]:
     """(step, seconds) in the order the steps ran, then the total."""
     rows = [(label, float(seconds)) for label, seconds in timings.items()]
@@ -312,14 +324,27 @@ def _git(*args: str) -> str:
 
 
 def main(argv=None) -> int:
-    folders = sys.argv[1:] if argv is None else argv
-    if not folders:
-        print("usage: python -m core.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
-        return 2
-    for folder in folders:
+    import argparse
+
+    from core.config import ConfigError, show
+
+    parser = argparse.ArgumentParser(
+        prog="python -m core.report", description="Write each run folder's report, index.html."
+    )
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. outputs/runs/run-…"
+    )
+    for folder in map(Path, parser.parse_args(argv).runs):
+        if not (folder / "run.json").is_file() and not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{show(folder)}: expected a run folder (with run.json or {CONFIG_FILE}), e.g. "
+                "outputs/runs/run-0123456789"
+            )
         print(write_report(folder))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from core import cli
+
+    cli.run(main)

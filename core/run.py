@@ -121,6 +121,21 @@ def check_identity(run_dir: Path, settings: Settings) -> None:
     check_same(record, saved, identity(settings), sorted(set(saved) | set(identity(settings))))
 
 
+def check_encoder(run_dir: Path) -> Path:
+    """The starting encoder a finished run read its vocabulary and config from, checked to be
+    the one it recorded (scoring new text with another vocabulary would be silently wrong)."""
+    record = read_json(Path(run_dir) / "run.json")
+    bert_dir = Path(record["bert_dir"])
+    now = weights_sha256(bert_dir)
+    if now != record["bert_sha256"]:
+        raise RunMismatchError(
+            f"{show(bert_dir)}: its files changed since run {show(run_dir)} was made (bert_sha256 "
+            f"was {record['bert_sha256'][:12]}…, now {now[:12]}…); restore that folder (e.g. "
+            "python -m core.weights --force for the default one) or use a run made from it"
+        )
+    return bert_dir
+
+
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
     """Fold of every row: ``KFold(n_folds, shuffle=True, random_state=seed)``, as the reference."""
     folds = np.full(n_rows, -1, dtype=np.int64)

@@ -384,3 +384,68 @@ def test_pipeline_notebook_error_says_where_the_notebook_is(tmp_path, tiny_bert_
     assert html.is_file()
     for noise in ("without encryption", "absl", "oneDNN", "cuInit"):
         assert noise not in proc.stdout + proc.stderr
+
+
+def test_a_finished_run_folder_refuses_other_inputs(tmp_path, tiny_bert_dir):
+    """Issue #28: a finished run's folder given other data is refused before any step is
+    skipped as done, by the main job and by a notebook, naming what differs; nothing is
+    written. (Without --run-dir, other data name another folder: core.run.default_run_dir.)"""
+    import numpy as np
+
+    from core.run import default_run_dir, open_run
+
+    train, test, other = tmp_path / "train.txt", tmp_path / "test.txt", tmp_path / "other.txt"
+    train.write_text(first_rows(TRAIN, 30), encoding="utf-8")
+    test.write_text(first_rows(TEST, 5), encoding="utf-8")
+    other.write_text(first_rows(TEST, 6), encoding="utf-8")
+    out = tmp_path / "out"
+    settings = Settings(
+        train_path=train, test_path=test, bert_dir=tiny_bert_dir, output_dir=out, n_folds=3
+    )
+    run = default_run_dir(settings)
+    run.mkdir(parents=True)
+    record_settings(run, settings)
+    open_run(run, settings, np.arange(30))
+    (run / "ensemble").mkdir()
+    (run / "ensemble" / "results.json").write_text('{"headline": {}}', encoding="utf-8")
+    (run / "ensemble" / "submission.csv").write_text("ID,Prediction\n", encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    common = ["--train-path", train, "--output-dir", out, "--set", f"bert_dir={tiny_bert_dir}"]
+    proc = command(
+        "core.pipeline", *common, "--set", "n_folds=3", "--test-path", other, "--run-dir", run
+    )
+    [error, *_] = failed(proc)
+    assert error.startswith(f"error: {run / 'run.json'} belongs to a run made differently")
+    assert "test_sha256: was '" in error and "train_sha256" not in error
+    # The notebook route: the ensemble notebook on that folder with the other test file.
+    nb = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "papermill"),
+            "notebooks/04_ensemble.ipynb",
+            str(tmp_path / "nb.ipynb"),
+            *("-f", str(run / CONFIG_FILE), "-p", "run_dir", str(run)),
+            *("-p", "test_path", str(other)),
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert nb.returncode != 0 and "RunMismatchError" in nb.stderr, nb.stderr[-2000:]
+    assert "test_sha256: was " in nb.stderr
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
+    """``python -m core.report`` wrote ``<arg>/index.html`` for any argument, ``--help``
+    included, making the folder; now it names what it expected and writes nothing."""
+    proc = command("core.report", tmp_path / "nothing")
+    [error] = failed(proc)
+    assert error == (
+        f"error: {tmp_path / 'nothing'}: expected a run folder (with run.json or config.yaml), "
+        "e.g. outputs/runs/run-0123456789"
+    )
+    assert not (tmp_path / "nothing").exists()
+    assert command("core.report", "--help").stdout.startswith("usage: python -m core.report")
+    assert not (ROOT / "--help").exists()
