@@ -203,9 +203,8 @@ def train_stage1(
     with steps.claim(step, settings):
         if done := _reuse(step, run_dir):
             return done
-        summary = _train_stage1(settings, fold, step.dir, bert_dir, inputs or prepare(s, run_dir))
-    steps.link(run_dir, step)
-    return summary
+        steps.link(run_dir, step)  # the fold shows in the run while it trains
+        return _train_stage1(settings, fold, step.dir, bert_dir, inputs or prepare(s, run_dir))
 
 
 def _link_stage0(settings: Settings, run_dir: Path) -> None:
@@ -307,10 +306,9 @@ def train_stage2(
     with steps.claim(step, settings):
         if done := _reuse(step, run_dir):
             return done
+        steps.link(run_dir, step)
         inputs = inputs or prepare(s, run_dir)
-        summary = _train_stage2(settings, fold, step.dir, stage1.dir, bert_dir, inputs)
-    steps.link(run_dir, step)
-    return summary
+        return _train_stage2(settings, fold, step.dir, stage1.dir, bert_dir, inputs)
 
 
 def _train_stage2(settings, fold, out: Path, stage1: Path, bert_dir: Path, inputs) -> dict:

@@ -258,13 +258,11 @@ def run_pipeline(
     chosen = select(plan(settings, run_dir), only, folds)
     for i, step in enumerate(chosen, 1):
         if step.done:
+            where = ""
             if step.stored is not None:
                 link_reused(step)
-                log.info(
-                    "[%d/%d] %s: done, reused (%s)", i, len(chosen), step.label, step.stored.name
-                )
-            else:
-                log.info("[%d/%d] %s: complete, skipped", i, len(chosen), step.label)
+                where = f" (stored as steps/{step.stored.name})"
+            log.info("[%d/%d] %s: complete, skipped%s", i, len(chosen), step.label, where)
             continue
         log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
         start = time.time()
