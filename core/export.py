@@ -29,7 +29,7 @@ from core import cli
 from core.config import ConfigError, Settings
 from core.data import file_sha256, show_path
 from core.io import read_json, write_json
-from core.run import fold_dir
+from core.run import check_servable, fold_dir
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
 SIGNATURE = {
@@ -54,6 +54,7 @@ def check_run(run_dir: Path) -> tuple[dict, dict]:
             f"--run {show_path(run_dir)} is not finished ({show_path(missing[0])} is missing); "
             "finish it first with the command that made it (python -m core.pipeline resumes)"
         )
+    check_servable(run_dir)
     return run, read_json(results)["headline"]
 
 

@@ -75,8 +75,10 @@ def latest_run(output_dir: Path) -> Path:
 
 def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFrame:
     """``text, probability, stage1, stage2`` for every text, from every fold of the run."""
+    from core.run import check_servable
     from core.weights import BertDirError, check_bert_dir
 
+    check_servable(run_dir)  # its own folds, on the encoder it recorded
     run = read_json(run_dir / "run.json")
     results = read_json(run_dir / RESULTS)["headline"]
     weight = results.get("stage1_weight")

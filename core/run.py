@@ -28,7 +28,7 @@ from core.config import (
 )
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json, write_text
-from core.weights.google_ckpt import weights_sha256
+from core.weights.google_ckpt import BertDirError, weights_sha256
 
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
@@ -126,14 +126,33 @@ def check_encoder(run_dir: Path) -> Path:
     the one it recorded (scoring new text with another vocabulary would be silently wrong)."""
     record = read_json(Path(run_dir) / "run.json")
     bert_dir = Path(record["bert_dir"])
-    now = weights_sha256(bert_dir)
-    if now != record["bert_sha256"]:
+    try:
+        now = weights_sha256(bert_dir)
+    except BertDirError as e:
+        raise BertDirError(f"run {show(run_dir)}, its encoder: {e}") from None
+    if record.get("bert_sha256", now) != now:
         raise RunMismatchError(
             f"{show(bert_dir)}: its files changed since run {show(run_dir)} was made (bert_sha256 "
             f"was {record['bert_sha256'][:12]}…, now {now[:12]}…); restore that folder (e.g. "
             "python -m core.weights --force for the default one) or use a run made from it"
         )
     return bert_dir
+
+
+def check_servable(run_dir: Path) -> None:
+    """A finished run a served model can reproduce: its own folds (a blend of several runs ranks
+    a whole test file at once, which scoring one sentence cannot), on the encoder it recorded."""
+    results = Path(run_dir) / "ensemble" / "results.json"
+    headline = read_json(results)["headline"] if results.is_file() else {}
+    members = headline.get("members", [])
+    if members and " runs' " in headline.get("final", ""):
+        runs = ", ".join(f"outputs/runs/{m['run']}" for m in members)
+        raise ConfigError(
+            f"run {show(run_dir)}: its final is a blend of {len(members)} runs ({headline['final']}"
+            f"), a rank average over a whole test file that one sentence cannot be scored by; "
+            f"score or export one of its runs instead: --run with one of {runs}"
+        )
+    check_encoder(run_dir)
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:

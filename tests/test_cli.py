@@ -23,7 +23,7 @@ from core import cli
 from core.config import CONFIG_FILE, ROOT, Settings, resolve
 from core.pipeline import resolve_settings
 from core.run import record_settings
-from core.weights.google_ckpt import MANIFEST_FILE
+from core.weights.google_ckpt import MANIFEST_FILE, weights_sha256
 
 DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
 
@@ -72,6 +72,8 @@ def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) ->
         "maxlen": 20,
         "bert_dir": str(bert_dir),
     }  # as a run records them
+    if bert_dir.is_dir():
+        run_json["bert_sha256"] = weights_sha256(bert_dir)
     (run / "run.json").write_text(json.dumps(run_json))
     if finished:
         (run / "ensemble" / "results.json").write_text(json.dumps({"headline": {}}))
@@ -449,3 +451,30 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     assert not (tmp_path / "nothing").exists()
     assert command("core.report", "--help").stdout.startswith("usage: python -m core.report")
     assert not (ROOT / "--help").exists()
+
+
+def test_predict_refuses_a_blend_of_several_runs(outputs, bert):
+    """A seed ensemble's final ranks a whole test file; one sentence cannot be scored that way:
+    predict (and export) name the runs to use instead, before TensorFlow loads."""
+    run = fake_run(outputs, "blend", bert)
+    headline = {
+        "final": "rank average of 2 runs' stage1",
+        "members": [{"run": "blend"}, {"run": "run-seed1"}],
+    }
+    (run / "ensemble" / "results.json").write_text(json.dumps({"headline": headline}))
+    proc = command("core.predict", "--output-dir", outputs, "--run", run, "好吃")
+    [line] = failed(proc)
+    assert line.startswith(f"error: run {run}: its final is a blend of 2 runs")
+    assert line.endswith("--run with one of outputs/runs/blend, outputs/runs/run-seed1")
+
+
+def test_predict_refuses_a_run_whose_encoder_changed(outputs, bert):
+    """The vocabulary that tokenizes new text must be the one the run was trained with."""
+    run = fake_run(outputs, "r", bert)
+    vocab = bert / "vocab.txt"
+    lines = vocab.read_text(encoding="utf-8").split("\n")
+    lines[10], lines[11] = lines[11], lines[10]  # same size, other token ids
+    vocab.write_text("\n".join(lines), encoding="utf-8")
+    proc = command("core.predict", "--output-dir", outputs, "--run", run, "好吃")
+    [line] = failed(proc)
+    assert line.startswith(f"error: {bert}: its files changed since run {run} was made")
