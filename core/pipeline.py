@@ -277,6 +277,9 @@ def run_pipeline(
     for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
         timings_path = d / "timings.json"
         write_index(d, s, read_json(timings_path) if timings_path.exists() else {})
+    from core.runs import write_table  # refresh the runs table, outputs/index.html
+
+    write_table(settings.output_dir)
     return run_dir
 
 

@@ -2,7 +2,8 @@
 
 Headline figures beside the reference method's, the per-fold table, the key figures (PNG
 embedded as data URIs), wall time per step, provenance, and links to every executed notebook
-and the submission. Everything is read from the run folder, so the page renders for a partial
+and the submission, and (for a run in ``<output_dir>/runs/``) back to the runs table,
+``core.runs``. Everything is read from the run folder, so the page renders for a partial
 run too: a section whose files are not there yet says so. Rendered from
 ``core/templates/report.html.j2`` (Jinja2, autoescaped).
 
@@ -46,7 +47,8 @@ def write_report(
     return write_text(run_dir / "index.html", render(context(run_dir, settings, timings)))
 
 
-def render(ctx: dict) -> str:
+def render(ctx: dict, template: str = TEMPLATE) -> str:
+    """Render a template of ``core/templates`` (the report's unless named) with ``ctx``."""
     import jinja2  # installed with nbconvert
 
     env = jinja2.Environment(
@@ -57,7 +59,7 @@ def render(ctx: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = _num
-    return env.get_template(TEMPLATE).render(**ctx)
+    return env.get_template(template).render(**ctx)
 
 
 def context(run_dir: Path, settings: Settings | None = None, timings: dict | None = None) -> dict:
@@ -78,6 +80,7 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     }
     return {
         "name": run_dir.name,
+        "runs_table": runs_table(run_dir),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "headline": headline,
         "headline_rows": headline_rows(headline, reference),
@@ -98,6 +101,11 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         if settings
         else [],
     }
+
+
+def runs_table(run_dir: Path) -> str | None:
+    """The link back to the runs table (core.runs) from a run in ``<output_dir>/runs/``."""
+    return "../../index.html" if Path(run_dir).resolve().parent.name == "runs" else None
 
 
 def reference_run_dir(run_dir: Path, settings: Settings | None) -> Path | None:

@@ -83,7 +83,7 @@ def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) ->
 # -- every command ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["core.pipeline", "core.predict", "core.weights"])
+@pytest.mark.parametrize("module", ["core.pipeline", "core.predict", "core.weights", "core.runs"])
 def test_help_names_the_command(module):
     proc = command(module, "--help")
     assert proc.returncode == 0, proc.stderr

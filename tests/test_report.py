@@ -16,6 +16,7 @@ from core.config import ROOT, Settings
 from core.io import write_json
 from core.report import REFERENCE_PUBLISHED, main, reference_run_dir, write_report
 from core.run import record_settings
+from core.runs import write_table
 
 SETTINGS = {"n_folds": 2, "seed": 2020, "stage1_lr": 1e-4}
 
@@ -45,7 +46,9 @@ def test_an_empty_run_folder_says_not_yet_everywhere(tmp_path):
     assert "partial: the ensemble has not run yet" in page
     for name, text in sections(page).items():
         assert "not yet" in text or "not recorded" in text, name
-    assert "<img" not in page and broken_refs(run_dir / "index.html") == []
+    assert "<img" not in page and 'href="../../index.html"' in page  # the runs table
+    write_table(tmp_path)  # which python -m core.runs or the main job writes
+    assert broken_refs(run_dir / "index.html") == []
 
 
 def test_a_partial_run_shows_its_finished_folds(tmp_path):
@@ -65,6 +68,7 @@ def test_a_partial_run_shows_its_finished_folds(tmp_path):
     assert "107" in s["timings"]  # the total
     assert "stage1" in s["parameters"] and "0.0001" in s["parameters"]
     assert "pairwise_auc" in s["parameters"]  # every setting, defaults included
+    write_table(tmp_path)
     assert broken_refs(run_dir / "index.html") == []
 
 
