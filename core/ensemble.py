@@ -17,9 +17,10 @@ from core.candidates import (
     honest_best_f1,
     results_table,
 )
+from core.config import CONFIG_FILE, Settings
 from core.data import read_labelled, read_unlabelled
 from core.eda import seen_in_other_folds
-from core.fold_outputs import StagePredictions, load_stage
+from core.fold_outputs import StagePredictions, check_done, load_stage
 from core.io import write_csv, write_json
 from core.metrics import auc
 from core.submission import write_submission
@@ -34,6 +35,15 @@ class Results:
     final: str
     headline: dict
     submission: Path
+
+
+def check_finished(run_dir: Path, settings: Settings) -> None:
+    """Raise ``MissingOutputsError`` unless every fold of both stages is done: the ensemble's
+    check before it writes anything (a notebook run by hand leaves no run folder behind)."""
+    # Commands name the run's recorded settings once it has them, else the notebook's.
+    recorded = None if (Path(run_dir) / CONFIG_FILE).is_file() else settings
+    for stage in ("stage1", "stage2"):
+        check_done(Path(run_dir), stage, settings.n_folds, recorded)
 
 
 def finalize(
