@@ -17,5 +17,10 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Quiet TensorFlow's C++ start-up banner; real errors still surface as Python exceptions.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "ipykernel.kernelapp" in sys.modules:  # a notebook kernel: TensorFlow loads now, minus the
+    # start-up lines that variable misses, which ipykernel would copy into the notebook
+    from core.noise import quiet_kernel
+
+    quiet_kernel()
 
 __version__ = "0.1.0"

@@ -9,7 +9,9 @@ parameters cell drifts from them. The defaults are the best measured method (doc
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -344,15 +346,65 @@ def from_values(values: dict, source: str) -> Settings:
         name = str(key).replace(".", "_")
         if name not in FIELDS:
             raise ConfigError(
-                f"{source}: unknown setting {key!r}; expected one of {', '.join(FIELDS)}"
+                f"{source}: unknown setting {key!r}{_closest(name, FIELDS)}; expected one of "
+                f"{', '.join(FIELDS)}"
             )
         clean[name] = value
     return Settings(**clean)
 
 
 def from_notebook(namespace: dict) -> Settings:
-    """Settings from a notebook's parameters (its globals after papermill's injected cell)."""
+    """Settings from a notebook's parameters (its globals after papermill's injected cell).
+
+    A parameter papermill injected that the notebook does not know (a misspelt ``-p`` name or
+    ``-f`` key) is refused: papermill only warns, and the notebook would run with the default.
+    """
+    check_injected(namespace.get("In", []))
     return from_values({k: namespace[k] for k in FIELDS if k in namespace}, "notebook parameters")
+
+
+# The first line of the cell papermill injects after the parameters cell (its -p, -f, -y values).
+INJECTED_HEADER = "# Parameters"
+
+
+def check_injected(cells: list[str]) -> None:
+    """Refuse a name in papermill's injected cell that neither a setting nor the notebook's own
+    parameters (the cell holding SETTINGS_HEADER) define. ``cells``: the kernel's ``In``, the
+    source of every cell run so far."""
+    cells = [c for c in cells if isinstance(c, str)]
+    injected = [c for c in cells if c.startswith(INJECTED_HEADER)]
+    if not injected:  # run without papermill (JupyterLab): nothing was passed
+        return
+    own = {name for c in cells if SETTINGS_HEADER in c for name in _assigned(c)} - set(FIELDS)
+    for name in _assigned(injected[-1]):
+        if name not in FIELDS and name not in own:
+            raise ConfigError(
+                f"notebook parameters: unknown parameter {name!r}"
+                f"{_closest(name, [*own, *FIELDS])}; expected one of this notebook's own "
+                f"({', '.join(sorted(own))}) or a setting of core.config.Settings — fix the "
+                "-p name or the key in the -f file"
+            )
+
+
+def _assigned(source: str) -> list[str]:
+    """The names a cell assigns at top level, in order (a parameters cell's parameters)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    ]
+
+
+def _closest(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def read_config(path: str | Path) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from core.config import ROOT
 BOM = b"\xef\xbb\xbf"
 LABELS = {"0": 0, "1": 1}
 ID_COLUMNS = ("id", "ID", "Id")  # a CSV's optional id column
+# Control characters (Unicode category Cc: C0, DEL, C1) but tab and LF, which the formats use.
+# The vocabulary has none of them: each would become [UNK], and core.predict would echo it into a
+# CSV. CR never reaches the check (CRLF is converted, a lone CR refused first).
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class DataError(ValueError):
@@ -129,7 +134,22 @@ def _read_text(path: Path) -> str:
         # A lone CR is an old-Mac line end; splitting on LF only would merge rows silently.
         line = text[: text.index("\r")].count("\n") + 1
         raise _fail(path, line, "expected LF or CRLF line ends, found a lone CR — convert to LF")
+    if found := CONTROL.search(text):
+        no = text.count("\n", 0, found.start()) + 1
+        line = text.split("\n")[no - 1]
+        raise _fail(path, no, f"{control_problem(line)} — remove it")
     return text
+
+
+def control_problem(text: str) -> str | None:
+    """What is wrong with ``text`` if it holds a control character (other than tab and LF)."""
+    found = CONTROL.search(text)
+    if found is None:
+        return None
+    return (
+        f"expected text without control characters, found U+{ord(found.group()):04X} in "
+        f"{_snip(text)}"
+    )
 
 
 def _read_rows(path: Path, text: str, labelled: bool, labelled_hint: str = "") -> Dataset:
@@ -174,12 +194,19 @@ def _parse_row(
 ) -> str:
     """Return the text of one row (appending its label to ``labels``), or raise a DataError."""
     shape = "'label<TAB>text' with label 0 or 1" if labelled else "a text row"
-    if not line.strip():
+    if not line:
         raise _fail(
             path,
             no,
             f"expected {shape}, found an empty line — two blank lines in a row (or a trailing "
             "one); remove the extra blank line",
+        )
+    if not line.strip():  # spaces, a full-width space: not a blank separator line
+        raise _fail(
+            path,
+            no,
+            f"expected {shape}, found a whitespace-only row {_snip(line)} — fill it in or "
+            "remove the row",
         )
     if not labelled:
         if line[:2] in ("0\t", "1\t"):
@@ -272,11 +299,11 @@ def _read_csv(path: Path, text: str, labelled: bool, labelled_hint: str = "") ->
             )
         body = record[col["content"]]
         if not body.strip():
+            found = f"a whitespace-only one {_snip(body)}" if body else "an empty one"
             raise _fail(
                 path,
                 no,
-                "expected a non-empty 'content', found an empty one — add the "
-                "text or remove the row",
+                f"expected a non-empty 'content', found {found} — add the text or remove the row",
             )
         if labelled:
             label = record[col["label"]].strip()

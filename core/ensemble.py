@@ -20,10 +20,12 @@ from core.candidates import (
     rank_blend,
     results_table,
 )
+from core.config import CONFIG_FILE, Settings
 from core.data import read_labelled, read_unlabelled
 from core.eda import seen_in_other_folds
-from core.fold_outputs import StagePredictions, load_runs, load_stage
+from core.fold_outputs import StagePredictions, check_done, load_runs, load_stage
 from core.io import write_csv, write_json
+from core.run import default_run_dir
 from core.metrics import auc
 from core.submission import write_submission
 
@@ -38,6 +40,17 @@ class Results:
     headline: dict
     submission: Path
     members: list[dict]
+
+
+def check_finished(run_dir: Path, settings: Settings) -> None:
+    """Raise ``MissingOutputsError`` unless every fold of both stages is done: the ensemble's
+    check before it writes anything (a notebook run by hand leaves no run folder behind)."""
+    # Commands name the run's recorded settings once it has them, else the notebook's.
+    runs = [(Path(run_dir), settings)] + [(default_run_dir(m), m) for m in settings.members()]
+    for folder, own in runs:  # a seed ensemble's other runs too
+        recorded = None if (folder / CONFIG_FILE).is_file() else own
+        for stage in ("stage1", "stage2"):
+            check_done(folder, stage, settings.n_folds, recorded)
 
 
 def finalize(

@@ -16,6 +16,7 @@ import pandas as pd
 from core.data import read_labelled
 from core.eda import duplicates_report, seen_in_other_folds
 from core.metrics import auc
+from core.run import MissingStageError
 
 # Length buckets in characters (the texts are 5-19 characters long).
 LENGTH_EDGES = (0, 8, 11, 14, 17, 10_000)
@@ -29,7 +30,7 @@ def oof_frame(run_dir: str | Path, train_path: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     path = run_dir / "ensemble" / "oof_final.csv"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingStageError(  # an expected error: one line, as the other missing steps
             f"{path}: not found — the error analysis reads the ensemble's "
             "out-of-fold scores; run notebooks/04_ensemble.ipynb on this "
             "run first (python -m core.pipeline does)"

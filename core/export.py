@@ -54,7 +54,6 @@ def check_run(run_dir: Path) -> tuple[dict, dict]:
             f"--run {show_path(run_dir)} is not finished ({show_path(missing[0])} is missing); "
             "finish it first with the command that made it (python -m core.pipeline resumes)"
         )
-    check_servable(run_dir)
     return run, read_json(results)["headline"]
 
 
@@ -259,6 +258,7 @@ def write_tflite(module, table: dict, folder: Path) -> None:
 def export(run_dir: Path, out: Path, fmt: str = "savedmodel", version: int | None = None) -> Path:
     """Write ``<out>/<version>/`` (see the module docstring) and return it."""
     run, headline = check_run(run_dir)
+    check_servable(run_dir)  # its own folds, on the encoder it recorded
     version = next_version(out, fmt, version)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,24 @@ def load_stage(
     ``ValueError`` when OOF rows are not each covered exactly once or test ids disagree.
     """
     run_dir = Path(run_dir)
-    fold_dirs = [fold_dir(run_dir, stage, k) for k in range(n_folds)]
+    check_done(run_dir, stage, n_folds, settings)
+    oofs, tests = [], []
+    for k in range(n_folds):
+        d = fold_dir(run_dir, stage, k)
+        oof = _read_columns(d / "oof.csv", ["row", "id", "label", "pred"])
+        oof["fold"] = k
+        oofs.append(oof)
+        tests.append(_read_columns(d / "test.csv", ["id", "pred"]))
+    oof = pd.concat(oofs, ignore_index=True)[["row", "id", "label", "fold", "pred"]]
+    _check_oof(oof, run_dir, stage, n_folds)
+    oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
+    return StagePredictions(stage, oof, _join_tests(tests, run_dir, stage))
 
+
+def check_done(run_dir: Path, stage: str, n_folds: int, settings: Settings | None = None) -> None:
+    """Raise ``MissingOutputsError`` naming every unfinished fold of ``stage`` and its command
+    (for ``settings``, by default those the run's ``config.yaml`` records)."""
+    fold_dirs = [fold_dir(run_dir, stage, k) for k in range(n_folds)]
     missing, reasons = [], []
     for k, d in enumerate(fold_dirs):
         absent = [n for n in ("done.json", "oof.csv", "test.csv") if not (d / n).exists()]
@@ -74,17 +90,6 @@ def load_stage(
             for k, why, cmd in zip(missing, reasons, commands, strict=True)
         ]
         raise MissingOutputsError("\n".join(lines), stage, missing, commands)
-
-    oofs, tests = [], []
-    for k, d in enumerate(fold_dirs):
-        oof = _read_columns(d / "oof.csv", ["row", "id", "label", "pred"])
-        oof["fold"] = k
-        oofs.append(oof)
-        tests.append(_read_columns(d / "test.csv", ["id", "pred"]))
-    oof = pd.concat(oofs, ignore_index=True)[["row", "id", "label", "fold", "pred"]]
-    _check_oof(oof, run_dir, stage, n_folds)
-    oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
-    return StagePredictions(stage, oof, _join_tests(tests, run_dir, stage))
 
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -469,8 +469,7 @@ def pretrain(
     # PRETRAIN.json: hence "delete".
     rebuild = (
         f"delete {show_path(out_dir)} and run stage 0 again: the same python -m "
-        f"core.pipeline command, or {NOTEBOOKS['stage0']} with -p out_dir "
-        f"{show_path(out_dir)}"
+        f"core.pipeline command, or {NOTEBOOKS['stage0']} with the same parameters"
     )
     write_bert_dir(
         out_dir,

@@ -1,6 +1,7 @@
 """Lines that tell a user nothing, and the places they are dropped: this process's stderr (and its
 children's: TensorFlow's C++ start-up lines, notebook kernels), the main job's terminal (what its
-kernels print, nbconvert's log), and the executed notebooks.
+kernels print, nbconvert's log), the executed notebooks, and at the source in every notebook
+kernel (``quiet_kernel``, which ``import core`` calls there), however the notebook was started.
 
 No environment variable silences TensorFlow's start-up lines: they are logged before absl's
 logging is initialised, so TF_CPP_MIN_LOG_LEVEL (2, set in core/__init__) does not apply to them
@@ -28,6 +29,9 @@ _NOISE = [
     r"E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512",
     # ipykernel's warning at every kernel start (its sockets are on localhost).
     r".*Kernel is running over TCP without encryption",
+    # jupyter_client interrupts every kernel it shuts down; one that is still finishing a request
+    # (after a cell's error) logs this. The interrupt is the client's, not the user's.
+    r"(?:\[IPKernelApp\] ERROR \| )?KeyboardInterrupt caught in kernel",
     # nbconvert, for every plot in the HTML copy of a notebook.
     r"Alternative text is missing on \d+ image",
 ]
@@ -101,6 +105,23 @@ def quiet_stderr():
             child.wait(timeout=10)
         except subprocess.TimeoutExpired:  # a grandchild still holds the pipe: it drains later
             pass
+
+
+def quiet_kernel() -> None:
+    """In a notebook kernel, drop noise at its source, whoever started the kernel (papermill by
+    hand, the main job, JupyterLab). TensorFlow writes its start-up lines to fd 2 while it loads
+    and finds its devices, and ipykernel copies fd 2 into the notebook and onto the terminal: so
+    load it here, under quiet_stderr, which ends once it has passed on every other line (a
+    filter for the kernel's life would pass later lines on too late for their cell). The
+    kernel's own log noise is dropped by a filter on its logger. ``import core`` calls this."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    if app is None or not app.IPKernelApp.initialized():
+        return
+    app.IPKernelApp.instance().log.addFilter(NoiseFilter())  # writes to the terminal directly
+    with quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # cuInit's note, else logged by the first op
 
 
 def clean_notebook(path: Path) -> None:

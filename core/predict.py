@@ -20,7 +20,7 @@ import pandas as pd
 
 from core import cli
 from core.config import CONFIG_FILE, ConfigError, Settings
-from core.data import DataError, read_unlabelled, show_path
+from core.data import DataError, control_problem, read_unlabelled, show_path
 from core.io import read_json, write_csv
 
 RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
@@ -70,6 +70,18 @@ def latest_run(output_dir: Path) -> Path:
         )
     raise RunNotFinishedError(
         f"{message}: make one with `./suite.sh run` (python -m core.pipeline), or pass --run"
+    )
+
+
+def cut_note(texts: list[str], maxlen: int) -> str | None:
+    """What a user is told when sentences are longer than the run reads (as notebook 01 reports
+    it for the data): the model sees only their first ``maxlen`` characters."""
+    n = sum(len(t) > maxlen for t in texts)
+    if not n:
+        return None
+    return (
+        f"{n} of {len(texts)} sentences are longer than the run's maxlen, {maxlen} characters: "
+        f"each is scored on its first {maxlen}"
     )
 
 
@@ -140,6 +152,8 @@ def main(argv=None) -> int:
                 f"sentence {i} of the command line: expected a sentence, found "
                 f"{text!r} — remove it or fill it in"
             )
+        if problem := control_problem(text):
+            raise DataError(f"sentence {i} of the command line: {problem} — remove it")
     texts = list(args.texts)
     if args.file:
         hint = "core.predict scores sentences without labels: remove them"
@@ -155,6 +169,8 @@ def main(argv=None) -> int:
             f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
             file=sys.stderr,
         )
+    if note := cut_note(texts, read_json(run_dir / "run.json")["maxlen"]):
+        print(note, file=sys.stderr)
     scores = score(run_dir, texts)
     if out is not None:
         write_csv(out, scores[["text", "probability"]])

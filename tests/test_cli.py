@@ -2,7 +2,9 @@
 of docs/robustness.md's bad-input table.
 
 Each test starts the real command in a subprocess. Those that load no TensorFlow come first
-(1-3 s each); the last two read a checkpoint or run a notebook kernel (about 10-20 s each).
+(1-3 s each); then those that read a checkpoint or run a notebook kernel (about 10-20 s each);
+last, notebooks run by hand with papermill (slow): the error papermill shows, in the first code
+cell, no run folder left behind, no start-up noise.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_run import TEST, TRAIN, first_rows, subprocess_env
+from tiny_run import TEST, TRAIN, first_rows, make_tiny_inputs, subprocess_env
 
 from core import cli
 from core.config import CONFIG_FILE, ROOT, Settings, resolve
 from core.pipeline import resolve_settings
+from core.predict import cut_note
 from core.run import record_settings
 from core.weights.google_ckpt import MANIFEST_FILE, weights_sha256
 
@@ -146,6 +149,7 @@ def test_noise_is_dropped_and_nothing_else(tmp_path):
         "I0000 00:00:1796202547.111200    8251 port.cc:153] oneDNN custom operations are on.\n",
         "I0000 00:00:1796202547.111536    8251 cudart_stub.cc:31] Could not find cuda drivers\n",
         "[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All …\n",
+        "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n",
     ]
     kept = ["E0000 00:00:1796202552.017382    8251 some_op.cc:52] a real error\n", "loss 0.5\n"]
     assert drop_noise("".join(noise + kept)) == "".join(kept)
@@ -302,7 +306,103 @@ def test_predict_says_which_run_it_picked(outputs, tmp_path):
     assert proc.stdout == ""  # stdout is for the CSV only
 
 
+def test_predict_refuses_control_characters_and_writes_nothing(outputs, tmp_path):
+    """Not [UNK] and echoed raw into the CSV (issue #28): refused, naming the file and line."""
+    path = tmp_path / "new.txt"
+    path.write_text("好吃\n\n不\x07错\n\n", encoding="utf-8")
+    out = outputs / "scores.csv"
+    [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path, "--out", out))
+    assert line == (
+        f"error: {path}, line 3: expected text without control characters, found U+0007 in "
+        "'不\\x07错' — remove it"
+    )
+    [line] = failed(command("core.predict", "--output-dir", outputs, "不\x1b错", "--out", out))
+    assert line == (
+        "error: sentence 1 of the command line: expected text without control characters, found "
+        "U+001B in '不\\x1b错' — remove it"
+    )
+    assert not outputs.exists()
+
+
+def test_predict_names_a_whitespace_only_row(outputs, tmp_path):
+    path = tmp_path / "new.txt"
+    path.write_text("好吃\n\n\u3000\n\n", encoding="utf-8")
+    [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path))
+    assert line == (
+        f"error: {path}, line 3: expected a text row, found a whitespace-only row '\\u3000' — "
+        "fill it in or remove the row"
+    )
+
+
+def test_pipeline_refuses_a_control_character_before_any_step(tmp_path, tiny_bert_dir):
+    train = tmp_path / "train.txt"
+    train.write_text(first_rows(TRAIN, 3) + "1\t好\x00吃\n\n", encoding="utf-8")
+    out = tmp_path / "out"
+    proc = command(
+        "core.pipeline",
+        "--train-path",
+        train,
+        "--output-dir",
+        out,
+        "--set",
+        f"bert_dir={tiny_bert_dir}",
+    )
+    [line] = failed(proc)
+    assert line.startswith(f"error: {train}, line 7: expected text without control characters, ")
+    assert not out.exists()
+
+
+def test_a_damaged_copy_is_not_told_to_rebuild_the_default(outputs, bert):
+    """A copy of m3e-small (its manifest names where it was written) with a truncated file:
+    `python -m core.weights --force` would rebuild pretrained/m3e-small, not this one."""
+    manifest = json.loads((bert / MANIFEST_FILE).read_text())
+    manifest.update(rebuild="python -m core.weights --force", folder="pretrained/m3e-small")
+    (bert / MANIFEST_FILE).write_text(json.dumps(manifest))
+    data = bert / DATA_FILE
+    data.write_bytes(data.read_bytes()[:1000])
+    proc = command("core.pipeline", "--set", f"bert_dir={bert}", "--output-dir", outputs)
+    [line] = failed(proc)
+    assert line.startswith(f"error: {data}: expected ")
+    assert line.endswith(
+        "the file is truncated or damaged; copy it again from pretrained/m3e-small "
+        "(`python -m core.weights --force` makes that one), or point bert_dir at another folder"
+    )
+    assert not outputs.exists()
+
+
 # -- with TensorFlow or a notebook kernel ----------------------------------------------------------
+
+
+def finished_run(outputs: Path, bert_dir: Path, n_folds: int = 2) -> Path:
+    """A finished run as core.predict reads it: every fold's weights (random, untrained)."""
+    from core.io import write_json
+    from core.model import build_head_model, build_model, copy_head_weights
+
+    run = fake_run(outputs, "done", bert_dir)
+    model = build_model(bert_dir, bert_trainable=False)
+    head = build_head_model(model.get_layer("head_avg").input_shape[-1])
+    copy_head_weights(model, head)
+    for fold in range(n_folds):
+        (run / "stage1" / f"fold{fold}").mkdir(parents=True)
+        (run / "stage2" / f"fold{fold}").mkdir(parents=True)
+        model.save_weights(str(run / "stage1" / f"fold{fold}" / "weights.h5"))
+        head.save_weights(str(run / "stage2" / f"fold{fold}" / "head.h5"))
+    write_json(run / "run.json", {**json.loads((run / "run.json").read_text()), "n_folds": n_folds})
+    return run
+
+
+def test_predict_says_how_many_sentences_it_cut(outputs, bert):
+    """As notebooks 01 and 02 say it of the data (issue #28): on stderr, stdout stays CSV."""
+    run = finished_run(outputs, bert)
+    long = "好吃不错服务环境菜味道很价格便宜贵差评推荐强烈一般"  # 25 characters; maxlen is 20
+    proc = command("core.predict", "--output-dir", outputs, "--run", run, long, "好吃")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "1 of 2 sentences are longer than the run's maxlen, 20 characters: each is scored on its "
+        "first 20"
+    ]
+    assert [row.split(",")[0] for row in proc.stdout.splitlines()] == ["text", long, "好吃"]
+    assert cut_note(["好吃", long[:20]], 20) is None  # nothing cut, nothing said
 
 
 @pytest.mark.parametrize("manifest", [True, False])
@@ -384,8 +484,156 @@ def test_pipeline_notebook_error_says_where_the_notebook_is(tmp_path, tiny_bert_
     html = notebook.with_suffix(".html")
     assert saved == f"the executed notebook is saved at {notebook} (and {html})"
     assert html.is_file()
-    for noise in ("without encryption", "absl", "oneDNN", "cuInit"):
+    for noise in ("without encryption", "absl", "oneDNN", "cuInit", "KeyboardInterrupt"):
         assert noise not in proc.stdout + proc.stderr
+
+
+# -- notebooks run by hand (papermill) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    return make_tiny_inputs(tmp_path_factory.mktemp("hand"), n_train=30, n_test=5)
+
+
+def papermill(*args) -> subprocess.CompletedProcess:
+    """``papermill *args`` as a user runs it: without pytest's PYTEST_CURRENT_TEST, under which
+    ipykernel leaves fd 2 uncaptured (so C++ lines would not reach the notebook as they do)."""
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTEST_CURRENT_TEST"}
+    return subprocess.run(
+        [sys.executable, "-m", "papermill", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def hand_run(tmp_path: Path, notebook: str, *args) -> str:
+    """``papermill notebooks/<notebook>.ipynb out.ipynb *args`` as a user types it; returns the
+    error papermill shows (``ConfigError: …``) after checking it stopped the notebook's first
+    code cell (before any work), exit code 1, and no start-up noise on stderr or in the notebook."""
+    import nbformat
+
+    out = tmp_path / "out.ipynb"
+    proc = papermill(f"notebooks/{notebook}.ipynb", out, *args)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    first = tags.index(["injected-parameters"]) + 1
+    [failed_cell] = [c for c in code if any(o.output_type == "error" for o in c.outputs)]
+    assert failed_cell is code[first], failed_cell.source
+    streams = "".join(o.text for c in code for o in c.outputs if o.output_type == "stream")
+    for noise in ("absl", "oneDNN", "cuda", "KeyboardInterrupt caught"):
+        assert noise not in proc.stderr + streams, (proc.stderr + streams)[-3000:]
+    [error] = [o for o in failed_cell.outputs if o.output_type == "error"]
+    line = f"{error.ename}: {error.evalue.splitlines()[0]}"
+    assert line in proc.stderr.splitlines()  # what papermill shows under the failed cell
+    return line
+
+
+def tiny_params(tiny, outputs: Path, **extra) -> list[str]:
+    values = {
+        "train_path": tiny.train_path,
+        "test_path": tiny.test_path,
+        "bert_dir": tiny.bert_dir,
+        "output_dir": outputs,
+        "n_folds": 3,
+        **extra,
+    }
+    return [w for name, value in values.items() for w in ("-p", name, value)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["-p", "-f"])
+def test_notebook_refuses_an_unknown_parameter(tmp_path, outputs, tiny_inputs, route):
+    """papermill only warns about it and the notebook trained with the default (issue #28)."""
+    given = ["-p", "stage1_lrr", "0.001"]
+    if route == "-f":
+        (tmp_path / "mine.yaml").write_text("stage1_lrr: 0.001\n", encoding="utf-8")
+        given = ["-f", tmp_path / "mine.yaml"]
+    error = hand_run(tmp_path, "02_cv", *tiny_params(tiny_inputs, outputs), *given)
+    assert error == (
+        "ConfigError: notebook parameters: unknown parameter 'stage1_lrr' (did you mean "
+        "'stage1_lr'?); expected one of this notebook's own (fold, run_dir) or a setting of "
+        "core.config.Settings — fix the -p name or the key in the -f file"
+    )
+    assert not outputs.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["missing", "no vocab"])
+def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_inputs, damage):
+    """With run_dir given (no run hash to compute), it was a raw FileNotFoundError."""
+    bert = tmp_path / "bert"
+    if damage == "no vocab":
+        shutil.copytree(tiny_inputs.bert_dir, bert)
+        (bert / "vocab.txt").unlink()
+    params = tiny_params(tiny_inputs, outputs, bert_dir=bert, run_dir=outputs / "runs" / "mine")
+    error = hand_run(tmp_path, "02_cv", *params)
+    if damage == "missing":
+        assert error.startswith(f"BertDirError: {bert}: expected a BERT folder, found no such ")
+    else:
+        assert error == (
+            f"BertDirError: {bert / 'vocab.txt'}: expected this file, found it missing; copy it "
+            f"again from {tiny_inputs.bert_dir}, or point bert_dir at another folder"
+        )
+    assert not outputs.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "notebook, extra, expected",
+    [
+        ("00_pretrain", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
+        ("01_eda", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
+        ("02_cv", {}, "MissingStageError: {runs}/run-"),  # stage 0 on, its encoder not made
+        ("04_ensemble", {}, "MissingOutputsError: stage1 fold 0 is not finished in {runs}/run-"),
+    ],
+)
+def test_hand_run_notebook_failing_on_its_inputs_leaves_no_run_folder(
+    tmp_path, outputs, tiny_inputs, notebook, extra, expected
+):
+    """Its run folder appeared before the checks, and core.predict then offered to finish it
+    as the latest run (issue #28)."""
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1\t好吃\n\n2\t不错\n\n", encoding="utf-8")
+    extra = {k: bad if v == "BAD" else v for k, v in extra.items()}
+    error = hand_run(tmp_path, notebook, *tiny_params(tiny_inputs, outputs, **extra))
+    assert error.startswith(expected.format(BAD=bad, runs=outputs / "runs")), error
+    assert not outputs.exists()
+    [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
+    assert line.startswith(f"error: no finished run under {outputs / 'runs'}: make one with")
+
+
+@pytest.mark.slow
+def test_kernel_noise_is_dropped_at_the_source_and_nothing_else(tmp_path):
+    """In any kernel that imports core: TensorFlow's start-up lines and the kernel's interrupt
+    line at shutdown go nowhere; a real C++ error line and a real kernel error still show."""
+    import nbformat
+
+    cells = [
+        "import core",
+        "import os\nimport time\n"
+        "get_ipython().kernel.log.error('KeyboardInterrupt caught in kernel.')\n"
+        "get_ipython().kernel.log.error('a real kernel error')\n"
+        "os.write(2, b'E0000 00:00:1796202552.017382    8251 some_op.cc:52] a real error\\n')\n"
+        "time.sleep(1)  # ipykernel's thread copies fd 2 into the notebook while the cell runs",
+        "import tensorflow as tf",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "py"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    proc = papermill(tmp_path / "probe.ipynb", tmp_path / "out.ipynb")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    streams = "".join(o.text for c in out.cells for o in c.outputs if o.output_type == "stream")
+    assert "a real error" in streams and "a real kernel error" in proc.stderr
+    for noise in ("absl", "oneDNN", "cuda", "KeyboardInterrupt caught"):
+        assert noise not in proc.stderr + streams, (proc.stderr + streams)[-3000:]
 
 
 def test_a_finished_run_folder_refuses_other_inputs(tmp_path, tiny_bert_dir):

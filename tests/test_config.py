@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ROOT, ConfigError, Settings, resolve
+from core.config import (
+    ROOT,
+    ConfigError,
+    Settings,
+    check_injected,
+    from_notebook,
+    from_values,
+    parameters_source,
+    resolve,
+)
 
 
 def test_root_is_the_repository():
@@ -204,6 +213,42 @@ def test_from_values_accepts_dotted_names_and_refuses_unknown_ones():
     assert from_values({"stage1.lr": 3e-5}, "x").stage1_lr == 3e-5
     with pytest.raises(ConfigError, match=r"configs/x.yaml: unknown setting 'stage1_lrr'"):
         from_values({"stage1_lrr": 3e-5}, "configs/x.yaml")
+
+
+def notebook_cells(*injected: str) -> list[str]:
+    """A kernel's ``In`` after papermill ran a notebook's parameters cell and its injected cell."""
+    own = "fold = 0  # which fold\nrun_dir = None  # where\n\n"
+    return ["", own + parameters_source(), "\n".join(["# Parameters", *injected])]
+
+
+@pytest.mark.parametrize(
+    "name, closest",
+    [("stage1_lrr", "stage1_lr"), ("fodl", "fold"), ("rundir", "run_dir"), ("zzz", None)],
+)
+def test_a_notebook_refuses_a_parameter_it_does_not_know(name, closest):
+    """papermill only warns about an unknown -p name or -f key, and the notebook would train with
+    the default: from_notebook refuses it, naming the closest known one (issue #28)."""
+    cells = notebook_cells("fold = 1", f"{name} = 0.1")
+    with pytest.raises(ConfigError) as info:
+        from_notebook({"In": cells, "fold": 1, name: 0.1})
+    hint = f" (did you mean {closest!r}?)" if closest else ""
+    assert str(info.value) == (
+        f"notebook parameters: unknown parameter {name!r}{hint}; expected one of this "
+        "notebook's own (fold, run_dir) or a setting of core.config.Settings — fix the -p name "
+        "or the key in the -f file"
+    )
+
+
+def test_a_notebook_takes_its_own_parameters_and_every_setting():
+    cells = notebook_cells("fold = 2", "run_dir = 'outputs/runs/x'", "stage1_lr = 3e-05")
+    assert from_notebook({"In": cells, "stage1_lr": 3e-05}).stage1_lr == 3e-05
+    check_injected(cells[:2])  # no injected cell (JupyterLab): nothing was passed
+    check_injected([])
+
+
+def test_unknown_settings_elsewhere_name_the_closest_too():
+    with pytest.raises(ConfigError, match=r"^--set: unknown setting 'stage1_lrr' \(did you mean "):
+        from_values({"stage1_lrr": 1e-5}, "--set")
 
 
 def test_config_files_resolve_and_differ_from_the_defaults_only_where_they_say(tmp_path):

@@ -127,8 +127,38 @@ def test_empty_text_in_train(tmp_path, row):
 def test_two_blank_lines_where_a_row_was_expected(tmp_path):
     path = write(tmp_path, "train.txt", "0\t好吃\n\n\n1\t不错\n\n")
     expect_error(read_labelled, path, 3, "found an empty line", "remove the extra blank line")
-    path = write(tmp_path, "test.txt", "好吃\n\n   \n\n不错\n\n")
+    path = write(tmp_path, "test.txt", "好吃\n\n\n\n不错\n\n")
     expect_error(read_unlabelled, path, 3, "found an empty line")
+
+
+@pytest.mark.parametrize("row", ["\u3000", "   ", " \u3000\u00a0"])
+def test_whitespace_only_row_is_named_as_such(tmp_path, row):
+    """Not "two blank lines in a row" (issue #28): the row is there, holding only whitespace."""
+    path = write(tmp_path, "test.txt", f"好吃\n\n{row}\n\n不错\n\n")
+    err = expect_error(read_unlabelled, path, 3, f"found a whitespace-only row {row!r}")
+    assert "blank lines" not in str(err)
+    path = write(tmp_path, "train.txt", f"0\t好吃\n\n{row}\n\n")
+    expect_error(read_labelled, path, 3, "whitespace-only row", "fill it in or remove the row")
+    path = write(tmp_path, "test.csv", f"content\n好吃\n{row}\n")
+    expect_error(read_unlabelled, path, 3, f"found a whitespace-only one {row!r}")
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x0b", "\x0c", "\x7f", "\x85"])
+def test_control_character_is_refused_with_its_line(tmp_path, char):
+    """Refused like a lone CR (issue #28): it would become [UNK], and core.predict would echo it
+    into its CSV."""
+    code = f"U+{ord(char):04X}"
+    path = write(tmp_path, "test.txt", f"好吃\n\n不{char}错\n\n")
+    expect_error(read_unlabelled, path, 3, f"without control characters, found {code} in")
+    path = write(tmp_path, "train.txt", f"0\t好吃\n\n1\t不错\n\n1\t{char}还行\n\n")
+    expect_error(read_labelled, path, 5, code, "remove it")
+    path = write(tmp_path, "train.csv", f'content,label\n好吃,1\n"不\n{char}错",0\n')
+    expect_error(read_labelled, path, 4, code)
+
+
+def test_tab_inside_a_csv_text_is_not_a_control_character(tmp_path):
+    path = write(tmp_path, "test.csv", "content\n好\t吃\n")
+    assert read_unlabelled(path).texts == ["好\t吃"]
 
 
 def test_extra_blank_lines_at_the_end(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,7 +146,12 @@ def test_check_names_missing_file(bert_copy, missing):
     (bert_copy / missing).unlink()
     with pytest.raises(BertDirError, match=missing) as err:
         check_bert_dir(bert_copy)
-    assert "python -m core.weights" in str(err.value)
+    # A folder of one's own: the default folder's rebuild would leave this one broken.
+    assert str(err.value).endswith(
+        f"copy or convert {bert_copy} again from where it came from, or point bert_dir at "
+        "another folder"
+    )
+    assert "core.weights" not in str(err.value)
 
 
 def test_check_vocab_disagreeing_with_config(bert_copy):
@@ -207,10 +213,11 @@ DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
 
 @pytest.fixture
 def written_copy(tiny_bert_dir, tmp_path):
-    """A copy of the tiny folder with its MANIFEST.json, recording ``rebuild``."""
+    """A copy of the tiny folder with its MANIFEST.json, as if written there with ``rebuild``."""
     copy = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "rebuild": "make-it --again"}))
+    manifest.update(rebuild="make-it --again", folder=str(copy))
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     return copy
 
 
@@ -264,6 +271,90 @@ def test_missing_file_listed_in_the_manifest(written_copy):
     )
 
 
+def truncated(folder: Path) -> str:
+    """The message check_bert_dir gives for ``folder`` with its data file cut short."""
+    data = folder / DATA_FILE
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(BertDirError) as err:
+        check_bert_dir(folder, read_checkpoint=False)
+    return str(err.value)
+
+
+def set_manifest(bert_dir: Path, **values) -> None:
+    """Rewrite ``bert_dir``'s MANIFEST.json with ``values`` (None: the key removed)."""
+    manifest = json.loads((bert_dir / MANIFEST_FILE).read_text())
+    manifest.update(values)
+    text = json.dumps({k: v for k, v in manifest.items() if v is not None})
+    (bert_dir / MANIFEST_FILE).write_text(text)
+
+
+def test_manifest_records_where_the_folder_was_written(tiny_bert_dir):
+    manifest = json.loads((tiny_bert_dir / MANIFEST_FILE).read_text())
+    assert Path(manifest["folder"]) == tiny_bert_dir.resolve()
+
+
+def test_a_copy_is_told_where_to_copy_from_not_the_originals_rebuild(tmp_path, tiny_bert_dir):
+    """Issue #28: a damaged copy of m3e-small was told `python -m core.weights --force`, which
+    rebuilds pretrained/m3e-small and leaves the copy broken."""
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "copy")
+    set_manifest(copy, rebuild="python -m core.weights --force", folder="pretrained/m3e-small")
+    assert truncated(copy).endswith(
+        "the file is truncated or damaged; copy it again from pretrained/m3e-small "
+        "(`python -m core.weights --force` makes that one), or point bert_dir at another folder"
+    )
+
+
+def test_a_folder_written_in_place_keeps_its_rebuild(tmp_path, tiny_bert_dir):
+    folder = shutil.copytree(tiny_bert_dir, tmp_path / "out")
+    set_manifest(
+        folder, rebuild=f"python -m core.weights --force --out {folder}", folder=str(folder)
+    )
+    assert truncated(folder).endswith(f"rebuild it: python -m core.weights --force --out {folder}")
+
+
+@pytest.mark.parametrize(
+    "rebuild, fits",
+    [
+        ("python -m core.weights --force --out {d}", True),  # m3e.ensure_m3e_small --out
+        ("delete {d} and run stage 0 again: …", True),  # core.mlm.pretrain
+        ("python -m core.weights --force", False),  # the default folder's, on a copy of it
+        ("python -m core.weights --force --out {d}2", False),
+    ],
+)
+def test_a_manifest_without_folder_keeps_a_rebuild_only_if_it_names_the_folder(
+    tmp_path, tiny_bert_dir, rebuild, fits
+):
+    """Manifests written before they recorded ``folder``."""
+    d = shutil.copytree(tiny_bert_dir, tmp_path / "bert")
+    set_manifest(d, rebuild=rebuild.format(d=d), folder=None)
+    message = truncated(d)
+    if fits:
+        assert message.endswith(f"rebuild it: {rebuild.format(d=d)}")
+    else:
+        assert message.endswith(
+            f"copy or convert {d} again from where it came from, or point "
+            "bert_dir at another folder"
+        )
+
+
+def test_the_default_folder_gets_its_rebuild(tmp_path, tiny_bert_dir, monkeypatch):
+    """With or without a manifest (a folder converted before manifests existed)."""
+    from core.weights import m3e
+
+    default = shutil.copytree(tiny_bert_dir, tmp_path / "m3e-small")
+    monkeypatch.setattr(m3e, "DEFAULT_OUT", default.resolve())
+    set_manifest(default, rebuild="python -m core.weights --force", folder=None)
+    assert truncated(default).endswith("rebuild it: python -m core.weights --force")
+    (default / MANIFEST_FILE).unlink()
+    (default / "vocab.txt").unlink()
+    with pytest.raises(BertDirError) as err:
+        check_bert_dir(default, read_checkpoint=False)
+    assert str(err.value) == (
+        f"{default / 'vocab.txt'}: expected this file, found it missing; rebuild it: "
+        "python -m core.weights --force"
+    )
+
+
 def test_unreadable_manifest(written_copy):
     (written_copy / MANIFEST_FILE).write_text("{")
     with pytest.raises(BertDirError, match="MANIFEST.json: expected a JSON object"):
@@ -289,7 +380,10 @@ def test_checkpoint_reader_errors_name_the_data_file(bert_copy, damage):
                 reader.get_tensor(name)
     message = str(err.value)
     assert message.startswith(f"{data}: ") and "truncated or damaged" in message
-    assert "python -m core.weights --force" in message
+    assert message.endswith(
+        f"copy or convert {bert_copy} again from where it came from, or point "
+        "bert_dir at another folder"
+    )
 
 
 def test_write_is_atomic(tmp_path, tiny_vocab, monkeypatch):

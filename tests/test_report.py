@@ -132,8 +132,11 @@ def test_text_is_escaped(tmp_path):
 def test_command_line(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "cli"
     run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("n_folds: 3\n", encoding="utf-8")  # a run, begun
     assert main([str(run_dir)]) == 0 and (run_dir / "index.html").is_file()
-    assert main([]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse: no run folder given
+        main([])
+    assert usage.value.code == 2
 
 
 @pytest.mark.slow

@@ -32,7 +32,10 @@ def pipeline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["--set", "stage1.lr=5"], "setting stage1_lr=5: expected a number in (0, 1)"),
         (["--set", "stage2_loss=f1"], "setting stage2_loss='f1': expected one of soft_f1"),
         (["--set", "stage0_epochs=-1"], "setting stage0_epochs=-1: expected an integer >= 0"),
-        (["--set", "stage1_lrr=1e-5"], "--set: unknown setting 'stage1_lrr'; expected one of"),
+        (
+            ["--set", "stage1_lrr=1e-5"],
+            "--set: unknown setting 'stage1_lrr' (did you mean 'stage1_lr'?); expected one of",
+        ),
         (["--set", "stage1_lr"], "--set 'stage1_lr': expected NAME=VALUE"),
         (["--only", "stage1", "--folds", "7"], "parameter fold=7: expected an integer in 0..4"),
         (["--folds", "a"], "--folds a: expected comma-separated fold numbers"),

@@ -261,8 +261,9 @@ def write_bert_dir(
 
     Everything is written into a temporary sibling folder that is renamed into place at the
     end, so an interrupted run never leaves a folder that looks complete. ``MANIFEST.json``
-    records every file's size and sha256 (check_bert_dir compares them) and ``rebuild``, how to
-    make the folder again, for the error that reports a damaged file (default HOW_TO_MAKE).
+    records every file's size and sha256 (check_bert_dir compares them), ``rebuild``, how to
+    make the folder again, and ``folder``, where it was written: the error that reports a
+    damaged file gives ``rebuild`` for that folder, and for a copy elsewhere where to copy from.
     """
     out = Path(out_dir).resolve()
     missing = [k for k in CONFIG_KEYS if k not in config]
@@ -297,7 +298,7 @@ def write_bert_dir(
         files = {
             p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())
         }
-        manifest = {"files": files, "rebuild": rebuild}
+        manifest = {"files": files, "rebuild": rebuild, "folder": _shown(out)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         old = None
         if out.exists():
@@ -360,7 +361,7 @@ def check_bert_dir(bert_dir: str | os.PathLike, read_checkpoint: bool = True) ->
     if not d.is_dir():
         raise _fail(d, "a BERT folder", f"no such folder; {HOW_TO_MAKE}")
     manifest = _read_manifest(d)
-    rebuild = _rebuild_hint(manifest)
+    rebuild = repair_hint(d, manifest)
     ckpt_data = sorted(d.glob(f"{CKPT_PREFIX}.data-*-of-*"))
     for path in (d / CONFIG_FILE, d / VOCAB_FILE, d / f"{CKPT_PREFIX}.index"):
         if not path.is_file():
@@ -435,18 +436,62 @@ def _read_manifest(d: Path) -> dict | None:
             return manifest
     except (ValueError, UnicodeDecodeError, TypeError, KeyError):
         pass
-    raise _fail(path, "a JSON object with 'files' and 'rebuild'", f"something else; {HOW_TO_MAKE}")
+    found = f"something else; {repair_hint(d, None)}"
+    raise _fail(path, "a JSON object with 'files' and 'rebuild'", found)
 
 
-def _rebuild_hint(manifest: dict | None) -> str:
-    if manifest and manifest["rebuild"]:
-        return f"rebuild it: {manifest['rebuild']}"
-    return f"copy or convert the folder again, or {HOW_TO_MAKE}"
+def repair_hint(d: Path, manifest: dict | None) -> str:
+    """How to make the damaged or incomplete folder ``d`` whole again: the command that wrote it
+    when ``d`` is the folder that command writes, else what to copy or convert again. Another
+    folder's command (the default's, for a copy of m3e-small) would leave ``d`` broken."""
+    from core.weights.m3e import DEFAULT_OUT  # local: m3e imports this module
+
+    rebuild = manifest["rebuild"] if manifest else None
+    origin = _origin(manifest)
+    if rebuild and _written_here(d, origin, rebuild):
+        return f"rebuild it: {rebuild}"
+    if Path(d).resolve() == DEFAULT_OUT:
+        return "rebuild it: python -m core.weights --force"
+    if origin is not None:
+        made = f" (`{rebuild}` makes that one)" if rebuild else ""
+        return f"copy it again from {_shown(origin)}{made}, or point bert_dir at another folder"
+    return (
+        f"copy or convert {_shown(d)} again from where it came from, or point bert_dir at "
+        "another folder"
+    )
+
+
+def _origin(manifest: dict | None) -> Path | None:
+    """Where the folder was written (MANIFEST.json's ``folder``; older manifests have none)."""
+    from core.config import ROOT
+
+    folder = manifest.get("folder") if manifest else None
+    return (ROOT / folder).resolve() if isinstance(folder, str) and folder else None
+
+
+def _written_here(d: Path, origin: Path | None, rebuild: str) -> bool:
+    """Whether ``rebuild`` makes ``d`` itself: ``d`` is where it was written, or, for a manifest
+    written before manifests said where, ``rebuild`` names ``d`` (``--out d``, stage 0's
+    ``delete d``) or is the default folder's own command and ``d`` that folder."""
+    from core.weights.m3e import DEFAULT_OUT
+
+    here = Path(d).resolve()
+    if origin is not None:
+        return origin == here
+    if _shown(here) in rebuild.split():
+        return True
+    return here == DEFAULT_OUT and "--out" not in rebuild
+
+
+def _shown(path: Path) -> str:
+    from core.config import show
+
+    return show(Path(path).resolve())
 
 
 def _check_files(d: Path, manifest: dict, hashes: bool) -> None:
     """Every file the manifest lists has its recorded size (and with ``hashes``, its sha256)."""
-    rebuild = _rebuild_hint(manifest)
+    rebuild = repair_hint(d, manifest)
     for name, recorded in manifest["files"].items():
         path, expected = d / name, f"{recorded['bytes']:,} bytes (as written, {MANIFEST_FILE})"
         if not path.is_file():
@@ -471,9 +516,9 @@ def checkpoint_errors(bert_dir: str | os.PathLike):
         d = Path(bert_dir)
         data = sorted(d.glob(f"{CKPT_PREFIX}.data-*-of-*")) or [d / f"{CKPT_PREFIX}.data-*"]
         try:
-            rebuild = _rebuild_hint(_read_manifest(d))
+            rebuild = repair_hint(d, _read_manifest(d))
         except BertDirError:
-            rebuild = _rebuild_hint(None)
+            rebuild = repair_hint(d, None)
         raise _fail(
             data[0],
             "a readable checkpoint",
