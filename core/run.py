@@ -19,6 +19,7 @@ from sklearn.model_selection import KFold
 from core.config import CONFIG_FILE, NOTEBOOKS, PATHS, PRETRAIN_FILE, Settings, config_text, show
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json, write_text
+from core.precision import record as precision_record
 from core.weights.google_ckpt import check_bert_dir
 
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
@@ -84,6 +85,7 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
         "bert_sha256": weights_sha256(Path(settings.bert_dir)),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "precision": precision_record(settings.precision),  # what auto chose on this machine
     }
     path = run_dir / "run.json"
     if path.exists():
