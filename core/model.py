@@ -189,6 +189,11 @@ def mixed_precision(precision: str):
     float32 changes nothing. The libraries' module names are swapped only during the build (the
     layers made keep their class), under a lock so two threads cannot interleave swaps.
     """
+    if precision not in POLICIES:
+        raise ValueError(
+            f"precision={precision!r}: expected one of {', '.join(POLICIES)} "
+            "(core.precision.choose resolves auto)"
+        )
     policy = POLICIES[precision]
     if policy == "float32":
         yield

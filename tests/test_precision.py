@@ -126,6 +126,8 @@ def test_the_setting_is_checked_and_recorded():
         Settings(precision="bf16")
     with pytest.raises(ValueError, match="expected one of"):
         choose("half", False)
+    with pytest.raises(ValueError, match="choose resolves auto"):
+        build_model("unused", precision="auto")
     assert record("float32") == {
         "setting": "float32",
         "precision": "float32",
