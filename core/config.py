@@ -35,6 +35,7 @@ CONFIG_FILE = "config.yaml"
 SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)
 LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.losses)
 STRATEGIES = ("default", "mirrored", "multiworker")  # core.strategy
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.precision
 PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
 # Settings that change no result: in no step's key and not in a run's identity (core.steps).
 NO_RESULT = ("predict_batch_size",)
@@ -89,6 +90,12 @@ class Settings:
         None, "training randomness on the same folds (None: seed); for seed ensembles", "seed"
     )
     predict_batch_size: int = _setting(256, "rows per prediction batch", "int", 1)
+    precision: str = _setting(
+        "float32",
+        "float32, bfloat16, float16 (mixed), auto (16 bits where fast here)",
+        "choice",
+        PRECISIONS,
+    )
     # Stage 0: within-task masked-LM training of the encoder on the train + test sentences.
     stage0_epochs: int = _s0(
         3, "passes over all sentences with fresh masks (0: no stage 0)", "int", 0

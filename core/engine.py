@@ -29,6 +29,7 @@ from core.io import read_json, save_weights, write_csv, write_json
 from core.metrics import auc
 from core.model import build_head_model, build_model, copy_head_weights
 from core.optimizer import learning_rate
+from core.precision import choose
 from core.run import (
     MissingStageError,
     encoder_dir,
@@ -231,9 +232,14 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
     lr = learning_rate(
         s.stage1_lr, s.stage1_schedule, len(train_seq) * s.stage1_epochs, s.stage1_warmup
     )
+    choice = choose(s.precision, s.stage1_jit_compile)  # auto: what this hardware runs fastest
     with get_strategy(s.stage1_strategy).scope():
         model = build_model(
-            bert_dir, lr=lr, jit_compile=s.stage1_jit_compile, layer_decay=s.stage1_layer_decay
+            bert_dir,
+            lr=lr,
+            jit_compile=choice.jit_compile,
+            layer_decay=s.stage1_layer_decay,
+            precision=choice.precision,
         )
     weights = out / "weights.h5"
 
@@ -248,6 +254,8 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
     )
     start = time.time()
     print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
+    if s.precision != "float32":
+        print(f"stage1 fold {fold}: {choice}")
     history = model.fit(
         train_seq.dataset(),
         epochs=s.stage1_epochs,
@@ -316,7 +324,8 @@ def _train_stage2(settings, fold, out: Path, stage1: Path, bert_dir: Path, input
     keras.utils.set_random_seed(settings.training_seed + fold)
     start = time.time()
 
-    full = build_model(bert_dir, bert_trainable=False)
+    precision = choose(s.precision, False).precision  # the encoder pass; heads train in float32
+    full = build_model(bert_dir, bert_trainable=False, precision=precision)
     full.load_weights(str(stage1 / "weights.h5"))
     encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
     width = settings.maxlen + 2

@@ -25,8 +25,8 @@ from core.data import read_labelled, read_unlabelled
 from core.eda import seen_in_other_folds
 from core.fold_outputs import StagePredictions, check_done, load_runs, load_stage
 from core.io import write_csv, write_json
-from core.run import default_run_dir
 from core.metrics import auc
+from core.run import default_run_dir
 from core.submission import write_submission
 
 

@@ -36,6 +36,8 @@ from core.config import NOTEBOOKS, PRETRAIN_FILE, default, resolve
 from core.data import file_sha256, read_labelled, read_unlabelled, show_path
 from core.engine import Progress
 from core.generator import plan_batches
+from core.model import mixed_precision
+from core.precision import choose
 from core.run import weights_sha256
 from core.tokenizer import CharTokenizer, load_vocab
 from core.weights.google_ckpt import (
@@ -108,6 +110,7 @@ def build_mlm_model(
     seq_len: int | None = 22,
     jit_compile: bool = False,
     n_predictions: int = 4,
+    precision: str = "float32",
 ) -> keras.Model:
     """keras-bert's training model with its MLM head at the masked positions, weights from
     ``bert_dir``, compiled.
@@ -116,10 +119,16 @@ def build_mlm_model(
     padding) and ``[Input-Positions, Input-Valid]`` of width ``n_predictions``; output
     the vocabulary softmax at those positions, masked where ``Input-Valid`` is 0 so the loss
     (sparse cross-entropy) and the ``accuracy`` metric average over the predicted positions only.
-    Adam at ``lr``.
+    Adam at ``lr``. ``precision`` bfloat16 or float16: computed in it (``core.model.
+    mixed_precision``), the vocabulary softmax and the loss in float32, variables float32.
     """
     bert_dir = Path(bert_dir)
     check_bert_dir(bert_dir)
+    with mixed_precision(precision):
+        return _build_mlm_model(bert_dir, lr, seq_len, jit_compile, n_predictions)
+
+
+def _build_mlm_model(bert_dir: Path, lr, seq_len, jit_compile, n_predictions) -> keras.Model:
     with _legacy_random_ops():
         full, config = build_model_from_config(
             str(bert_dir / CONFIG_FILE), training=True, trainable=True, seq_len=seq_len
@@ -332,6 +341,7 @@ def pretrain(
     mask_rate: float = default("stage0_mask_rate"),
     data_files: Mapping[str, str | Path] | None = None,
     jit_compile: bool = default("stage0_jit_compile"),
+    precision: str = default("precision"),
     verbose: bool = True,
     return_model: bool = False,
 ) -> dict:
@@ -348,6 +358,8 @@ def pretrain(
     other inputs is replaced. If ``out_dir`` already holds a folder made from the same source
     weights, texts and parameters, nothing is trained and its record is returned with
     ``skipped=True``.
+
+    ``precision`` (core.precision: ``auto`` may turn XLA off) is what training computes in.
 
     Returns the record: source, data, params, ``history`` (per-epoch masked-token ``loss`` and
     ``accuracy``), ``final_loss``, ``seconds``, ``skipped``; with ``return_model`` also
@@ -406,9 +418,17 @@ def pretrain(
     keras.utils.set_random_seed(seed)  # head initialisation and dropout
     rng = np.random.default_rng(seed)  # masks and order
     n_predictions = max_predictions(maxlen, mask_rate)
+    choice = choose(precision, jit_compile)
+    if verbose and precision != "float32":
+        print(f"stage 0: {choice}", flush=True)
     # Any width: each batch is padded only as far as it needs (length_batches).
     model = build_mlm_model(
-        bert_dir, lr, seq_len=None, jit_compile=jit_compile, n_predictions=n_predictions
+        bert_dir,
+        lr,
+        seq_len=None,
+        jit_compile=choice.jit_compile,
+        n_predictions=n_predictions,
+        precision=choice.precision,
     )
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     start = time.perf_counter()
@@ -458,7 +478,8 @@ def pretrain(
         "final_loss": history["loss"][-1],
         "final_accuracy": history["accuracy"][-1],
         "seconds": round(seconds, 1),
-        "jit_compile": jit_compile,
+        "jit_compile": choice.jit_compile,
+        "precision": choice.record(),
         "versions": {"tensorflow": tf.__version__},
     }
     vocab_lines = (bert_dir / VOCAB_FILE).read_text(encoding="utf-8").split("\n")

@@ -28,6 +28,7 @@ from core.config import (
 )
 from core.data import file_sha256
 from core.io import read_json, write_csv, write_json, write_text
+from core.precision import record as precision_record
 from core.weights.google_ckpt import BertDirError, weights_sha256
 
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
@@ -187,6 +188,7 @@ def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
         "identity": identity(settings),
+        "precision": precision_record(settings.precision),  # what auto chose on this machine
     }
     path = run_dir / "run.json"
     if path.exists():

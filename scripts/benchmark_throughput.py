@@ -1,6 +1,6 @@
 """Throughput benchmark (not a test): our input pipeline against a reference-style one, same model.
 
-    .venv/bin/python scripts/benchmark_throughput.py [--rows 1600] [--rounds 5]
+    .venv/bin/python scripts/benchmark_throughput.py [--rows 1600] [--rounds 5] [--variants ...]
 
 In one process, on the default encoder and real sentences from the training file, it measures
 training and prediction samples/s of:
@@ -9,14 +9,20 @@ training and prediction samples/s of:
 - ``ours-b16``: our length-grouped ``BatchSequence`` fed as its ``dataset()`` (as the engine
   does), XLA-compiled steps, batch 16 (like for like);
 - ``ours``: the pipeline's stage-1 defaults (``core.config.DEFAULTS``: batch size, XLA), and
-  predictions in batches of 256 through one plain traced graph.
+  predictions in batches of 256 through one plain traced graph;
+- the precision variants (``core.precision``), otherwise as ``ours``: ``ours-noxla`` (float32
+  without XLA), ``bf16`` (mixed bfloat16 without XLA: oneDNN, what ``precision: auto`` picks on
+  a CPU with bf16 instructions) and ``bf16-xla``.
 It also measures this machine's dense matmul peak with TensorFlow (float32 and bfloat16) and the
-fraction of the float32 peak each training pass reaches, counting real (non-padding) tokens at
-6 FLOP per encoder parameter per token (about 76 MFLOP per token for a 4-layer, 512-wide encoder).
+fraction of the peak of its own precision each training pass reaches, counting real
+(non-padding) tokens at 6 FLOP per encoder parameter per token (about 76 MFLOP per token for a
+4-layer, 512-wide encoder).
 
 This machine's speed drifts by up to 2x over minutes (other tenants of the host), so variants are
-interleaved: each round times every variant once and re-measures the float32 peak right after each
-training pass; the fraction of peak divides by that adjacent peak. Medians over rounds are printed.
+interleaved: each round times every variant once and re-measures the peak of the variant's
+precision right after each training pass; the fraction of peak divides by that adjacent peak.
+Medians over rounds are printed, and each variant's speed relative to ``ours`` and to the
+reference-style (when run).
 Ours is charged the whole ``fit`` call; the reference-style the call minus its teardown (see
 ``pass_seconds``), which is printed for every variant. Every variant first runs one untimed pass
 (graph tracing, XLA compilation of each batch width).
@@ -44,7 +50,10 @@ from core.config import DEFAULTS, Settings
 from core.data import read_labelled
 from core.generator import BatchSequence, predict_in_order
 from core.model import build_model
+from core.precision import choose, detect
 from core.tokenizer import CharTokenizer, load_vocab
+
+PEAK_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
 
 class PeakRSS:
@@ -113,10 +122,11 @@ class Variant:
     batch_size: int
     jit: bool
     seed_style: bool
+    precision: str = "float32"
     model: object = None
     train: list = field(default_factory=list)  # samples/s per round
     predict: list = field(default_factory=list)
-    share: list = field(default_factory=list)  # fraction of the adjacent float32 peak
+    share: list = field(default_factory=list)  # fraction of the adjacent peak of its precision
     teardown: list = field(default_factory=list)  # seconds fit spent after training ended
 
 
@@ -185,7 +195,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per variant")
     parser.add_argument("--bert-dir", default="pretrained/m3e-small")
     parser.add_argument("--train-path", default="data/train_shuffle.txt")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)",
+    )
     args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or "ours" not in names:  # ours: the base of the ratios and of the memory figure
+        parser.error(f"--variants {args.variants}: expected ours and some of {', '.join(VARIANTS)}")
     settings = Settings(bert_dir=args.bert_dir, train_path=args.train_path)
     data = read_labelled(settings.train_path)
     tokenizer = CharTokenizer(load_vocab(settings.bert_dir), settings.maxlen)
@@ -198,15 +217,16 @@ def main() -> None:
     )
     peak32, peak16 = matmul_peak(tf.float32, tries=3), matmul_peak(tf.bfloat16, tries=3)
     print(f"matmul peak at start: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
+    hw = detect()
+    print(
+        f"bf16 CPU flags: {', '.join(hw.cpu_bf16) or 'none'}; GPUs: {len(hw.gpus)}; "
+        f"precision auto here: {choose('auto', DEFAULTS.stage1_jit_compile, hw)}"
+    )
 
-    variants = [
-        Variant("ours", DEFAULTS.stage1_batch_size, DEFAULTS.stage1_jit_compile, False),
-        Variant("ours-b16", 16, True, False),
-        Variant("reference-style", 16, False, True),
-    ]
-    ours = variants[0]
+    variants = [VARIANTS[name]() for name in VARIANTS if name in names]
+    ours = next(v for v in variants if v.name == "ours")
     for v in variants:
-        v.model = build_model(settings.bert_dir, lr=1e-5, jit_compile=v.jit)
+        v.model = build_model(settings.bert_dir, lr=1e-5, jit_compile=v.jit, precision=v.precision)
         # Untimed: tracing, and XLA compilation of every batch shape (two reshuffled passes).
         # Memory is measured here on the pipeline's model, built first and alone.
         with PeakRSS() as mem_train:
@@ -225,18 +245,18 @@ def main() -> None:
     n_params = sum(int(np.prod(w.shape)) for w in weights)
     gflop = 6 * n_params * real_tokens / 1e9  # per training pass
 
-    peaks = []
+    peaks = {name: [] for name in PEAK_DTYPES}
     for r in range(args.rounds):
         for v in variants:
             train_s = pass_seconds(v, token_ids, labels, seed=r)
-            peak = matmul_peak(tf.float32)
-            peaks.append(peak)
+            peak = matmul_peak(PEAK_DTYPES[v.precision])
+            peaks[v.precision].append(peak)
             v.train.append(len(token_ids) / train_s)
             v.share.append(gflop / train_s / peak)
             v.predict.append(len(token_ids) / predict_pass(v, token_ids, labels))
             print(
                 f"round {r + 1} {v.name:10s} train {v.train[-1]:6.1f} samples/s "
-                f"({gflop / train_s:5.1f} GFLOP/s, {v.share[-1]:5.1%} of the float32 peak "
+                f"({gflop / train_s:5.1f} GFLOP/s, {v.share[-1]:5.1%} of the {v.precision} peak "
                 f"{peak:.0f} measured right after), predict {v.predict[-1]:6.1f} samples/s; "
                 f"fit teardown {v.teardown[-1]:.1f} s",
                 flush=True,
@@ -247,20 +267,39 @@ def main() -> None:
         f"\nencoder parameters (without embeddings): {n_params / 1e6:.1f} M "
         f"-> {6 * n_params / 1e6:.0f} MFLOP per real token in training"
     )
-    print(
-        f"float32 matmul peak over the rounds: median {med(peaks):.1f}, range "
-        f"{min(peaks):.1f}-{max(peaks):.1f} GFLOP/s; bfloat16 at start {peak16:.1f} GFLOP/s"
-    )
-    print(f"medians over {args.rounds} rounds:")
-    base = variants[-1]
+    for name, values in peaks.items():
+        if values:
+            print(
+                f"{name} matmul peak over the rounds: median {med(values):.1f}, range "
+                f"{min(values):.1f}-{max(values):.1f} GFLOP/s"
+            )
+    print(f"medians over {args.rounds} rounds (x: per-round ratios' median):")
+    bases = [ours] + [v for v in variants if v.seed_style]
     for v in variants:
+        ratios = ", ".join(
+            f"train x{med(np.divide(v.train, b.train)):.2f} predict "
+            f"x{med(np.divide(v.predict, b.predict)):.2f} {b.name}"
+            for b in bases
+            if b is not v
+        )
         print(
-            f"  {v.name:10s} (batch {v.batch_size:2d}, XLA {'on ' if v.jit else 'off'}) "
-            f"train {med(v.train):6.1f} samples/s = {med(v.share):5.1%} of the float32 peak, "
-            f"x{med(np.divide(v.train, base.train)):.2f} the reference-style; predict "
-            f"{med(v.predict):6.1f} samples/s, x{med(np.divide(v.predict, base.predict)):.2f}; "
+            f"  {v.name:10s} ({v.precision}, batch {v.batch_size:2d}, "
+            f"XLA {'on ' if v.jit else 'off'}) "
+            f"train {med(v.train):6.1f} samples/s = {med(v.share):5.1%} of the {v.precision} "
+            f"peak; predict {med(v.predict):6.1f} samples/s; {ratios or 'the base'}; "
             f"fit teardown {np.mean(v.teardown):.1f} s on average"
         )
+
+
+_OURS = DEFAULTS.stage1_batch_size
+VARIANTS = {  # name: a fresh Variant (the model is built in main)
+    "ours": lambda: Variant("ours", _OURS, DEFAULTS.stage1_jit_compile, False),
+    "ours-b16": lambda: Variant("ours-b16", 16, True, False),
+    "reference-style": lambda: Variant("reference-style", 16, False, True),
+    "ours-noxla": lambda: Variant("ours-noxla", _OURS, False, False),
+    "bf16": lambda: Variant("bf16", _OURS, False, False, "bfloat16"),
+    "bf16-xla": lambda: Variant("bf16-xla", _OURS, True, False, "bfloat16"),
+}
 
 
 if __name__ == "__main__":
