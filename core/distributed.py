@@ -171,6 +171,9 @@ def run_graph(
 ) -> None:
     """Run every step of ``chosen`` not yet complete as a task that waits for ``deps``; raise the
     first error once no task is left running."""
+    pending = [i for i, step in enumerate(chosen) if not skip_done(step, i + 1, len(chosen))]
+    if not pending:
+        return  # nothing to run: no cluster to start
     quiet_dask()
     from distributed import Client
 
@@ -191,7 +194,7 @@ def run_graph(
         token = uuid.uuid4().hex[:8]
         progress = Progress(chosen, token)
         client.subscribe_topic(TOPIC, progress.started)
-        futures = submit(client, chosen, deps, token, {"GPU": 1} if has_gpu else None)
+        futures = submit(client, chosen, pending, deps, token, {"GPU": 1} if has_gpu else None)
         errors = wait(client, futures, chosen, progress)
     finally:
         client.close()
@@ -201,9 +204,9 @@ def run_graph(
         raise errors[0]
 
 
-def submit(client, chosen, deps, token: str, resources) -> dict:
-    """One task per step not complete, in plan order; a complete step's dependents wait for what
-    it waited for."""
+def submit(client, chosen, pending: list[int], deps, token: str, resources) -> dict:
+    """One task per pending step, in plan order; a complete step's dependents wait for what it
+    waited for."""
     futures: dict[int, object] = {}
 
     def after(i: int) -> list:
@@ -214,9 +217,8 @@ def submit(client, chosen, deps, token: str, resources) -> dict:
                     out.append(f)
         return out
 
-    for i, step in enumerate(chosen):
-        if skip_done(step, i + 1, len(chosen)):
-            continue
+    for i in pending:
+        step = chosen[i]
         futures[i] = client.submit(
             run_task,
             step,

@@ -101,6 +101,16 @@ def test_gpu_ids_follow_cuda_visible_devices(monkeypatch):
         local_cluster(3, ["0", "1"])  # refused before anything starts
 
 
+def test_nothing_to_run_starts_no_cluster(monkeypatch):
+    from core import distributed
+
+    def refuse(*_):
+        raise AssertionError("started a cluster")
+
+    monkeypatch.setattr(distributed, "local_cluster", refuse)
+    distributed.run_graph([], [], 2, None)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [(["--workers", "0"], "--workers 0: expected at least 1"), (["--workers", "x"], "invalid int")],
