@@ -12,6 +12,10 @@ run that needs it: a changed setting recomputes only the steps whose key holds i
 the same command resumes. Executed notebooks and their HTML go to ``<run>/notebooks/`` (a stored
 step keeps its own copy); ``<run>/index.html`` links them with the headline figures. A seed
 ensemble (``blend_seeds``) runs each seed as a run of its own, then blends them.
+
+``--workers N`` runs N independent steps at once on this machine and ``--scheduler ADDRESS`` on a
+running Dask cluster whose workers share ``outputs/`` (``core.distributed``, ``graph``); without
+them the steps run one after another in this process, importing nothing more.
 """
 
 from __future__ import annotations
@@ -95,6 +99,39 @@ def plan(settings: Settings, run_dir: Path) -> list[Step]:
         out.append(Step("ensemble", None, m, m_dir, None, m.train_seed))
     out.append(Step("ensemble", None, settings, run_dir))
     out.append(Step("errors", None, settings, run_dir))  # analysis of the blend
+    return out
+
+
+def upstream(step: Step) -> list[steps.Step]:
+    """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2."""
+    s = step.settings
+    if step.section == "stage1" and s.uses_stage0:
+        return [steps.ref(s, "stage0")]
+    if step.section == "stage2":
+        return [steps.ref(s, "stage1", step.fold)]
+    return []
+
+
+def graph(chosen: list[Step]) -> list[list[int]]:
+    """For each step of ``chosen`` (plan order), the indices of the earlier steps it waits for.
+
+    A stored step waits for what it reads (``upstream``) and for an earlier copy of itself (a
+    seed ensemble's runs share stage 0 and the EDA: the copy then finds it done); stage 0 and the
+    EDA wait for nothing, so the folds of a stage and the members of a seed ensemble are
+    independent. A member's ensemble waits for its run's steps; the run's ensemble and error
+    analysis wait for everything before them.
+    """
+    out = []
+    for i, step in enumerate(chosen):
+        before = list(enumerate(chosen[:i]))
+        if step.stored is not None:
+            reads = {step.stored.name, *(r.name for r in upstream(step))}
+            waits = [j for j, s in before if s.stored is not None and s.stored.name in reads]
+        elif step.member is not None:  # a seed member's ensemble
+            waits = [j for j, s in before if s.run_dir == step.run_dir]
+        else:
+            waits = [j for j, _ in before]
+        out.append(waits)
     return out
 
 
@@ -236,17 +273,55 @@ def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> Non
         open_run(d, s, ids)
 
 
+def skip_done(step: Step, i: int, n: int) -> bool:
+    """Whether ``step`` is complete (then linked into its run if stored elsewhere), saying so."""
+    if not step.done:
+        return False
+    where = ""
+    if step.stored is not None:
+        link_reused(step)
+        where = f" (stored as steps/{step.stored.name})"
+    log.info("[%d/%d] %s: complete, skipped%s", i, n, step.label, where)
+    return True
+
+
+def record_time(step: Step, seconds: float) -> None:
+    """Add a step's wall time to its run's ``timings.json`` and rewrite the run's report."""
+    timings_path = step.run_dir / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else {}
+    own = step.label.split("/")[-1]
+    timings[own] = round(seconds, 1)
+    write_json(timings_path, timings)
+    write_index(step.run_dir, step.settings, timings)
+
+
+def run_in_order(chosen: list[Step]) -> None:
+    """The default: each step not yet complete, one after another, in this process."""
+    for i, step in enumerate(chosen, 1):
+        if skip_done(step, i, len(chosen)):
+            continue
+        log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
+        start = time.time()
+        execute(step, parameters(step))
+        keep_notebook(step)
+        record_time(step, time.time() - start)
+
+
 def run_pipeline(
     settings: Settings,
     run_dir: str | Path | None = None,
     only: str | None = None,
     folds: list[int] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Path:
     """Execute every step not yet complete; return the run folder.
 
     Everything is checked before the first step (settings, inputs, folds). ``only`` and
     ``folds`` pick a part of the run (e.g. stage1 fold 3), so folds can run as separate jobs,
-    on separate machines sharing ``outputs/``, and be ensembled afterwards.
+    on separate machines sharing ``outputs/``, and be ensembled afterwards. ``workers`` (a
+    cluster of that many processes here) or ``scheduler`` (a running cluster's address) run
+    independent steps at once (``core.distributed``); by default they run one after another.
     """
     check_inputs(settings, only, folds)
     check_blend_runs(settings)
@@ -256,24 +331,12 @@ def run_pipeline(
         run_folder(m)
     open_runs(settings, run_dir, members)
     chosen = select(plan(settings, run_dir), only, folds)
-    for i, step in enumerate(chosen, 1):
-        if step.done:
-            where = ""
-            if step.stored is not None:
-                link_reused(step)
-                where = f" (stored as steps/{step.stored.name})"
-            log.info("[%d/%d] %s: complete, skipped%s", i, len(chosen), step.label, where)
-            continue
-        log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
-        start = time.time()
-        execute(step, parameters(step))
-        keep_notebook(step)
-        timings_path = step.run_dir / "timings.json"
-        timings = read_json(timings_path) if timings_path.exists() else {}
-        own = step.label.split("/")[-1]
-        timings[own] = round(time.time() - start, 1)
-        write_json(timings_path, timings)
-        write_index(step.run_dir, step.settings, timings)
+    if workers is None and scheduler is None:
+        run_in_order(chosen)
+    else:
+        from core.distributed import run_graph  # Dask is imported on this path only
+
+        run_graph(chosen, graph(chosen), workers, scheduler)
     for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
         timings_path = d / "timings.json"
         write_index(d, s, read_json(timings_path) if timings_path.exists() else {})
@@ -364,6 +427,18 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--only", choices=list(NOTEBOOKS), help="run only this step")
     parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N independent steps at once on this machine (one per GPU when there are GPUs)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the steps on a running Dask cluster sharing outputs/, e.g. tcp://host:8786",
+    )
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -375,8 +450,12 @@ def main(argv=None) -> int:
         output_dir=args.output_dir,
     )
     folds = parse_folds(args.folds)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected at least 1")
     start = time.time()
-    run_dir = run_pipeline(settings, args.run_dir, args.only, folds)
+    run_dir = run_pipeline(
+        settings, args.run_dir, args.only, folds, workers=args.workers, scheduler=args.scheduler
+    )
     print(f"\nfinished in {time.time() - start:.0f} s; run folder {show(run_dir)}")
     results = run_dir / "ensemble" / "results.json"
     if results.exists():
@@ -392,4 +471,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    # The imported module rather than __main__: the steps a cluster's workers unpickle must name
+    # core.pipeline.Step, the class they import.
+    from core import pipeline
+
+    cli.run(pipeline.main)
