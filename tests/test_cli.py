@@ -589,7 +589,7 @@ def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_in
     [
         ("00_pretrain", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
         ("01_eda", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
-        ("02_cv", {}, "MissingStageError: {runs}/run-"),  # stage 0 on, its encoder not made
+        ("02_cv", {}, "MissingStageError: {steps}/stage0-"),  # stage 0 on, its encoder not made
         ("04_ensemble", {}, "MissingOutputsError: stage1 fold 0 is not finished in {runs}/run-"),
     ],
 )
@@ -602,7 +602,9 @@ def test_hand_run_notebook_failing_on_its_inputs_leaves_no_run_folder(
     bad.write_text("1\t好吃\n\n2\t不错\n\n", encoding="utf-8")
     extra = {k: bad if v == "BAD" else v for k, v in extra.items()}
     error = hand_run(tmp_path, notebook, *tiny_params(tiny_inputs, outputs, **extra))
-    assert error.startswith(expected.format(BAD=bad, runs=outputs / "runs")), error
+    assert error.startswith(
+        expected.format(BAD=bad, runs=outputs / "runs", steps=outputs / "steps")
+    ), error
     assert not outputs.exists()
     [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
     assert line.startswith(f"error: no finished run under {outputs / 'runs'}: make one with")
