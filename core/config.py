@@ -246,10 +246,8 @@ def _checked(f: dataclasses.Field, value):
     bad = None
     if kind == "path":
         return resolve(value, f"setting {f.name}")
-    if kind == "seeds":
-        return _seed_list(f, value)
-    if kind == "names":
-        return _name_list(f, value)
+    if kind in LIST_ITEMS:
+        return _list(f, value, kind)
     if kind in ("int", "seed"):
         if kind == "seed" and value is None:
             return None
@@ -276,8 +274,23 @@ def _checked(f: dataclasses.Field, value):
     return value
 
 
-def _seed_list(f: dataclasses.Field, value) -> list[int]:
-    """A list of distinct seeds; papermill's ``-p`` gives it as text (``"[1, 2]"``)."""
+def _is_seed(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_name(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+# A list setting's items: their check, and what a message says is expected.
+LIST_ITEMS = {
+    "seeds": (_is_seed, "a list of distinct integers >= 0, e.g. [1, 2]"),
+    "names": (_is_name, "a list of distinct run folders, e.g. [outputs/runs/run-0123456789]"),
+}
+
+
+def _list(f: dataclasses.Field, value, kind: str) -> list:
+    """A list of distinct items; papermill's ``-p`` gives it as text (``"[1, 2]"``)."""
     if isinstance(value, str):
         import yaml
 
@@ -285,33 +298,11 @@ def _seed_list(f: dataclasses.Field, value) -> list[int]:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
-    ok = isinstance(value, (list, tuple)) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    )
+    item_ok, expected = LIST_ITEMS[kind]
+    ok = isinstance(value, (list, tuple)) and all(item_ok(v) for v in value)
     if not ok or len(set(value)) != len(value):
-        raise ConfigError(
-            f"setting {f.name}={value!r}: expected a list of distinct integers >= 0, e.g. [1, 2] "
-            f"({f.metadata['help']})"
-        )
+        raise ConfigError(f"setting {f.name}={value!r}: expected {expected} ({f.metadata['help']})")
     return list(value)
-
-
-def _name_list(f: dataclasses.Field, value) -> list[str]:
-    """A list of distinct non-empty names; papermill's ``-p`` gives it as text."""
-    if isinstance(value, str):
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
-    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value)
-    if not ok or len(set(value)) != len(value):
-        raise ConfigError(
-            f"setting {f.name}={value!r}: expected a list of distinct run folders, e.g. "
-            f"[outputs/runs/run-0123456789] ({f.metadata['help']})"
-        )
-    return [str(v) for v in value]
 
 
 def _number(text: str):
