@@ -152,9 +152,7 @@ class Progress:
         record_time(step, result["seconds"])
         path = step.run_dir / TASKS_FILE
         tasks = read_json(path) if path.exists() else {}
-        tasks[step.label.split("/")[-1]] = {k: result[k] for k in ("worker", "start", "end")} | {
-            "seconds": result["seconds"]
-        }
+        tasks[step.own_label] = {k: result[k] for k in ("worker", "start", "end", "seconds")}
         write_json(path, tasks)
 
     def failed(self, step: Step, error: BaseException) -> None:

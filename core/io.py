@@ -39,6 +39,18 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def atomic_symlink(target: str | Path, path: str | Path) -> Path:
+    """Make ``path`` a symlink to ``target`` at once (made beside it, then renamed over it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

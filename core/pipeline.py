@@ -42,7 +42,7 @@ from core.config import (
     show,
 )
 from core.data import read_labelled, read_unlabelled
-from core.io import atomic_path, read_json, write_json, write_text
+from core.io import atomic_path, atomic_symlink, read_json, write_json, write_text
 from core.noise import KernelOutput, NoiseFilter, clean_notebook
 from core.run import check_blend_runs, default_run_dir, open_run, record_settings, run_folder
 
@@ -67,9 +67,13 @@ class Step:
     member: int | None = None  # the training seed of a seed ensemble's other run
 
     @property
+    def own_label(self) -> str:
+        """The step's name within its run (timings, notebooks)."""
+        return self.section if self.fold is None else f"{self.section}-fold{self.fold}"
+
+    @property
     def label(self) -> str:
-        own = self.section if self.fold is None else f"{self.section}-fold{self.fold}"
-        return own if self.member is None else f"seed{self.member}/{own}"
+        return self.own_label if self.member is None else f"seed{self.member}/{self.own_label}"
 
     @property
     def notebook(self) -> str:
@@ -183,8 +187,7 @@ class NotebookError(RuntimeError):
 
 def notebook_path(step: Step) -> Path:
     """Where the run keeps a step's executed notebook."""
-    own = step.section if step.fold is None else f"{step.section}-fold{step.fold}"
-    return step.run_dir / "notebooks" / f"{Path(step.notebook).stem}-{own}.ipynb"
+    return step.run_dir / "notebooks" / f"{Path(step.notebook).stem}-{step.own_label}.ipynb"
 
 
 def execute(step: Step, params: dict) -> Path:
@@ -258,10 +261,7 @@ def link_reused(step: Step) -> None:
     for suffix in (".ipynb", ".html"):
         src, dst = step.stored.dir / f"notebook{suffix}", made.with_suffix(suffix)
         if src.is_file() and not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
-            os.symlink(os.path.relpath(src, dst.parent), tmp)
-            os.replace(tmp, dst)
+            atomic_symlink(os.path.relpath(src, dst.parent), dst)
 
 
 def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> None:
@@ -287,12 +287,16 @@ def skip_done(step: Step, i: int, n: int) -> bool:
 
 def record_time(step: Step, seconds: float) -> None:
     """Add a step's wall time to its run's ``timings.json`` and rewrite the run's report."""
-    timings_path = step.run_dir / "timings.json"
-    timings = read_json(timings_path) if timings_path.exists() else {}
-    own = step.label.split("/")[-1]
-    timings[own] = round(seconds, 1)
-    write_json(timings_path, timings)
+    timings = read_timings(step.run_dir)
+    timings[step.own_label] = round(seconds, 1)
+    write_json(step.run_dir / "timings.json", timings)
     write_index(step.run_dir, step.settings, timings)
+
+
+def read_timings(run_dir: Path) -> dict:
+    """``<run>/timings.json``: the seconds of each step this run computed (empty before any)."""
+    path = run_dir / "timings.json"
+    return read_json(path) if path.exists() else {}
 
 
 def run_in_order(chosen: list[Step]) -> None:
@@ -338,8 +342,7 @@ def run_pipeline(
 
         run_graph(chosen, graph(chosen), workers, scheduler)
     for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
-        timings_path = d / "timings.json"
-        write_index(d, s, read_json(timings_path) if timings_path.exists() else {})
+        write_index(d, s, read_timings(d))
     from core.runs import write_table  # refresh the runs table, outputs/index.html
 
     write_table(settings.output_dir)

@@ -119,7 +119,8 @@ def check_identity(run_dir: Path, settings: Settings) -> None:
             f"{record}: made by an older version of the suite (no recorded identity); "
             "delete that run folder and run again"
         )
-    check_same(record, saved, identity(settings), sorted(set(saved) | set(identity(settings))))
+    wanted = identity(settings)
+    check_same(record, saved, wanted, sorted(set(saved) | set(wanted)))
 
 
 def check_encoder(run_dir: Path) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core import hashing
 from core.config import NO_RESULT, PATHS, PRETRAIN_FILE, Settings
-from core.io import write_json
+from core.io import atomic_symlink, write_json
 from core.weights.google_ckpt import weights_sha256
 
 STORE = "steps"
@@ -191,12 +191,7 @@ def link(run_dir: str | Path, step: Step) -> Path:
         raise FileExistsError(
             f"{path}: expected a link into {step.store}, found a folder; delete it and rerun"
         )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_symlink(target, path)
 
 
 def linked_steps(run_dir: str | Path) -> dict[str, str]:
