@@ -6,7 +6,7 @@
 #   ./suite.sh lab [jupyter options]    # set-up, then JupyterLab on the repo (python -m core.lab):
 #                                       # on 127.0.0.1 only; open the URL with the token it prints
 #   ./suite.sh board [tensorboard opts] # set-up, then TensorBoard over every run (python -m
-#                                       # core.board) on 127.0.0.1:6006
+#                                       # core.training.board) on 127.0.0.1:6006
 #   ./suite.sh setup                    # set-up only
 #
 # Set-up is idempotent and quick when nothing changed: a project-local .venv, the pinned packages
@@ -109,7 +109,7 @@ case "$cmd" in
     ;;
   board)
     setup
-    exec "$VENV/bin/python" -m core.board "$@"
+    exec "$VENV/bin/python" -m core.training.board "$@"
     ;;
   *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

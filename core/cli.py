@@ -1,4 +1,4 @@
-"""How every command (``python -m core.pipeline``, ``core.predict``, ``core.weights``) ends.
+"""How every command (``python -m core.pipeline``, ``core.serving.predict``, ``core.weights``) ends.
 
 An expected error (bad input the user can fix: its message says where and how) prints as one
 ``error: <message>`` line and exit code 1; anything else keeps its full traceback. ``--debug`` or
@@ -24,14 +24,14 @@ EXPECTED = frozenset(
     {
         "BertDirError",  # core.weights.google_ckpt
         "ConfigError",  # core.config
-        "DataError",  # core.data
-        "MissingOutputsError",  # core.ensemble
-        "MissingStageError",  # core.engine
-        "NotebookError",  # core.pipeline: a notebook stopped on one of these
-        "RunMismatchError",  # core.run
-        "RunNotFinishedError",  # core.predict
-        "SubmissionError",  # core.submission
-        "TrainingDivergedError",  # core.engine
+        "DataError",  # core.data.reviews
+        "MissingOutputsError",  # core.ensembling.ensemble
+        "MissingStageError",  # core.training.engine
+        "NotebookError",  # core.pipeline.execute: a notebook stopped on one of these
+        "RunMismatchError",  # core.runs.folder
+        "RunNotFinishedError",  # core.serving.predict
+        "SubmissionError",  # core.ensembling.submission
+        "TrainingDivergedError",  # core.training.engine
         "UnsafePickleError",  # core.weights.torch_reader
         "WheelDownloadError",  # core.weights.m3e
         "WheelHashError",  # core.weights.m3e

@@ -27,17 +27,18 @@ NOTEBOOKS = {
     "ensemble": "notebooks/04_ensemble.ipynb",
     "errors": "notebooks/05_errors.ipynb",
 }
-# Written last into stage 0's encoder folder (core.mlm): its presence marks the folder done.
+# Written last into stage 0's encoder folder (core.training.mlm): it marks the folder done.
 PRETRAIN_FILE = "PRETRAIN.json"
 # A run folder's resolved settings, as a papermill parameters file (-f) and --config file.
 CONFIG_FILE = "config.yaml"
 
-SCHEDULES = ("constant", "cosine")  # stage 1 learning-rate schedules (core.model.learning_rate)
-LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.losses)
-STRATEGIES = ("default", "mirrored", "multiworker")  # core.strategy
-PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.precision
+# Stage 1 learning-rate schedules (core.model.optimizer.learning_rate).
+SCHEDULES = ("constant", "cosine")
+LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.model.losses)
+STRATEGIES = ("default", "mirrored", "multiworker")  # core.model.strategy
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.model.precision
 PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
-# Settings that change no result: in no step's key and not in a run's identity (core.steps).
+# Settings that change no result: in no step's key and not in a run's identity (core.runs.steps).
 NO_RESULT = ("predict_batch_size",)
 
 
@@ -223,7 +224,8 @@ class Settings:
 
     def run_path(self, run_dir: str | Path, name: str = "parameter run_dir") -> Path:
         """Resolve a folder to write; it must lie inside ``output_dir`` (runs write nowhere
-        else). ``core.run.run_folder`` also gives the default run folder of these settings."""
+        else). ``core.runs.folder.run_folder`` also gives the default run folder of these
+        settings."""
         path = resolve(run_dir)
         if path == self.output_dir or not path.is_relative_to(self.output_dir):
             raise ConfigError(

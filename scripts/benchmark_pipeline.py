@@ -19,7 +19,8 @@ import pandas as pd
 
 from core.config import Settings
 from core.io import read_json
-from core.pipeline import resolve_settings, run_pipeline, setup_logging
+from core.pipeline.execute import setup_logging
+from core.pipeline.job import resolve_settings, run_pipeline
 
 
 def report(run_dir: Path) -> None:

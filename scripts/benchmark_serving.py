@@ -1,4 +1,5 @@
-"""Serving speed and memory: the exported SavedModel, the TFLite file and core.predict, one run.
+"""Serving speed and memory: the exported SavedModel, the TFLite file and core.serving.predict, one
+run.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_serving.py --run outputs/runs/<run> \\
         --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1
@@ -6,9 +7,9 @@
 Each backend runs in its own process (so its peak RSS is its own; ``ru_maxrss`` includes
 importing TensorFlow) on the same sentences of ``--texts`` (default the test file): one sentence
 at a time (median and 99th-percentile latency, after a warm-up) and batches of 256 (sentences/s).
-core.predict's ``score`` builds every fold's model and reads the weights on each call (it has no
-cache; the command pays this once per invocation), so its single-sentence figures are per call,
-on fewer sentences. Prints a Markdown table and the machine it ran on.
+core.serving.predict's ``score`` builds every fold's model and reads the weights on each call (it
+has no cache; the command pays this once per invocation), so its single-sentence figures are per
+call, on fewer sentences. Prints a Markdown table and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def load(kind: str, path: str):
         spec.loader.exec_module(shipped)
         model = shipped.TFLiteModel(path, num_threads=os.cpu_count())
         return lambda texts: model(texts)["probability"]
-    from core.predict import score
+    from core.serving.predict import score
 
     return lambda texts: score(Path(path), texts)["probability"].to_numpy()
 
@@ -86,12 +87,14 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", help="run folder for core.predict (skipped without it)")
+    parser.add_argument("--run", help="run folder for core.serving.predict (skipped without it)")
     parser.add_argument("--savedmodel", help="SavedModel version folder")
     parser.add_argument("--tflite", help="TFLite version folder")
     parser.add_argument("--texts", default="data/test_handout.txt", help="sentences (test format)")
     parser.add_argument("--single", type=int, default=300, help="one-at-a-time calls per model")
-    parser.add_argument("--predict-single", type=int, default=10, help="... for core.predict")
+    parser.add_argument(
+        "--predict-single", type=int, default=10, help="... for core.serving.predict"
+    )
     parser.add_argument("--predict-texts", type=int, default=1024, help="batch rows for predict")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -102,13 +105,19 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.path, texts, args.single)))
         return
 
-    from core.data import read_unlabelled
+    from core.data.reviews import read_unlabelled
 
     texts = read_unlabelled(args.texts).texts
     jobs = [
         ("SavedModel (float32)", "savedmodel", args.savedmodel, len(texts), args.single),
         ("TFLite (int8 weights)", "tflite", args.tflite, len(texts), args.single),
-        ("core.predict.score", "predict", args.run, args.predict_texts, args.predict_single),
+        (
+            "core.serving.predict.score",
+            "predict",
+            args.run,
+            args.predict_texts,
+            args.predict_single,
+        ),
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     rows = []

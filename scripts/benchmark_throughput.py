@@ -10,7 +10,7 @@ training and prediction samples/s of:
   does), XLA-compiled steps, batch 16 (like for like);
 - ``ours``: the pipeline's stage-1 defaults (``core.config.DEFAULTS``: batch size, XLA), and
   predictions in batches of 256 through one plain traced graph;
-- the precision variants (``core.precision``), otherwise as ``ours``: ``ours-noxla`` (float32
+- the precision variants (``core.model.precision``), otherwise as ``ours``: ``ours-noxla`` (float32
   without XLA), ``bf16`` (mixed bfloat16 without XLA: oneDNN, what ``precision: auto`` picks on
   a CPU with bf16 instructions) and ``bf16-xla``.
 It also measures this machine's dense matmul peak with TensorFlow (float32 and bfloat16) and the
@@ -47,11 +47,11 @@ import tensorflow as tf
 from tensorflow import keras
 
 from core.config import DEFAULTS, Settings
-from core.data import read_labelled
-from core.generator import BatchSequence, predict_in_order
-from core.model import build_model
-from core.precision import choose, detect
-from core.tokenizer import CharTokenizer, load_vocab
+from core.data.batches import BatchSequence, predict_in_order
+from core.data.reviews import read_labelled
+from core.data.tokenizer import CharTokenizer, load_vocab
+from core.model.classifier import build_model
+from core.model.precision import choose, detect
 
 PEAK_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
@@ -156,7 +156,7 @@ def train_pass(v: Variant, token_ids, labels, seed: int) -> tuple[float, float]:
             group_by_length=True,
             pad_multiple=PIPELINE.stage1_pad_multiple,
         )
-        feed, steps = seq.dataset(), len(seq)  # as core.engine feeds stage 1
+        feed, steps = seq.dataset(), len(seq)  # as core.training.engine feeds stage 1
     window = TrainWindow()
     start = time.perf_counter()
     v.model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[window])

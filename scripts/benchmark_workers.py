@@ -58,7 +58,7 @@ def cluster_overhead(n: int) -> float:
     """Start N local workers and their scheduler, connect, close: the engine's fixed cost."""
     from distributed import Client
 
-    from core.distributed import local_cluster, quiet_dask
+    from core.pipeline.distributed import local_cluster, quiet_dask
 
     quiet_dask()
     start = time.time()

@@ -1,5 +1,5 @@
-"""Check exported models against the run they came from: parity with core.predict on a test file,
-and out-of-fold AUC with each training row scored by its own fold's model only.
+"""Check exported models against the run they came from: parity with core.serving.predict on a test
+file, and out-of-fold AUC with each training row scored by its own fold's model only.
 
     .venv/bin/python scripts/check_export.py --run outputs/runs/<run> \\
         --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1 \\
@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from core.config import Settings
-from core.data import read_labelled, read_unlabelled
-from core.export import stage1_weight
+from core.data.reviews import read_labelled, read_unlabelled
 from core.io import read_json
 from core.metrics import auc
-from core.run import fold_dir
+from core.runs.folder import fold_dir
+from core.serving.export import stage1_weight
 
 
 def by_length(score, texts: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="the run the models were exported from")
     parser.add_argument("--savedmodel", help="a SavedModel version folder (<out>/<version>)")
     parser.add_argument("--tflite", help="a TFLite version folder (<out>/<version>)")
-    parser.add_argument("--test-file", help="also compare with core.predict on this file")
+    parser.add_argument("--test-file", help="also compare with core.serving.predict on this file")
     parser.add_argument("--skip-oof", action="store_true", help="only the test-file comparison")
     args = parser.parse_args()
     run_dir = Settings().run_path(args.run, "--run")
@@ -74,11 +74,11 @@ def main() -> None:
         models["tflite"] = tflite_scorer(Path(args.tflite))
 
     if args.test_file:
-        from core.predict import score
+        from core.serving.predict import score
 
         texts = read_unlabelled(args.test_file).texts
         expected = score(run_dir, texts)["probability"].to_numpy()
-        print(f"test file {args.test_file}: {len(texts)} rows vs core.predict")
+        print(f"test file {args.test_file}: {len(texts)} rows vs core.serving.predict")
         for name, model in models.items():
             diff = np.abs(by_length(model, texts)["probability"] - expected)
             print(f"  {name:10s} max |difference| {diff.max():.3g}, mean {diff.mean():.3g}")

@@ -1,4 +1,5 @@
-"""Integrated gradients over the token embeddings (core.attribution) on the tiny random BERT."""
+"""Integrated gradients over the token embeddings (core.analysis.attribution) on the tiny random
+BERT."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
-from core.attribution import (
+from core.analysis.attribution import (
     Explainer,
     baseline_for,
     features_model_of,
     integrated_gradients,
     to_html,
 )
+from core.data.tokenizer import CharTokenizer, load_vocab
 from core.io import write_json
-from core.model import build_head_model, build_model, copy_head_weights
-from core.tokenizer import CharTokenizer, load_vocab
+from core.model.classifier import build_head_model, build_model, copy_head_weights
 
 TEXT = "服务很好菜也新鲜"  # every character is in the tiny vocabulary
 
@@ -96,7 +97,7 @@ def test_logit_model_shares_the_classifier_weights(tiny_model, vocab):
 @pytest.fixture(scope="module")
 def fake_run(tiny_bert_dir, tmp_path_factory):
     """A run folder with two folds of random (sharpened) models: what Explainer and
-    core.predict.score read, without training."""
+    core.serving.predict.score read, without training."""
     run_dir = tmp_path_factory.mktemp("run")
     keras.utils.set_random_seed(1)
     model = build_model(tiny_bert_dir, bert_trainable=False)
@@ -120,7 +121,7 @@ def explainer(fake_run):
 
 
 def test_explainer_scores_as_predict_and_explains_the_ensemble_logit(fake_run, explainer):
-    from core.predict import score
+    from core.serving.predict import score
 
     texts = [TEXT, "价格便宜", "环境不错服务热情"]
     explained = [explainer.explain(t) for t in texts]

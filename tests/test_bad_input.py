@@ -20,7 +20,7 @@ own rows, exit code and first line, are in test_cli.py).
 | `fold` outside 0..n_folds-1 | `ConfigError` (`Settings.check_fold`): `parameter fold=7: expected an integer in 0..2 (n_folds=3)` |
 | `bert_dir` without `vocab.txt` | `BertDirError` (`check_bert_dir`): `<dir>/vocab.txt: expected this file, found it missing`; `load_vocab`: `FileNotFoundError` naming the file |
 | `vocab.txt` size ≠ config `vocab_size` | `BertDirError`: `<dir>/vocab.txt: expected N lines (vocab_size in bert_config.json), found M lines` |
-| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` and the run's other recorded (or, before its first fold, given), non-default parameters (`core.run.fold_command`) |
+| stage 2 before stage 1 | `MissingStageError` (`engine.train_stage2`) naming `papermill notebooks/02_cv.ipynb out.ipynb -p fold K -p run_dir <run>` and the run's other recorded (or, before its first fold, given), non-default parameters (`core.runs.folder.fold_command`) |
 | ensemble before the stages exist | `MissingOutputsError` (`results.finalize`) naming each unfinished fold and its `papermill notebooks/02_cv.ipynb …` command |
 | NaN / out-of-range predictions → submission | `SubmissionError` (`write_submission`); no file written, an existing one left unchanged |
 | NaN / out-of-range predictions → fold | `FloatingPointError` (`engine._check_predictions`); nothing written for the fold |
@@ -36,10 +36,10 @@ import pytest
 from conftest import TINY_VOCAB
 
 from core.config import ConfigError, Settings
-from core.data import DataError, read_labelled, read_unlabelled, show_path
-from core.fold_outputs import MissingOutputsError
-from core.submission import SubmissionError, write_submission
-from core.tokenizer import CharTokenizer, load_vocab
+from core.data.reviews import DataError, read_labelled, read_unlabelled, show_path
+from core.data.tokenizer import CharTokenizer, load_vocab
+from core.ensembling.fold_outputs import MissingOutputsError
+from core.ensembling.submission import SubmissionError, write_submission
 from core.weights.google_ckpt import MANIFEST_FILE, BertDirError, check_bert_dir
 
 
@@ -216,7 +216,7 @@ def test_run_dir_outside_the_output_folder(tmp_path):
 
 
 def test_stage2_before_stage1(tmp_path, tiny_bert_dir):
-    from core.engine import MissingStageError, train_stage2
+    from core.training.engine import MissingStageError, train_stage2
 
     settings = Settings(bert_dir=tiny_bert_dir, n_folds=3, output_dir=tmp_path)
     run_dir = tmp_path / "run"
@@ -233,7 +233,7 @@ def test_stage2_before_stage1(tmp_path, tiny_bert_dir):
 
 
 def test_ensemble_before_the_stages_exist(tmp_path):
-    from core.ensemble import finalize
+    from core.ensembling.ensemble import finalize
 
     test_path = write(tmp_path, "好吃\n\n", "test.txt")
     run_dir = tmp_path / "run"
@@ -267,7 +267,7 @@ def test_bad_predictions_never_reach_a_submission(tmp_path, bad):
 
 @pytest.mark.parametrize("bad", [np.nan, 1.5, -0.1, np.inf])
 def test_bad_predictions_never_reach_a_fold(bad):
-    from core.engine import _check_predictions
+    from core.training.engine import _check_predictions
 
     good = np.array([0.0, 0.5, 1.0])
     assert _check_predictions("stage1 fold 0 test", good) is good

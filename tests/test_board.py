@@ -1,5 +1,5 @@
-"""TensorBoard: a fold's event files hold its curves and settings, and ``python -m core.board``
-serves every run's folds on 127.0.0.1."""
+"""TensorBoard: a fold's event files hold its curves and settings, and ``python -m
+core.training.board`` serves every run's folds on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ import urllib.request
 import pytest
 from tiny_run import make_tiny_inputs, subprocess_env
 
-from core import board, steps
 from core.config import ROOT
+from core.runs import steps
+from core.training import board
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny stage-1 fold and its stage-2 fold, trained in-process, in a run folder."""
-    from core.engine import train_stage1, train_stage2
-    from core.run import default_run_dir
+    from core.runs.folder import default_run_dir
+    from core.training.engine import train_stage1, train_stage2
 
     tiny = make_tiny_inputs(tmp_path_factory.mktemp("board"))
     settings = dataclasses.replace(tiny.settings, stage0_epochs=0, stage1_epochs=2)
@@ -82,7 +83,7 @@ def test_the_command_serves_every_run_on_loopback(trained):
     env = subprocess_env()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "core.board"),
+            *(sys.executable, "-m", "core.training.board"),
             *("--output-dir", str(settings.output_dir), "--port", str(port)),
         ],
         cwd=ROOT,

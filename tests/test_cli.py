@@ -23,9 +23,9 @@ from tiny_run import TEST, TRAIN, first_rows, make_tiny_inputs, subprocess_env
 
 from core import cli
 from core.config import CONFIG_FILE, ROOT, Settings, resolve
-from core.pipeline import resolve_settings
-from core.predict import cut_note
-from core.run import record_settings
+from core.pipeline.job import resolve_settings
+from core.runs.folder import record_settings
+from core.serving.predict import cut_note
 from core.weights.google_ckpt import MANIFEST_FILE, weights_sha256
 
 DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
@@ -65,7 +65,8 @@ def outputs(tmp_path) -> Path:
 
 
 def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) -> Path:
-    """A run folder as core.predict reads it, without trained folds (every test stops before)."""
+    """A run folder as core.serving.predict reads it, without trained folds (every test stops
+    before)."""
     run = outputs / "runs" / name
     (run / "ensemble").mkdir(parents=True)
     run_json = {
@@ -86,7 +87,9 @@ def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) ->
 # -- every command ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["core.pipeline", "core.predict", "core.weights", "core.runs"])
+@pytest.mark.parametrize(
+    "module", ["core.pipeline", "core.serving.predict", "core.weights", "core.runs"]
+)
 def test_help_names_the_command(module):
     proc = command(module, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -110,7 +113,9 @@ def test_expected_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
             env=debug.get("env"),
         )
         assert proc.returncode == 1 and proc.stderr.startswith("Traceback"), proc.stderr
-        assert proc.stderr.splitlines()[-1].startswith(f"core.data.DataError: {missing}: not found")
+        assert proc.stderr.splitlines()[-1].startswith(
+            f"core.data.reviews.DataError: {missing}: not found"
+        )
 
 
 def test_every_expected_error_is_a_class_of_the_package():
@@ -191,7 +196,11 @@ def test_kernel_output_reaches_stdout_as_printed_minus_noise(capsys):
 
 def test_pipeline_missing_bert_dir_is_a_bert_dir_error(tmp_path):
     proc = command(
-        "core.pipeline", "--set", f"bert_dir={tmp_path / 'nope'}", "--output-dir", tmp_path / "out"
+        "core.pipeline",
+        "--set",
+        f"bert_dir={tmp_path / 'nope'}",
+        "--output-dir",
+        tmp_path / "out",
     )
     [line] = failed(proc)
     assert line.startswith(
@@ -215,12 +224,12 @@ def test_pipeline_truncated_weights_stop_before_anything_runs(bert, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# -- core.predict ----------------------------------------------------------------------------------
+# -- core.serving.predict --------------------------------------------------------------------------
 
 
 def test_predict_run_that_does_not_exist(outputs):
     run = outputs / "runs" / "nope"
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--run", run, "好吃"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "--run", run, "好吃"))
     assert line.startswith(
         f"error: --run {run}: no such run folder; omit --run to use the latest finished run"
     )
@@ -230,7 +239,7 @@ def test_predict_unfinished_run_names_the_command_that_finishes_it(outputs, bert
     run = fake_run(outputs, "half", bert, finished=False)
     settings = Settings(bert_dir=bert, n_folds=3, stage1_lr=3e-5, output_dir=outputs)
     record_settings(run, settings)  # as the main job or a notebook records a run's settings
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--run", run, "好吃"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "--run", run, "好吃"))
     start = f"error: run {run} has not finished (no ensemble/results.json yet); finish it with: "
     assert line.startswith(start)
     assert shlex.split(line[len(start) :]) == [
@@ -248,23 +257,27 @@ def test_predict_unfinished_run_names_the_command_that_finishes_it(outputs, bert
 def test_predict_checks_out_before_scoring(outputs, tmp_path):
     fake_run(outputs, "r", tmp_path / "gone")  # scoring would stop on its missing encoder
     outside = tmp_path / "scores.csv"
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--out", outside, "好吃"))
+    [line] = failed(
+        command("core.serving.predict", "--output-dir", outputs, "--out", outside, "好吃")
+    )
     assert line.startswith(
         f"error: --out={str(outside)!r}: expected a path inside the output folder {outputs}"
     )
     folder = outputs / "runs"
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--out", folder, "好吃"))
+    [line] = failed(
+        command("core.serving.predict", "--output-dir", outputs, "--out", folder, "好吃")
+    )
     assert line == f"error: --out={str(folder)!r}: expected a file path, found a folder"
 
 
 def test_predict_without_a_finished_run(outputs, bert):
-    [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "好吃"))
     assert line == (
         f"error: no finished run under {outputs / 'runs'}: make one with `./suite.sh "
         "run` (python -m core.pipeline), or pass --run"
     )
     run = fake_run(outputs, "half", bert, finished=False)
-    [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "好吃"))
     assert line.startswith(
         f"error: no finished run under {outputs / 'runs'}; the latest, {run}, "
         "finishes with: python -m core.pipeline "
@@ -273,7 +286,7 @@ def test_predict_without_a_finished_run(outputs, bert):
 
 
 def test_predict_refuses_an_empty_sentence(outputs):
-    [line] = failed(command("core.predict", "--output-dir", outputs, "好吃", "  ", "不错"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "好吃", "  ", "不错"))
     assert line == (
         "error: sentence 2 of the command line: expected a sentence, found '  ' — "
         "remove it or fill it in"
@@ -286,17 +299,17 @@ def test_predict_refuses_an_empty_sentence(outputs):
 def test_predict_file_with_labels_gets_a_hint_for_predict(outputs, tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "--file", path))
     assert line.startswith(f"error: {path}, line 1: expected ")
     assert line.endswith(
-        "looks like a labelled train file; core.predict scores sentences without "
+        "looks like a labelled train file; core.serving.predict scores sentences without "
         "labels: remove them"
     )
 
 
 def test_predict_says_which_run_it_picked(outputs, tmp_path):
     run = fake_run(outputs, "latest", tmp_path / "gone")
-    proc = command("core.predict", "--output-dir", outputs, "好吃")
+    proc = command("core.serving.predict", "--output-dir", outputs, "好吃")
     [error] = failed(proc)
     picked = proc.stderr.splitlines()[0]
     assert picked == f"using run {run} (the latest finished; --run picks another)"
@@ -311,12 +324,16 @@ def test_predict_refuses_control_characters_and_writes_nothing(outputs, tmp_path
     path = tmp_path / "new.txt"
     path.write_text("好吃\n\n不\x07错\n\n", encoding="utf-8")
     out = outputs / "scores.csv"
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path, "--out", out))
+    [line] = failed(
+        command("core.serving.predict", "--output-dir", outputs, "--file", path, "--out", out)
+    )
     assert line == (
         f"error: {path}, line 3: expected text without control characters, found U+0007 in "
         "'不\\x07错' — remove it"
     )
-    [line] = failed(command("core.predict", "--output-dir", outputs, "不\x1b错", "--out", out))
+    [line] = failed(
+        command("core.serving.predict", "--output-dir", outputs, "不\x1b错", "--out", out)
+    )
     assert line == (
         "error: sentence 1 of the command line: expected text without control characters, found "
         "U+001B in '不\\x1b错' — remove it"
@@ -327,7 +344,7 @@ def test_predict_refuses_control_characters_and_writes_nothing(outputs, tmp_path
 def test_predict_names_a_whitespace_only_row(outputs, tmp_path):
     path = tmp_path / "new.txt"
     path.write_text("好吃\n\n\u3000\n\n", encoding="utf-8")
-    [line] = failed(command("core.predict", "--output-dir", outputs, "--file", path))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "--file", path))
     assert line == (
         f"error: {path}, line 3: expected a text row, found a whitespace-only row '\\u3000' — "
         "fill it in or remove the row"
@@ -374,9 +391,9 @@ def test_a_damaged_copy_is_not_told_to_rebuild_the_default(outputs, bert):
 
 
 def finished_run(outputs: Path, bert_dir: Path, n_folds: int = 2) -> Path:
-    """A finished run as core.predict reads it: every fold's weights (random, untrained)."""
+    """A finished run as core.serving.predict reads it: every fold's weights (random, untrained)."""
     from core.io import write_json
-    from core.model import build_head_model, build_model, copy_head_weights
+    from core.model.classifier import build_head_model, build_model, copy_head_weights
 
     run = fake_run(outputs, "done", bert_dir)
     model = build_model(bert_dir, bert_trainable=False)
@@ -395,7 +412,7 @@ def test_predict_says_how_many_sentences_it_cut(outputs, bert):
     """As notebooks 01 and 02 say it of the data (issue #28): on stderr, stdout stays CSV."""
     run = finished_run(outputs, bert)
     long = "好吃不错服务环境菜味道很价格便宜贵差评推荐强烈一般"  # 25 characters; maxlen is 20
-    proc = command("core.predict", "--output-dir", outputs, "--run", run, long, "好吃")
+    proc = command("core.serving.predict", "--output-dir", outputs, "--run", run, long, "好吃")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [
         "1 of 2 sentences are longer than the run's maxlen, 20 characters: each is scored on its "
@@ -419,7 +436,9 @@ def test_predict_damaged_checkpoint(outputs, bert, manifest):
         raw = raw[:20000]
     data.write_bytes(bytes(raw))
     fake_run(outputs, "r", bert)
-    proc = command("core.predict", "--output-dir", outputs, "--run", outputs / "runs" / "r", "好吃")
+    proc = command(
+        "core.serving.predict", "--output-dir", outputs, "--run", outputs / "runs" / "r", "好吃"
+    )
     [line] = failed(proc)
     if manifest:
         found = r"expected sha256 \w{12}… \(as written, MANIFEST.json\), found \w{12}…: the file is"
@@ -596,7 +615,7 @@ def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_in
 def test_hand_run_notebook_failing_on_its_inputs_leaves_no_run_folder(
     tmp_path, outputs, tiny_inputs, notebook, extra, expected
 ):
-    """Its run folder appeared before the checks, and core.predict then offered to finish it
+    """Its run folder appeared before the checks, and core.serving.predict then offered to finish it
     as the latest run (issue #28)."""
     bad = tmp_path / "bad.txt"
     bad.write_text("1\t好吃\n\n2\t不错\n\n", encoding="utf-8")
@@ -606,7 +625,7 @@ def test_hand_run_notebook_failing_on_its_inputs_leaves_no_run_folder(
         expected.format(BAD=bad, runs=outputs / "runs", steps=outputs / "steps")
     ), error
     assert not outputs.exists()
-    [line] = failed(command("core.predict", "--output-dir", outputs, "好吃"))
+    [line] = failed(command("core.serving.predict", "--output-dir", outputs, "好吃"))
     assert line.startswith(f"error: no finished run under {outputs / 'runs'}: make one with")
 
 
@@ -641,10 +660,11 @@ def test_kernel_noise_is_dropped_at_the_source_and_nothing_else(tmp_path):
 def test_a_finished_run_folder_refuses_other_inputs(tmp_path, tiny_bert_dir):
     """Issue #28: a finished run's folder given other data is refused before any step is
     skipped as done, by the main job and by a notebook, naming what differs; nothing is
-    written. (Without --run-dir, other data name another folder: core.run.default_run_dir.)"""
+    written. (Without --run-dir, other data name another folder:
+    core.runs.folder.default_run_dir.)"""
     import numpy as np
 
-    from core.run import default_run_dir, open_run
+    from core.runs.folder import default_run_dir, open_run
 
     train, test, other = tmp_path / "train.txt", tmp_path / "test.txt", tmp_path / "other.txt"
     train.write_text(first_rows(TRAIN, 30), encoding="utf-8")
@@ -690,16 +710,18 @@ def test_a_finished_run_folder_refuses_other_inputs(tmp_path, tiny_bert_dir):
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
-    """``python -m core.report`` wrote ``<arg>/index.html`` for any argument, ``--help``
+    """``python -m core.runs.report`` wrote ``<arg>/index.html`` for any argument, ``--help``
     included, making the folder; now it names what it expected and writes nothing."""
-    proc = command("core.report", tmp_path / "nothing")
+    proc = command("core.runs.report", tmp_path / "nothing")
     [error] = failed(proc)
     assert error == (
         f"error: {tmp_path / 'nothing'}: expected a run folder (with run.json or config.yaml), "
         "e.g. outputs/runs/run-0123456789"
     )
     assert not (tmp_path / "nothing").exists()
-    assert command("core.report", "--help").stdout.startswith("usage: python -m core.report")
+    assert command("core.runs.report", "--help").stdout.startswith(
+        "usage: python -m core.runs.report"
+    )
     assert not (ROOT / "--help").exists()
 
 
@@ -712,7 +734,7 @@ def test_predict_refuses_a_blend_of_several_runs(outputs, bert):
         "members": [{"run": "blend"}, {"run": "run-seed1"}],
     }
     (run / "ensemble" / "results.json").write_text(json.dumps({"headline": headline}))
-    proc = command("core.predict", "--output-dir", outputs, "--run", run, "好吃")
+    proc = command("core.serving.predict", "--output-dir", outputs, "--run", run, "好吃")
     [line] = failed(proc)
     assert line.startswith(f"error: run {run}: its final is a blend of 2 runs")
     assert line.endswith("--run with one of outputs/runs/blend, outputs/runs/run-seed1")
@@ -725,6 +747,6 @@ def test_predict_refuses_a_run_whose_encoder_changed(outputs, bert):
     lines = vocab.read_text(encoding="utf-8").split("\n")
     lines[10], lines[11] = lines[11], lines[10]  # same size, other token ids
     vocab.write_text("\n".join(lines), encoding="utf-8")
-    proc = command("core.predict", "--output-dir", outputs, "--run", run, "好吃")
+    proc = command("core.serving.predict", "--output-dir", outputs, "--run", run, "好吃")
     [line] = failed(proc)
     assert line.startswith(f"error: {bert}: its files changed since run {run} was made")

@@ -1,4 +1,5 @@
-"""core.data: the competition text format, the reference's CSV, and every error a user can hit."""
+"""core.data.reviews: the competition text format, the reference's CSV, and every error a user can
+hit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.config import ROOT
-from core.data import DataError, Dataset, file_sha256, read_labelled, read_unlabelled
+from core.data.reviews import DataError, Dataset, file_sha256, read_labelled, read_unlabelled
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -145,8 +146,8 @@ def test_whitespace_only_row_is_named_as_such(tmp_path, row):
 
 @pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x0b", "\x0c", "\x7f", "\x85"])
 def test_control_character_is_refused_with_its_line(tmp_path, char):
-    """Refused like a lone CR (issue #28): it would become [UNK], and core.predict would echo it
-    into its CSV."""
+    """Refused like a lone CR (issue #28): it would become [UNK], and core.serving.predict would
+    echo it into its CSV."""
     code = f"U+{ord(char):04X}"
     path = write(tmp_path, "test.txt", f"好吃\n\n不{char}错\n\n")
     expect_error(read_unlabelled, path, 3, f"without control characters, found {code} in")

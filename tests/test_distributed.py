@@ -1,4 +1,4 @@
-"""The main job's steps as a task graph (core.pipeline.graph, core.distributed).
+"""The main job's steps as a task graph (core.pipeline.plan.graph, core.pipeline.distributed).
 
 Quick: the graph's dependencies, the default path importing no Dask, the options' checks. Slow
 (marked): a real Dask scheduler and two worker processes on 127.0.0.1 (``dask scheduler``, ``dask
@@ -29,9 +29,10 @@ import psutil
 import pytest
 from tiny_run import make_tiny_inputs, subprocess_env
 
-from core import steps
 from core.config import ROOT, ConfigError
-from core.pipeline import graph, plan, run_pipeline
+from core.pipeline.job import run_pipeline
+from core.pipeline.plan import graph, plan
+from core.runs import steps
 
 N_FOLDS = 3
 TOLERANCE = 1e-5  # as tests/test_reproducible.py: bit-identical on this CPU, slack for another
@@ -81,7 +82,7 @@ def test_without_stage0_the_folds_wait_for_nothing(tiny, tmp_path):
 
 def test_the_default_path_imports_no_dask():
     code = (
-        "import sys, core.pipeline\n"
+        "import sys, core.pipeline.job\n"
         "assert not {'dask', 'distributed'} & set(sys.modules), 'imported Dask'\n"
     )
     done = subprocess.run(
@@ -91,7 +92,7 @@ def test_the_default_path_imports_no_dask():
 
 
 def test_gpu_ids_follow_cuda_visible_devices(monkeypatch):
-    from core.distributed import gpu_ids, local_cluster
+    from core.pipeline.distributed import gpu_ids, local_cluster
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert gpu_ids() == ["2", "3"]
@@ -102,7 +103,7 @@ def test_gpu_ids_follow_cuda_visible_devices(monkeypatch):
 
 
 def test_nothing_to_run_starts_no_cluster(monkeypatch):
-    from core import distributed
+    from core.pipeline import distributed
 
     def refuse(*_):
         raise AssertionError("started a cluster")
@@ -116,7 +117,7 @@ def test_nothing_to_run_starts_no_cluster(monkeypatch):
     [(["--workers", "0"], "--workers 0: expected at least 1"), (["--workers", "x"], "invalid int")],
 )
 def test_bad_workers_are_refused(args, message, capsys):
-    from core.pipeline import main
+    from core.pipeline.job import main
 
     with pytest.raises((ConfigError, SystemExit)) as info:
         main(args)
@@ -124,7 +125,7 @@ def test_bad_workers_are_refused(args, message, capsys):
 
 
 def test_workers_and_scheduler_exclude_each_other(capsys):
-    from core.pipeline import main
+    from core.pipeline.job import main
 
     with pytest.raises(SystemExit):
         main(["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"])
@@ -132,7 +133,7 @@ def test_workers_and_scheduler_exclude_each_other(capsys):
 
 
 def test_a_scheduler_that_does_not_answer_is_one_error(monkeypatch):
-    from core import distributed
+    from core.pipeline import distributed
 
     monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ConfigError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler"):

@@ -1,4 +1,4 @@
-"""core.eda: every table checked against small cases computed by hand (or by numpy)."""
+"""core.analysis.eda: every table checked against small cases computed by hand (or by numpy)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import eda
+from core.analysis import eda
 
 STATS = ["count", "mean", "std", "min", "10%", "25%", "50%", "75%", "90%", "99%", "max"]
 
@@ -173,7 +173,7 @@ def test_scalars_drops_tables():
 
 
 def test_seen_in_other_folds_marks_only_cross_fold_copies():
-    from core.eda import seen_in_other_folds
+    from core.analysis.eda import seen_in_other_folds
 
     texts = ["好吃", "好吃", "很好", "很好", "一般"]
     folds = [0, 1, 0, 0, 1]

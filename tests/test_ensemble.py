@@ -1,5 +1,6 @@
-"""core.fold_outputs and core.candidates on synthetic run folders: loading and coverage checks,
-fold AUCs, blends, and the nested (honest) selection of blend weights and F1 thresholds."""
+"""core.ensembling.fold_outputs and core.ensembling.candidates on synthetic run folders: loading and
+coverage checks, fold AUCs, blends, and the nested (honest) selection of blend weights and F1
+thresholds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.candidates import (
+from core.ensembling.candidates import (
     WEIGHT_GRID,
     blend_runs,
     candidates,
@@ -20,7 +21,7 @@ from core.candidates import (
     results_table,
     stage_blend,
 )
-from core.fold_outputs import MissingOutputsError, load_stage
+from core.ensembling.fold_outputs import MissingOutputsError, load_stage
 from core.io import write_csv, write_json
 from core.metrics import auc, best_f1
 
@@ -311,7 +312,7 @@ def test_finalize_blends_other_runs_without_fitting_anything(tmp_path):
     """A seed ensemble's (or blend_runs') members: the equal-weight rank averages of every run's
     stages join the candidates, unfitted (nothing chosen on the rows they are scored on), and
     the headline lists each member; the final choice still comes from the honest table."""
-    from core.ensemble import finalize
+    from core.ensembling.ensemble import finalize
 
     (a, labels, _), (b, _, _) = (
         make_run(tmp_path / "a"),

@@ -1,4 +1,4 @@
-"""Error-analysis tables (core.errors) on a hand-made run folder."""
+"""Error-analysis tables (core.analysis.errors) on a hand-made run folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import errors
-from core.attribution import Explanation
+from core.analysis import errors
+from core.analysis.attribution import Explanation
 
 # (label, text, fold, out-of-fold score)
 ROWS = [

@@ -1,8 +1,8 @@
-"""core.export: a finished run as one SavedModel (and TFLite file) on raw text.
+"""core.serving.export: a finished run as one SavedModel (and TFLite file) on raw text.
 
-The slow tests share one tiny finished run (3 folds, made in-process with core.engine and
-core.ensemble, ~1 min) and one export of each format. Its ``stage1_weight`` is set to 0.3 so that
-both stages' heads count in every probability (the tiny run's own choice may be 0 or 1).
+The slow tests share one tiny finished run (3 folds, made in-process with core.training.engine and
+core.ensembling.ensemble, ~1 min) and one export of each format. Its ``stage1_weight`` is set to 0.3
+so that both stages' heads count in every probability (the tiny run's own choice may be 0 or 1).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 from tiny_run import make_tiny_inputs
 
-from core import export
 from core.config import ROOT, Settings
-from core.data import file_sha256, read_unlabelled
+from core.data.reviews import file_sha256, read_unlabelled
+from core.data.tokenizer import CharTokenizer, load_vocab
 from core.io import read_json, write_json
-from core.tokenizer import CharTokenizer, load_vocab
+from core.serving import export
 
 N_FOLDS = 3
 WEIGHT = 0.3
@@ -105,7 +105,7 @@ def test_char_table_is_the_tokenizer(latin_table):
 
 
 def test_lite_tokenizer_matches_core_tokenizer(latin_bert_dir, latin_table, tmp_path):
-    from core.lite_tokenizer import Tokenizer
+    from core.serving.lite_tokenizer import Tokenizer
 
     write_json(tmp_path / "lite" / "tokens.json", latin_table)
     texts = ODD + ["aAbB", "好 吃", "好\u3000吃", "e\u0301"]
@@ -229,7 +229,7 @@ def test_command_line_error_is_one_line(scratch):
         [
             sys.executable,
             "-m",
-            "core.export",
+            "core.serving.export",
             "--run",
             str(scratch / "nope"),
             "--out",
@@ -250,8 +250,8 @@ def test_command_line_error_is_one_line(scratch):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished 3-fold tiny run in ``outputs/test-<uuid>/runs/tiny``; exports go beside it."""
-    from core import engine
-    from core.ensemble import finalize
+    from core.ensembling.ensemble import finalize
+    from core.training import engine
 
     tiny = make_tiny_inputs(tmp_path_factory.mktemp("export"))
     outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
@@ -296,8 +296,8 @@ def lite_model(tiny_run) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tiny_run):
-    """core.predict.score on the whole tiny test file and the odd sentences."""
-    from core.predict import score
+    """core.serving.predict.score on the whole tiny test file and the odd sentences."""
+    from core.serving.predict import score
 
     texts = read_unlabelled(tiny_run["tiny"].test_path).texts + ODD
     return score(tiny_run["run"], texts)
@@ -370,7 +370,7 @@ def test_fold_probability_is_the_runs_own_out_of_fold_prediction(saved_model, ti
     """On the training rows, each fold's column matches the run's oof.csv for that fold's rows."""
     import tensorflow as tf
 
-    from core.data import read_labelled
+    from core.data.reviews import read_labelled
 
     run = tiny_run["run"]
     texts = read_labelled(tiny_run["tiny"].train_path).texts

@@ -1,4 +1,4 @@
-"""core.generator: batch planning, padded batches, and fit/predict with a tiny Keras model."""
+"""core.data.batches: batch planning, padded batches, and fit/predict with a tiny Keras model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorflow import keras
 
-from core.generator import BatchSequence, plan_batches, predict_in_order
+from core.data.batches import BatchSequence, plan_batches, predict_in_order
 
 VOCAB = 30
 

@@ -316,7 +316,7 @@ def test_a_folder_written_in_place_keeps_its_rebuild(tmp_path, tiny_bert_dir):
     "rebuild, fits",
     [
         ("python -m core.weights --force --out {d}", True),  # m3e.ensure_m3e_small --out
-        ("delete {d} and run stage 0 again: …", True),  # core.mlm.pretrain
+        ("delete {d} and run stage 0 again: …", True),  # core.training.mlm.pretrain
         ("python -m core.weights --force", False),  # the default folder's, on a copy of it
         ("python -m core.weights --force --out {d}2", False),
     ],
@@ -339,10 +339,10 @@ def test_a_manifest_without_folder_keeps_a_rebuild_only_if_it_names_the_folder(
 
 def test_the_default_folder_gets_its_rebuild(tmp_path, tiny_bert_dir, monkeypatch):
     """With or without a manifest (a folder converted before manifests existed)."""
-    from core.weights import m3e
+    from core.config import DEFAULTS
 
     default = shutil.copytree(tiny_bert_dir, tmp_path / "m3e-small")
-    monkeypatch.setattr(m3e, "DEFAULT_OUT", default.resolve())
+    monkeypatch.setattr(DEFAULTS, "bert_dir", default.resolve())
     set_manifest(default, rebuild="python -m core.weights --force", folder=None)
     assert truncated(default).endswith("rebuild it: python -m core.weights --force")
     (default / MANIFEST_FILE).unlink()

@@ -1,4 +1,4 @@
-"""core.losses: bce, soft-F1 and the pairwise AUC surrogate against hand-computed values,
+"""core.model.losses: bce, soft-F1 and the pairwise AUC surrogate against hand-computed values,
 their edge cases, gradients, and look-up by name."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.losses import LOSSES, bce, get_loss, pairwise_auc, soft_f1
+from core.model.losses import LOSSES, bce, get_loss, pairwise_auc, soft_f1
 
 
 def col(values, dtype=tf.float32):

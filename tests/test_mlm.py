@@ -15,7 +15,9 @@ from fakes import random_hf_state_dict, tiny_config
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 from tiny_run import subprocess_env
 
-from core.mlm import (
+from core.data.tokenizer import CharTokenizer, load_vocab
+from core.model.classifier import load_encoder
+from core.training.mlm import (
     PRETRAIN_FILE,
     _done,
     build_mlm_model,
@@ -28,8 +30,6 @@ from core.mlm import (
     pretrain,
     special_token_ids,
 )
-from core.model import load_encoder
-from core.tokenizer import CharTokenizer, load_vocab
 from core.weights.google_ckpt import (
     check_bert_dir,
     hf_to_google,
@@ -267,8 +267,8 @@ def test_pretrain_refuses_bad_arguments(headless_dir, tmp_path):
 
 
 def test_pretrain_shows_progress_and_says_how_to_rebuild(headless_dir, tmp_path, capsys):
-    """Stage 0 reports its epochs as stage 1 does (core.engine.Progress, on stderr), and its
-    folder's manifest says how to make it again when a file of it is damaged."""
+    """Stage 0 reports its epochs as stage 1 does (core.training.engine.Progress, on stderr), and
+    its folder's manifest says how to make it again when a file of it is damaged."""
     out = tmp_path / "task-bert"
     pretrain(
         headless_dir,
@@ -293,7 +293,7 @@ _STAGE0 = """
 import hashlib, sys
 {before}
 from tensorflow import keras
-from core.mlm import pretrain
+from core.training.mlm import pretrain
 out = sys.argv[2]
 pretrain(sys.argv[1], ["好吃不错", "服务很好", "一般般吧"] * 11, out, epochs=2, batch_size=16,
          lr=1e-3, maxlen=8, seed=3, jit_compile=False, verbose=False)
@@ -303,11 +303,11 @@ print(hashlib.sha256(data).hexdigest(), keras.backend.experimental.is_tf_random_
 
 
 def test_stage0_draws_do_not_depend_on_what_was_imported_first(headless_dir, tmp_path):
-    """core.model switches a process to tf.random.Generator; stage 0's draws (and so the default
-    encoder, and every figure measured on it) must stay the stateful ops' either way."""
+    """core.model.classifier switches a process to tf.random.Generator; stage 0's draws (and so the
+    default encoder, and every figure measured on it) must stay the stateful ops' either way."""
     befores = {
-        "model first": "import core.model",
-        "legacy ops": "import core.mlm\nfrom tensorflow import keras\n"
+        "model first": "import core.model.classifier",
+        "legacy ops": "import core.training.mlm\nfrom tensorflow import keras\n"
         "keras.backend.experimental.disable_tf_random_generator()",
     }
     printed = {}

@@ -1,5 +1,5 @@
-"""core.model on the tiny random BERT (and once on m3e-small): shapes, padding invariance of the
-whole model and of each head layer, trainability, and the head-only model of stage 2."""
+"""core.model.classifier on the tiny random BERT (and once on m3e-small): shapes, padding invariance
+of the whole model and of each head layer, trainability, and the head-only model of stage 2."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import tensorflow as tf
 from keras_self_attention import SeqSelfAttention
 from tensorflow import keras
 
-from core.engine import encode
-from core.losses import pairwise_auc, soft_f1
-from core.model import (
+from core.model.classifier import (
     HEAD_LAYERS,
     FirstPosition,
     MaskedGlobalMaxPooling1D,
@@ -20,7 +18,9 @@ from core.model import (
     build_model,
     copy_head_weights,
 )
-from core.optimizer import learning_rate
+from core.model.losses import pairwise_auc, soft_f1
+from core.model.optimizer import learning_rate
+from core.training.engine import encode
 
 CLS, SEP = 3, 4
 HIDDEN = 32  # the tiny folder's hidden size
@@ -280,7 +280,7 @@ def test_head_model_on_encoded_features_reproduces_the_full_model(frozen):
 
 
 def test_m3e_small_builds_and_predicts(m3e_dir):
-    from core.tokenizer import CharTokenizer, load_vocab
+    from core.data.tokenizer import CharTokenizer, load_vocab
 
     model = build_model(m3e_dir, bert_trainable=False)
     vocab = load_vocab(m3e_dir)

@@ -1,12 +1,12 @@
-"""core.optimizer: layer-wise decreasing learning rates, checked on real Adam steps."""
+"""core.model.optimizer: layer-wise decreasing learning rates, checked on real Adam steps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.model import build_model
-from core.optimizer import LayerwiseAdam, layer_depth, layer_scale, learning_rate
+from core.model.classifier import build_model
+from core.model.optimizer import LayerwiseAdam, layer_depth, layer_scale, learning_rate
 
 CLS, SEP = 3, 4
 

@@ -28,14 +28,21 @@ from papermill.exceptions import PapermillExecutionError
 from sklearn.metrics import roc_auc_score
 from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 
-from core import steps
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
-from core.data import read_labelled, read_unlabelled
+from core.data.reviews import read_labelled, read_unlabelled
+from core.ensembling.submission import HEADER, check_submission
 from core.io import read_json
 from core.noise import is_noise
-from core.pipeline import plan, run_pipeline
-from core.run import RunMismatchError, default_run_dir, encoder_dir, run_settings, weights_sha256
-from core.submission import HEADER, check_submission
+from core.pipeline.job import run_pipeline
+from core.pipeline.plan import plan
+from core.runs import steps
+from core.runs.folder import (
+    RunMismatchError,
+    default_run_dir,
+    encoder_dir,
+    run_settings,
+    weights_sha256,
+)
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
 
@@ -303,7 +310,7 @@ def test_error_notebook_with_a_live_kernel_shows_a_text_box_that_scores(run, tin
     import nbformat
     import papermill as pm
 
-    from core.predict import score
+    from core.serving.predict import score
 
     nb = nbformat.read(ROOT / "notebooks" / "05_errors.ipynb", as_version=4)
     nb.cells.append(
@@ -458,7 +465,7 @@ def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path)
 def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
     """The reverse: a fold made by papermill with a configuration file is the main job's fold for
     that file (same folder), which ``--config`` then does not recompute."""
-    from core.pipeline import resolve_settings
+    from core.pipeline.job import resolve_settings
 
     config = tmp_path / "variant.yaml"
     values = {**settings.changed(), "stage0_epochs": 0, "train_seed": 3}
@@ -603,7 +610,7 @@ def test_a_seed_ensemble_blends_runs_that_share_stage0(settings, run, tmp_path):
 
 
 def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
-    from core.predict import score
+    from core.serving.predict import score
 
     texts = read_unlabelled(tiny.test_path).texts[:5]
     scores = score(run, texts)
@@ -619,7 +626,16 @@ def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
 
     out = repo_outputs / "scores.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "core.predict", "--run", str(run), "--out", str(out), *texts[:2]],
+        [
+            sys.executable,
+            "-m",
+            "core.serving.predict",
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            *texts[:2],
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -634,7 +650,7 @@ def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
         [
             sys.executable,
             "-m",
-            "core.predict",
+            "core.serving.predict",
             "--run",
             str(run),
             "--out",

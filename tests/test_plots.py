@@ -1,6 +1,6 @@
-"""core.plots: every function returns a pyplot-free Figure with the expected axes, bars and lines;
-use_cjk_font picks a font that really draws Chinese, or warns once naming the apt package; inside
-IPython a returned figure displays as a PNG."""
+"""core.analysis.plots: every function returns a pyplot-free Figure with the expected axes, bars and
+lines; use_cjk_font picks a font that really draws Chinese, or warns once naming the apt package;
+inside IPython a returned figure displays as a PNG."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from core import eda, plots
+from core.analysis import eda, plots
 from core.config import ROOT
 
 TEXTS = ["好吃好吃好", "服务态度好", "不错不错不错", "环境很好很好", "推荐理由很充分"]  # 5 5 6 6 7
@@ -162,12 +162,12 @@ def test_figures_display_as_png_in_ipython():
 
 
 IMPORT_IN = {
-    "python": "import core.plots as p, sys\n"
+    "python": "import core.analysis.plots as p, sys\n"
     "assert not p.show_figures_inline() and 'IPython' not in sys.modules",
     "ipython": "from IPython.core.interactiveshell import InteractiveShell\n"
     "from matplotlib.figure import Figure\n"
     "shell = InteractiveShell.instance()\n"
-    "import core.plots\n"
+    "import core.analysis.plots\n"
     "assert Figure in shell.display_formatter.formatters['image/png'].type_printers",
 }
 

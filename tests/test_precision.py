@@ -1,4 +1,5 @@
-"""Mixed precision (core.precision, core.model.mixed_precision) on the tiny random BERT.
+"""Mixed precision (core.model.precision, core.model.classifier.mixed_precision) on the tiny random
+BERT.
 
 Tolerances, bfloat16 against float32 with the same weights: probabilities within 0.02 (bfloat16
 keeps 8 significant bits, about 2-3 decimal digits, through two encoder layers); padding within
@@ -17,14 +18,14 @@ from keras_layer_normalization import LayerNormalization
 from keras_multi_head import MultiHeadAttention
 from tensorflow import keras
 
-from core.attribution import baseline_for, integrated_gradients
+from core.analysis.attribution import baseline_for, integrated_gradients
 from core.config import ConfigError, Settings
-from core.engine import encode
+from core.data.tokenizer import CharTokenizer, load_vocab
 from core.io import save_weights
-from core.mlm import build_mlm_model, encoder_of, max_predictions, prediction_slots
-from core.model import build_head_model, build_model, copy_head_weights
-from core.precision import Choice, Hardware, choose, cpu_flags, record
-from core.tokenizer import CharTokenizer, load_vocab
+from core.model.classifier import build_head_model, build_model, copy_head_weights
+from core.model.precision import Choice, Hardware, choose, cpu_flags, record
+from core.training.engine import encode
+from core.training.mlm import build_mlm_model, encoder_of, max_predictions, prediction_slots
 
 CLS, SEP = 3, 4
 MIXED = ("bfloat16", "float16")
@@ -185,8 +186,12 @@ def test_building_a_mixed_model_leaves_the_float32_path_alone(models, tiny_bert_
     assert keras_bert.bert.LayerNormalization is LayerNormalization
     model = build_model(tiny_bert_dir)
     assert {type(layer).__module__.split(".")[0] for layer in model.layers} >= {"keras_multi_head"}
-    assert not any(type(layer).__module__ == "core.model" and "Mixed" in type(layer).__name__
-                   for layer in model.layers)  # fmt: skip
+    mixed = [
+        layer
+        for layer in model.layers
+        if type(layer).__module__ == "core.model.classifier" and "Mixed" in type(layer).__name__
+    ]
+    assert not mixed
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
 
 
@@ -216,7 +221,8 @@ def test_bfloat16_trains_under_xla(tiny_bert_dir):
 
 
 def test_bfloat16_weights_load_into_a_float32_model(models, tiny_bert_dir, tmp_path):
-    """What core.export and core.predict build: float32 models reading a run's weight files."""
+    """What core.serving.export and core.serving.predict build: float32 models reading a run's
+    weight files."""
     path = tmp_path / "weights.h5"
     save_weights(models["bfloat16"], path)
     dtypes = []
@@ -290,9 +296,9 @@ def test_mlm_model_trains_with_a_float32_softmax(tiny_bert_dir, precision):
 def test_a_bfloat16_run_trains_both_stages_and_says_so(tmp_path, capsys):
     from tiny_run import make_tiny_inputs
 
-    from core import engine
     from core.io import read_json
-    from core.mlm import pretrain
+    from core.training import engine
+    from core.training.mlm import pretrain
 
     tiny = make_tiny_inputs(tmp_path, extra={"precision": "bfloat16", "stage0_epochs": 0})
     s, run_dir = tiny.settings, tmp_path / "outputs" / "runs" / "r"

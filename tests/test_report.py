@@ -1,5 +1,5 @@
-"""The run report (core.report) on hand-made run folders: partial runs, reference figures, and the
-packaging of its template. The report of a real (tiny) run is checked in test_pipeline.py."""
+"""The run report (core.runs.report) on hand-made run folders: partial runs, reference figures, and
+the packaging of its template. The report of a real (tiny) run is checked in test_pipeline.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from browser import broken_refs
 
 from core.config import ROOT, Settings
 from core.io import write_json
-from core.report import REFERENCE_PUBLISHED, main, reference_run_dir, write_report
-from core.run import record_settings
-from core.runs import write_table
+from core.runs.folder import record_settings
+from core.runs.report import REFERENCE_PUBLISHED, main, reference_run_dir, write_report
+from core.runs.table import write_table
 
 SETTINGS = {"n_folds": 2, "seed": 2020, "stage1_lr": 1e-4}
 
@@ -141,7 +141,7 @@ def test_command_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_template(tmp_path):
-    """pyproject's package-data puts core/templates/*.j2 into the built package."""
+    """pyproject's package-data puts core/runs/templates/*.j2 into the built package."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "core", src / "core", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -150,4 +150,4 @@ def test_the_wheel_ships_the_template(tmp_path):
     done = subprocess.run([*wheel, str(src)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     [wheel] = (tmp_path / "dist").glob("*.whl")
-    assert "core/templates/report.html.j2" in zipfile.ZipFile(wheel).namelist()
+    assert "core/runs/templates/report.html.j2" in zipfile.ZipFile(wheel).namelist()

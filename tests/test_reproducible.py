@@ -1,10 +1,11 @@
 """Same seed and data, same folds and (on CPU) the same stage-1 predictions.
 
 Two independent run folders train stage 1, fold 0, on the tiny slice (one epoch, lr 1e-3) with
-``core.engine.train_stage1``, one after the other in this process. Tolerance for the predictions:
-max |a - b| <= 1e-5 (on this CPU they come out bit-identical; the slack allows for another thread
-count or oneDNN path). The twin runs train without XLA; ``test_xla_training_is_reproducible``
-checks the XLA-compiled model (the pipeline's default) the same way.
+``core.training.engine.train_stage1``, one after the other in this process. Tolerance for the
+predictions: max |a - b| <= 1e-5 (on this CPU they come out bit-identical; the slack allows for
+another thread count or oneDNN path). The twin runs train without XLA;
+``test_xla_training_is_reproducible`` checks the XLA-compiled model (the pipeline's default) the
+same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from tiny_run import make_tiny_inputs
 
 from core.config import Settings
-from core.run import PACKAGES, RunMismatchError, make_folds, open_run, weights_sha256
+from core.runs.folder import PACKAGES, RunMismatchError, make_folds, open_run, weights_sha256
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
 
@@ -30,7 +31,7 @@ HAS_XLA_SETTING = "stage1_jit_compile" in {f.name for f in dataclasses.fields(Se
 
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory):
-    from core import engine
+    from core.training import engine
 
     tmp = tmp_path_factory.mktemp("repro")
     tiny = make_tiny_inputs(tmp / "data")
@@ -128,7 +129,7 @@ def test_other_seed_in_the_same_run_folder_is_refused(twin_runs):
 def test_train_seed_changes_the_model_not_the_folds(twin_runs, tmp_path, train_seed):
     """``train_seed`` = ``seed`` is the default run; another value trains another model on the
     same folds (what a seed ensemble needs)."""
-    from core import engine
+    from core.training import engine
 
     settings = dataclasses.replace(
         twin_runs["settings"], train_seed=train_seed, output_dir=tmp_path
@@ -149,12 +150,13 @@ def test_train_seed_changes_the_model_not_the_folds(twin_runs, tmp_path, train_s
 
 @pytest.mark.skipif(not HAS_XLA_SETTING, reason="no jit_compile setting")
 def test_xla_training_is_reproducible_in_one_process():
-    """A dense model with dropout, compiled by ``core.model.compile_model(jit_compile=True)``
-    as ``build_model`` compiles the classifier (the classifier shows the same: stage-1 fold 0
-    of the tiny run differs by up to ~0.05 between two runs in one process)."""
+    """A dense model with dropout, compiled by
+    ``core.model.classifier.compile_model(jit_compile=True)`` as ``build_model`` compiles the
+    classifier (the classifier shows the same: stage-1 fold 0 of the tiny run differs by up to ~0.05
+    between two runs in one process)."""
     from tensorflow import keras
 
-    from core.optimizer import compile_model
+    from core.model.optimizer import compile_model
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((32, 8)).astype(np.float32), (np.arange(32) % 2)[:, None]

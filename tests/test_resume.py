@@ -32,7 +32,7 @@ from tiny_run import fold_files, make_tiny_inputs, subprocess_env
 
 from core.config import ROOT
 from core.io import read_json
-from core.pipeline import resolve_settings, run_pipeline
+from core.pipeline.job import resolve_settings, run_pipeline
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
 

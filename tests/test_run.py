@@ -1,4 +1,5 @@
-"""core.run: fold assignment, the run folder's identity (run.json, folds.csv) and its checks."""
+"""core.runs.folder: fold assignment, the run folder's identity (run.json, folds.csv) and its
+checks."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from core import steps
 from core.config import CONFIG_FILE, Settings
-from core.data import read_labelled
-from core.run import (
+from core.data.reviews import read_labelled
+from core.runs import steps
+from core.runs.folder import (
     RunMismatchError,
     default_run_dir,
     fold_command,
@@ -252,7 +253,7 @@ def test_a_missing_stage0_encoder_names_the_command_that_makes_it(run_setup):
     """Stages 1 and 2 fine-tune the run's stage-0 encoder; before it exists they stop with the
     one command that makes it (issue #16)."""
     from core.config import PRETRAIN_FILE
-    from core.run import MissingStageError, encoder_dir
+    from core.runs.folder import MissingStageError, encoder_dir
 
     settings, ids, run_dir = run_setup
     open_run(run_dir, settings, ids)

@@ -1,6 +1,6 @@
-"""The runs table and the comparison (core.runs).
+"""The runs table and the comparison (core.runs.table).
 
-Most tests build run folders by hand, with the step store's real keys (``core.steps``), so two
+Most tests build run folders by hand, with the step store's real keys (``core.runs.steps``), so two
 runs that differ only in stage 2 share stage 0, the EDA and stage 1 as real runs would. The slow
 test makes two real tiny runs with the main job and checks the command and the pages on them.
 """
@@ -23,11 +23,11 @@ import browser
 import pytest
 from tiny_run import make_tiny_inputs, subprocess_env
 
-from core import runs, steps
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.io import write_csv, write_json
-from core.report import write_report
-from core.run import record_settings
+from core.runs import steps, table
+from core.runs.folder import record_settings
+from core.runs.report import write_report
 
 N_FOLDS = 2
 ROWS = re.compile(r"^(run-\S+)\s+(finished|partial)", re.M)
@@ -73,11 +73,11 @@ def fake_run(out: Path, name: str, inputs: dict, done=(), headline=None, timings
         write_json(run_dir / "timings.json", timings)
     if headline is not None:
         write_json(run_dir / "ensemble" / "results.json", {"headline": headline, "candidates": []})
-        table = [
-            {"fold": str(k), **{s: fold_auc(settings, s, k) for s in runs.STAGES}}
+        folds = [
+            {"fold": str(k), **{s: fold_auc(settings, s, k) for s in table.STAGES}}
             for k in range(settings.n_folds)
         ]
-        table += [
+        folds += [
             {"fold": "mean", "stage1": 0.9, "stage2": 0.9},
             {
                 "fold": "oof",
@@ -87,7 +87,7 @@ def fake_run(out: Path, name: str, inputs: dict, done=(), headline=None, timings
         ]
         import pandas as pd
 
-        write_csv(run_dir / "ensemble" / "fold_auc.csv", pd.DataFrame(table))
+        write_csv(run_dir / "ensemble" / "fold_auc.csv", pd.DataFrame(folds))
     return run_dir
 
 
@@ -142,7 +142,7 @@ def three(out, inputs) -> dict[str, Path]:
 
 
 def test_table_orders_runs_and_shows_status_figures_settings_and_time(out, three, capsys):
-    assert runs.main(["--output-dir", str(out)]) == 0
+    assert table.main(["--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert ROWS.findall(printed) == [
         ("run-second", "finished"),  # the best final OOF AUC first
@@ -170,14 +170,14 @@ def inputs_path(three) -> Path:
 
 def test_a_run_whose_inputs_moved_counts_the_steps_it_has(out, three):
     (inputs_path(three)).unlink()
-    [partial] = [r for r in runs.collect(out) if r.name == "run-partial"]
+    [partial] = [r for r in table.collect(out) if r.name == "run-partial"]
     assert partial.status == "partial: 2 steps present"
 
 
 def test_unreadable_or_missing_config_still_lists_the_run(out, three):
     (three["first"] / CONFIG_FILE).write_text("stage1_lrr: 1\n", encoding="utf-8")
     (out / "runs" / "run-empty").mkdir()
-    found = {r.name: r for r in runs.collect(out)}
+    found = {r.name: r for r in table.collect(out)}
     assert found["run-first"].finished and found["run-first"].final == 0.9512
     assert found["run-first"].changed[CONFIG_FILE].startswith("unreadable (")
     assert found["run-empty"].status == "partial: 0 steps present"
@@ -187,19 +187,19 @@ def test_unreadable_or_missing_config_still_lists_the_run(out, three):
 def test_a_seed_ensemble_says_how_many_runs_it_blends(out, inputs):
     members = [{"run": f"run-{i}", "train_seed": i} for i in (None, 1, 2)]
     fake_run(out, "run-blend", inputs, (), {**headline(0.97, 0.96, 0.95), "members": members})
-    [blend] = runs.collect(out)
+    [blend] = table.collect(out)
     assert blend.status == "finished, 3 seeds" and blend.final == 0.97
 
 
 def test_no_runs_yet(out, capsys):
-    assert runs.main(["--output-dir", str(out)]) == 0
+    assert table.main(["--output-dir", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"no runs under {out / 'runs'} yet")
     assert "No runs yet" in (out / "index.html").read_text(encoding="utf-8")
 
 
 def test_page_links_each_report_and_each_report_links_back(out, three):
     write_report(three["first"])  # a report of a run in outputs/runs links the table
-    page = runs.write_table(out)
+    page = table.write_table(out)
     html = page.read_text(encoding="utf-8")
     assert '<a href="runs/run-first/index.html">run-first</a>' in html
     assert '<td class="name" data-v="run-second">run-second</td>' in html  # no report: no dead link
@@ -221,7 +221,7 @@ def test_a_report_outside_the_runs_folder_has_no_table_to_link(out):
 
 def test_compare_shows_differing_settings_fold_auc_and_shared_steps(out, three, capsys):
     assert (
-        runs.main(["--output-dir", str(out), "--compare", "run-first", str(three["second"])]) == 0
+        table.main(["--output-dir", str(out), "--compare", "run-first", str(three["second"])]) == 0
     )
     printed = capsys.readouterr().out
     assert re.search(r"^  stage2_lr\s+0\.0001\s+0\.001$", printed, re.M)
@@ -244,8 +244,8 @@ def test_compare_shows_differing_settings_fold_auc_and_shared_steps(out, three, 
 
 
 def test_compare_before_the_ensemble_reads_the_folds_done(out, three):
-    a, b = (runs.read_run(three[k], out) for k in ("partial", "first"))
-    c = runs.compare(a, b)
+    a, b = (table.read_run(three[k], out) for k in ("partial", "first"))
+    c = table.compare(a, b)
     assert [f["fold"] for f in c.folds] == ["0", "1", "mean", "oof"]
     assert c.folds[0]["stage1"] == (0.9, 0.9) and c.folds[1]["stage1"] == (None, 0.91)
     assert ("stage0_epochs", "0", "3") in c.settings
@@ -255,7 +255,7 @@ def test_compare_before_the_ensemble_reads_the_folds_done(out, three):
 
 def test_compare_an_unknown_run_names_the_runs_there(out, three):
     with pytest.raises(ConfigError) as info:
-        runs.main(["--output-dir", str(out), "--compare", "run-first", "run-nope"])
+        table.main(["--output-dir", str(out), "--compare", "run-first", "run-nope"])
     message = str(info.value)
     assert message.startswith("--compare run-nope: no run of that name or path under ")
     assert message.endswith("runs there: run-first, run-partial, run-second")
@@ -283,7 +283,7 @@ def test_page_sorts_by_a_clicked_column_in_a_browser(out, three, tmp_path):
     the clicks appended)."""
     if not browser.have_chromium():
         pytest.skip(f"no Chromium at {browser.CHROMIUM}")
-    html = runs.write_table(out).read_text(encoding="utf-8")
+    html = table.write_table(out).read_text(encoding="utf-8")
 
     def order(clicks: str) -> list[str]:
         page = out / "clicked.html"
@@ -322,7 +322,7 @@ def test_two_real_tiny_runs_side_by_side(tmp_path, repo_outputs, monkeypatch):
     """Two tiny main jobs differing only in stage2_lr: the second reuses stage 0, the EDA and
     stage 1. The table lists both, the comparison names those steps shared, and the pages load
     in Chromium with every link resolving (screenshots kept in tmp_path)."""
-    from core.pipeline import run_pipeline
+    from core.pipeline.job import run_pipeline
 
     monkeypatch.setenv("PATH", subprocess_env()["PATH"])  # this venv's kernel and papermill
     tiny = make_tiny_inputs(tmp_path / "tiny")
@@ -333,18 +333,18 @@ def test_two_real_tiny_runs_side_by_side(tmp_path, repo_outputs, monkeypatch):
         assert (repo_outputs / "index.html").is_file()  # the main job refreshed the table
         b = run_pipeline(second)
 
-    table = command("--output-dir", repo_outputs)
+    printed = command("--output-dir", repo_outputs)
     compared = command("--output-dir", repo_outputs, "--compare", a.name, b.name)
-    (tmp_path / "runs.txt").write_text(table + "\n\n" + compared, encoding="utf-8")
-    assert ROWS.findall(table) == sorted(
+    (tmp_path / "runs.txt").write_text(printed + "\n\n" + compared, encoding="utf-8")
+    assert ROWS.findall(printed) == sorted(
         [(a.name, "finished"), (b.name, "finished")],
         key=lambda row: (
-            -runs.read_run(repo_outputs / "runs" / row[0], repo_outputs).final,
+            -table.read_run(repo_outputs / "runs" / row[0], repo_outputs).final,
             row[0],
         ),
     )
     # Stage 0, the EDA and stage 1 reused: 5 steps.
-    assert re.search(rf"^{b.name}\s+finished\s.*\s5\s.*stage2_lr=0\.003 ", table, re.M)
+    assert re.search(rf"^{b.name}\s+finished\s.*\s5\s.*stage2_lr=0\.003 ", printed, re.M)
     assert re.search(r"^  stage2_lr\s+0\.001\s+0\.003$", compared, re.M)
     assert "steps: 5 shared, 3 only in A, 3 only in B" in compared
     shared = re.search(r"^  shared\s+(.*)$", compared, re.M).group(1)

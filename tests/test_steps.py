@@ -15,9 +15,9 @@ from conftest import TINY_VOCAB
 from fakes import write_random_bert_dir
 from tiny_run import TEST, TRAIN, first_rows
 
-from core import steps
 from core.config import FIELDS, NO_RESULT, PATHS, Settings
-from core.run import RunMismatchError, default_run_dir, identity, run_folder
+from core.runs import steps
+from core.runs.folder import RunMismatchError, default_run_dir, identity, run_folder
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_every_setting_is_keyed_somewhere_or_declared_result_free():
 
 
 def test_a_run_folder_records_and_checks_its_identity(settings, tmp_path):
-    from core.run import open_run
+    from core.runs.folder import open_run
 
     run = default_run_dir(settings)
     run.mkdir(parents=True)

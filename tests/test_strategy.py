@@ -1,4 +1,4 @@
-"""core.strategy: choosing a strategy by name, and the mirrored / multi-worker paths on CPU.
+"""core.model.strategy: choosing a strategy by name, and the mirrored / multi-worker paths on CPU.
 
 The distributed paths run in subprocesses: logical CPUs must be configured before TensorFlow
 initialises its devices, which this pytest process may already have done.
@@ -19,7 +19,7 @@ import tensorflow as tf
 from fakes import write_random_bert_dir
 
 from core.config import ROOT
-from core.strategy import STRATEGIES, get_strategy
+from core.model.strategy import STRATEGIES, get_strategy
 
 TIMEOUT = 120
 
@@ -74,13 +74,13 @@ MIRRORED = """
 import json, sys
 import numpy as np
 import core
-from core.strategy import get_strategy
+from core.model.strategy import get_strategy
 from fakes import split_cpu
 
 split_cpu(2)
 import tensorflow as tf
-from core.generator import BatchSequence
-from core.model import build_model
+from core.data.batches import BatchSequence
+from core.model.classifier import build_model
 
 strategy = get_strategy("mirrored")
 with strategy.scope():
@@ -129,7 +129,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(scripts):
 MULTIWORKER = """
 import json
 import core
-from core.strategy import get_strategy
+from core.model.strategy import get_strategy
 
 strategy = get_strategy("multiworker")
 import tensorflow as tf

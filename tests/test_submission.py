@@ -1,4 +1,5 @@
-"""core.submission: each competition check fails loudly, and a failing write leaves no file."""
+"""core.ensembling.submission: each competition check fails loudly, and a failing write leaves no
+file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.submission import SubmissionError, check_submission, write_submission
+from core.ensembling.submission import SubmissionError, check_submission, write_submission
 
 TEST_IDS = list(range(20))
 

@@ -1,11 +1,11 @@
-"""core.tokenizer: vocabulary loading and the reference's per-character rules."""
+"""core.data.tokenizer: vocabulary loading and the reference's per-character rules."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.tokenizer import CharTokenizer, load_vocab
+from core.data.tokenizer import CharTokenizer, load_vocab
 
 SPECIAL = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS = ["好", "吃", "不", "错", "面", "包", "a", "B"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core import hashing
+from core.config import DEFAULTS, ROOT, show
 
 __all__ = [
     "BertDirError",
@@ -444,13 +445,11 @@ def repair_hint(d: Path, manifest: dict | None) -> str:
     """How to make the damaged or incomplete folder ``d`` whole again: the command that wrote it
     when ``d`` is the folder that command writes, else what to copy or convert again. Another
     folder's command (the default's, for a copy of m3e-small) would leave ``d`` broken."""
-    from core.weights.m3e import DEFAULT_OUT  # local: m3e imports this module
-
     rebuild = manifest["rebuild"] if manifest else None
     origin = _origin(manifest)
     if rebuild and _written_here(d, origin, rebuild):
         return f"rebuild it: {rebuild}"
-    if Path(d).resolve() == DEFAULT_OUT:
+    if Path(d).resolve() == default_dir():
         return "rebuild it: python -m core.weights --force"
     if origin is not None:
         made = f" (`{rebuild}` makes that one)" if rebuild else ""
@@ -463,8 +462,6 @@ def repair_hint(d: Path, manifest: dict | None) -> str:
 
 def _origin(manifest: dict | None) -> Path | None:
     """Where the folder was written (MANIFEST.json's ``folder``; older manifests have none)."""
-    from core.config import ROOT
-
     folder = manifest.get("folder") if manifest else None
     return (ROOT / folder).resolve() if isinstance(folder, str) and folder else None
 
@@ -473,19 +470,21 @@ def _written_here(d: Path, origin: Path | None, rebuild: str) -> bool:
     """Whether ``rebuild`` makes ``d`` itself: ``d`` is where it was written, or, for a manifest
     written before manifests said where, ``rebuild`` names ``d`` (``--out d``, stage 0's
     ``delete d``) or is the default folder's own command and ``d`` that folder."""
-    from core.weights.m3e import DEFAULT_OUT
-
     here = Path(d).resolve()
     if origin is not None:
         return origin == here
     if _shown(here) in rebuild.split():
         return True
-    return here == DEFAULT_OUT and "--out" not in rebuild
+    return here == default_dir() and "--out" not in rebuild
+
+
+def default_dir() -> Path:
+    """The default encoder folder (``bert_dir``'s default), which ``python -m core.weights``
+    writes."""
+    return (ROOT / DEFAULTS.bert_dir).resolve()
 
 
 def _shown(path: Path) -> str:
-    from core.config import show
-
     return show(Path(path).resolve())
 
 
@@ -599,8 +598,8 @@ def _layer_names(n_layers: int) -> dict[str, list[str]]:
 
 
 def google_tensors(model, source_dir: str | Path) -> dict[str, np.ndarray]:
-    """A keras-bert model's weights (core.mlm's MLM model) under Google BERT names, on top of the
-    source checkpoint's.
+    """A keras-bert model's weights (core.training.mlm's MLM model) under Google BERT names, on top
+    of the source checkpoint's.
 
     Variables the model does not hold (e.g. ``bert/pooler/*``) pass through from the source;
     position embeddings beyond the model's ``seq_len`` rows keep their source values.

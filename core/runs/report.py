@@ -1,0 +1,358 @@
+"""The run report: ``<run>/index.html``, one self-contained page a person can read or be sent.
+
+Headline figures beside the reference method's, the per-fold table, the key figures (PNG
+embedded as data URIs), wall time per step, provenance, and links to every executed notebook
+and the submission, and (for a run in ``<output_dir>/runs/``) back to the runs table,
+``core.runs.table``. Everything is read from the run folder, so the page renders for a partial
+run too: a section whose files are not there yet says so. Rendered from
+``core/runs/templates/report.html.j2`` (Jinja2, autoescaped).
+
+    python -m core.runs.report outputs/runs/<run>      # (re)write that run's index.html
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core.config import CONFIG_FILE, ROOT, Settings, from_values, read_config
+from core.io import read_json, write_text
+from core.runs.folder import default_run_dir, fold_dir, run_settings
+from core.runs.steps import linked_steps
+
+STAGES = ("stage1", "stage2")
+SECTIONS = ("data", "stage0", "stage1", "stage2")  # Settings.stage's sections, in order
+# The reference solution's published out-of-fold AUCs: 12-layer BERT-base, GPU, 16,000 rows.
+REFERENCE_PUBLISHED = {"stage1_oof_auc": 0.9553, "stage2_oof_auc": 0.9604}
+REFERENCE_PUBLISHED_LABEL = "reference method, published (BERT-base, GPU, 16,000 rows)"
+# The reference method's settings: a run of them on the same data and encoder, when it has
+# finished, is the measured reference beside the reported run.
+REFERENCE_CONFIG = ROOT / "configs" / "reference.yaml"
+TEMPLATE = "report.html.j2"
+
+
+def write_report(
+    run_dir: str | Path, settings: Settings | None = None, timings: dict | None = None
+) -> Path:
+    """Render ``<run_dir>/index.html`` from whatever the run folder holds; return its path.
+
+    ``settings`` and ``timings`` default to the folder's ``config.yaml`` and ``timings.json``.
+    """
+    run_dir = Path(run_dir)
+    return write_text(run_dir / "index.html", render(context(run_dir, settings, timings)))
+
+
+def render(ctx: dict, template: str = TEMPLATE) -> str:
+    """Render a template of ``core/runs/templates`` (the report's unless named) with ``ctx``."""
+    import jinja2  # installed with nbconvert
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly, not as a blank cell
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = _num
+    return env.get_template(template).render(**ctx)
+
+
+def context(run_dir: Path, settings: Settings | None = None, timings: dict | None = None) -> dict:
+    """Everything the template shows, as plain values; None where a file is not there yet."""
+    if settings is None and (run_dir / CONFIG_FILE).is_file():
+        settings = run_settings(run_dir)
+    timings = timings if timings is not None else _json(run_dir / "timings.json") or {}
+    run = _json(run_dir / "run.json")
+    results = _json(run_dir / "ensemble" / "results.json")
+    headline = results["headline"] if results else None
+    reference_dir = reference_run_dir(run_dir, settings)
+    is_reference = reference_dir is None and _is_reference(run_dir, settings)
+    reference = _json(reference_dir / "ensemble" / "results.json") if reference_dir else None
+    reference = reference["headline"] if reference else None
+    n_folds = _n_folds(run_dir, settings, run)
+    done = {
+        (s, k): _json(fold_dir(run_dir, s, k) / "done.json") for s in STAGES for k in range(n_folds)
+    }
+    return {
+        "name": run_dir.name,
+        "runs_table": runs_table(run_dir),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "headline": headline,
+        "headline_rows": headline_rows(headline, reference),
+        "reference_label": REFERENCE_PUBLISHED_LABEL,
+        "reference_run": reference_dir.name if reference else None,
+        "is_reference": is_reference,
+        "folds": fold_rows(done, n_folds, timings, headline),
+        "figures": figures(run_dir, done, n_folds),
+        "timings": timing_rows(timings),
+        "reused": [label for label in linked_steps(run_dir) if label not in timings],
+        "members": member_rows(run_dir, headline),
+        "provenance": provenance(run_dir, run),
+        "notebooks": notebook_rows(run_dir, done, timings),
+        "errors_page": _exists(run_dir, "notebooks/05_errors-errors.html"),
+        "errors": _json(run_dir / "errors" / "errors.json"),
+        "submission": _exists(run_dir, "ensemble/submission.csv"),
+        "params": [(s, k, v) for s in SECTIONS for k, v in settings.stage(s).items()]
+        if settings
+        else [],
+    }
+
+
+def runs_table(run_dir: Path) -> str | None:
+    """The link back to the runs table (core.runs.table) from a run in ``<output_dir>/runs/``."""
+    return "../../index.html" if Path(run_dir).resolve().parent.name == "runs" else None
+
+
+def reference_run_dir(run_dir: Path, settings: Settings | None) -> Path | None:
+    """The folder of the reference method's run on this run's data and encoder
+    (configs/reference.yaml), or None for the reference run itself or unknown settings."""
+    folder = _reference_folder(settings)
+    return None if folder is None or folder == Path(run_dir).resolve() else folder
+
+
+def _is_reference(run_dir: Path, settings: Settings | None) -> bool:
+    folder = _reference_folder(settings)
+    return folder is not None and folder == Path(run_dir).resolve()
+
+
+def _reference_folder(settings: Settings | None) -> Path | None:
+    if settings is None or not REFERENCE_CONFIG.is_file():
+        return None
+    paths = {k: getattr(settings, k) for k in ("train_path", "test_path", "bert_dir", "output_dir")}
+    try:
+        reference = from_values({**read_config(REFERENCE_CONFIG), **paths}, "reference")
+        return default_run_dir(reference)
+    except (OSError, ValueError):  # inputs gone: no comparison rather than no report
+        return None
+
+
+def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
+    """(figure, this run, published reference, measured reference run) rows; values may be None."""
+    h, r = headline or {}, reference or {}
+    final = f"final out-of-fold AUC ({h['final']})" if "final" in h else "final out-of-fold AUC"
+    published = REFERENCE_PUBLISHED
+    rows = [
+        (final, "oof_auc", published["stage2_oof_auc"]),  # their final figure is stage 2's
+        ("stage 1, pooled out-of-fold AUC", "stage1_oof_auc", published["stage1_oof_auc"]),
+        ("stage 2, pooled out-of-fold AUC", "stage2_oof_auc", published["stage2_oof_auc"]),
+        (_f1_label(h), "f1_at_threshold", None),
+        (_share_label(h, "text also in another fold"), "oof_auc_text_in_other_fold", None),
+        ("out-of-fold AUC, text only in its own fold", "oof_auc_text_only_in_own_fold", None),
+    ]
+    return [
+        {"figure": label, "run": h.get(key), "published": ref, "measured": r.get(key)}
+        for label, key, ref in rows
+    ]
+
+
+def fold_rows(done: dict, n_folds: int, timings: dict, headline: dict | None) -> list[dict]:
+    """One row per fold (validation AUC, best epoch and time per stage), then the mean of the
+    finished folds and the pooled out-of-fold AUC."""
+    rows = []
+    for k in range(n_folds):
+        row = {"fold": str(k)}
+        for s in STAGES:
+            d = done[(s, k)] or {}
+            row[s] = d.get("val_auc")
+            row[f"{s}_epoch"] = f"{d['best_epoch']} of {d['epochs_run']}" if d else None
+            row[f"{s}_time"] = timings.get(f"{s}-fold{k}")
+        rows.append(row)
+    blank = {f"{s}_{what}": None for s in STAGES for what in ("epoch", "time")}
+    mean = {"fold": "mean of finished folds", **blank}
+    pooled = {"fold": "pooled out-of-fold", **blank}
+    for s in STAGES:
+        values = [r[s] for r in rows if r[s] is not None]
+        mean[s] = sum(values) / len(values) if values else None
+        pooled[s] = (headline or {}).get(f"{s}_oof_auc")
+    return rows + [mean, pooled]
+
+
+def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
+    """PNG data URIs of the key figures (None where their inputs are missing); learning curves
+    as ``[(title, uri)]``."""
+    from core.analysis import plots
+
+    out = {"roc": None, "folds": None, "scores": None, "curves": []}
+    stage0 = _json(run_dir / "stage0" / "bert" / "PRETRAIN.json")
+    if stage0 and stage0.get("history"):
+        title = "stage 0 (masked-LM pre-training)"
+        out["curves"].append((title, png_uri(plots.learning_curves(stage0["history"], title))))
+    aucs = pd.DataFrame(
+        [{"fold": k, "stage": s, "auc": d["val_auc"]} for (s, k), d in done.items() if d]
+    )
+    if len(aucs):
+        out["folds"] = png_uri(plots.fold_auc_bars(aucs))
+    final = run_dir / "ensemble" / "oof_final.csv"
+    if final.is_file():
+        oof = pd.read_csv(final)
+        curves = {"final blend": (oof["label"], oof["pred"])}
+        for s in STAGES:
+            if all(done[(s, k)] for k in range(n_folds)):
+                parts = [pd.read_csv(fold_dir(run_dir, s, k) / "oof.csv") for k in range(n_folds)]
+                stage = pd.concat(parts)
+                curves[s] = (stage["label"], stage["pred"])
+        out["roc"] = png_uri(plots.roc_curves(curves, "ROC of the out-of-fold predictions"))
+        out["scores"] = png_uri(
+            plots.score_hist(
+                oof["label"], oof["pred"], "Out-of-fold scores of the final blend by label"
+            )
+        )
+    for s in STAGES:
+        for k in range(n_folds):
+            history = fold_dir(run_dir, s, k) / "history.json"
+            if history.is_file():
+                title = f"{s.replace('stage', 'stage ')}, fold {k}"
+                out["curves"].append(
+                    (title, png_uri(plots.learning_curves(read_json(history), title)))
+                )
+    return out
+
+
+def member_rows(run_dir: Path, headline: dict | None) -> list[dict]:
+    """The runs a blend holds (this one first), each linked to its own report."""
+    rows = []
+    for m in (headline or {}).get("members", []):
+        report = Path(run_dir).parent / m["run"] / "index.html"
+        link = f"../{m['run']}/index.html" if m["run"] != Path(run_dir).name else None
+        rows.append({**m, "link": link if link is None or report.is_file() else None})
+    return rows
+
+
+def timing_rows(timings: dict) -> list[tuple[str, float]]:
+    """(step, seconds) in the order the steps ran, then the total."""
+    rows = [(label, float(seconds)) for label, seconds in timings.items()]
+    return rows + [("total", sum(s for _, s in rows))] if rows else []
+
+
+def provenance(run_dir: Path, run: dict | None) -> dict:
+    """What the run was made from: data and weights hashes, package versions, the code's commit."""
+    stage0 = _json(run_dir / "stage0" / "bert" / "PRETRAIN.json")
+    files = []
+    if run:
+        files.append(("training data", run["train_path"], run["train_sha256"]))
+        files.append(("encoder fine-tuned (weights)", run["bert_dir"], run["bert_sha256"]))
+    if stage0:
+        for name, record in stage0.get("data_files", {}).items():
+            files.append((f"stage 0 {name} data", record.get("path", ""), record.get("sha256")))
+        files.append(
+            (
+                "stage 0 started from (weights)",
+                stage0.get("source", ""),
+                stage0.get("source_weights_sha256"),
+            )
+        )
+    packages = dict((run or {}).get("packages", {}))
+    if run and run.get("python"):
+        packages = {"python": run["python"], **packages}
+    return {"files": files, "packages": packages, "commit": git_commit()}
+
+
+def git_commit() -> str | None:
+    """The repository's commit (with "+ local changes" when the tree differs), or None."""
+    try:
+        head = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head} + local changes" if dirty else head
+
+
+def notebook_rows(run_dir: Path, done: dict, timings: dict) -> list[dict]:
+    """Every executed notebook of ``<run>/notebooks``: step, links, validation AUC, time."""
+    rows = []
+    for nb in sorted((run_dir / "notebooks").glob("[!.]*.ipynb")):  # not in-flight temporaries
+        label = nb.stem.split("-", 1)[-1]
+        stage, _, fold = label.partition("-fold")
+        d = done.get((stage, int(fold))) if fold.isdigit() else None
+        html = nb.with_suffix(".html")
+        rows.append(
+            {
+                "step": label,
+                "html": f"notebooks/{html.name}" if html.is_file() else None,
+                "ipynb": f"notebooks/{nb.name}",
+                "auc": d["val_auc"] if d else None,
+                "seconds": timings.get(label),
+            }
+        )
+    return rows
+
+
+def png_uri(fig, dpi: int = 90) -> str:
+    """A matplotlib figure as a ``data:image/png;base64`` URI (self-contained pages)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _json(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def _exists(run_dir: Path, name: str) -> str | None:
+    return name if (run_dir / name).is_file() else None
+
+
+def _n_folds(run_dir: Path, settings: Settings | None, run: dict | None) -> int:
+    if settings:
+        return settings.n_folds
+    if run:
+        return int(run["n_folds"])
+    return len(list(run_dir.glob("stage1/fold*")))  # a run whose stage 1 has not recorded it yet
+
+
+def _f1_label(h: dict) -> str:
+    threshold = h.get("threshold")
+    return "F1 at a nested threshold" + (f" (for the test: {threshold:.3f})" if threshold else "")
+
+
+def _share_label(h: dict, what: str) -> str:
+    share = h.get("share_text_in_other_fold")
+    return f"out-of-fold AUC, {what}" + (f" ({share:.0%} of rows)" if share is not None else "")
+
+
+def _num(value, digits: int = 4) -> str:
+    """Jinja filter: a float to ``digits`` decimals, ``not yet`` for None."""
+    if value is None or value != value:  # None or NaN
+        return "not yet" if value is None else "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from core.config import ConfigError, show
+
+    parser = argparse.ArgumentParser(
+        prog="python -m core.runs.report", description="Write each run folder's report, index.html."
+    )
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. outputs/runs/run-…"
+    )
+    for folder in map(Path, parser.parse_args(argv).runs):
+        if not (folder / "run.json").is_file() and not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{show(folder)}: expected a run folder (with run.json or {CONFIG_FILE}), e.g. "
+                "outputs/runs/run-0123456789"
+            )
+        print(write_report(folder))
+    return 0
+
+
+if __name__ == "__main__":
+    from core import cli
+
+    cli.run(main)

@@ -1,0 +1,189 @@
+"""Score new sentences with a finished run's ensemble, as the review site would.
+
+    python -m core.serving.predict "服务热情，菜品新鲜" "一般般吧"
+    python -m core.serving.predict --file new.txt --out scores.csv --run outputs/runs/run-1a2b3c4d5e
+
+Each fold's encoder runs once per sentence; the fold's stage-1 head and stage-2 head read the same
+encoder output. Fold means of the two stages are mixed with the run's chosen stage weight, in
+probability space: a rank blend (what the submission uses for a whole test file) has no meaning
+for a single sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import cli
+from core.config import CONFIG_FILE, ConfigError, Settings
+from core.data.reviews import DataError, control_problem, read_unlabelled, show_path
+from core.io import read_json, write_csv
+
+RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
+
+
+class RunNotFinishedError(FileNotFoundError):
+    """The run to score with does not exist or has not finished (no ensemble results yet)."""
+
+
+def finish_command(run_dir: Path, output_dir: Path) -> str:
+    """The main-job command that finishes ``run_dir`` with the settings it recorded."""
+    from core.runs.folder import pipeline_command, run_settings
+
+    if (run_dir / CONFIG_FILE).is_file():
+        return pipeline_command(run_dir, run_settings(run_dir, output_dir))
+    return pipeline_command(run_dir, Settings(output_dir=output_dir))
+
+
+def finished_run(run_dir: Path, output_dir: Path) -> Path:
+    """``run_dir`` if it has finished, else RunNotFinishedError saying how to finish it."""
+    if not run_dir.is_dir():
+        raise RunNotFinishedError(
+            f"--run {show_path(run_dir)}: no such run folder; omit --run to use the latest "
+            f"finished run under {show_path(output_dir / 'runs')}, or make one with "
+            "`python -m core.pipeline`"
+        )
+    if not (run_dir / RESULTS).is_file():
+        raise RunNotFinishedError(
+            f"run {show_path(run_dir)} has not finished (no {RESULTS} yet); finish it with: "
+            f"{finish_command(run_dir, output_dir)}"
+        )
+    return run_dir
+
+
+def latest_run(output_dir: Path) -> Path:
+    """The most recently finished run (one with ensemble results) under ``output_dir/runs``."""
+    done = sorted((output_dir / "runs").glob(f"*/{RESULTS}"), key=lambda p: p.stat().st_mtime)
+    if done:
+        return done[-1].parents[1]
+    message = f"no finished run under {show_path(output_dir / 'runs')}"
+    started = sorted((output_dir / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    if started:
+        run_dir = started[-1].parent
+        raise RunNotFinishedError(
+            f"{message}; the latest, {show_path(run_dir)}, finishes with: "
+            f"{finish_command(run_dir, output_dir)}"
+        )
+    raise RunNotFinishedError(
+        f"{message}: make one with `./suite.sh run` (python -m core.pipeline), or pass --run"
+    )
+
+
+def cut_note(texts: list[str], maxlen: int) -> str | None:
+    """What a user is told when sentences are longer than the run reads (as notebook 01 reports
+    it for the data): the model sees only their first ``maxlen`` characters."""
+    n = sum(len(t) > maxlen for t in texts)
+    if not n:
+        return None
+    return (
+        f"{n} of {len(texts)} sentences are longer than the run's maxlen, {maxlen} characters: "
+        f"each is scored on its first {maxlen}"
+    )
+
+
+def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFrame:
+    """``text, probability, stage1, stage2`` for every text, from every fold of the run."""
+    from core.runs.folder import check_servable
+    from core.weights import BertDirError, check_bert_dir
+
+    check_servable(run_dir)  # its own folds, on the encoder it recorded
+    run = read_json(run_dir / "run.json")
+    results = read_json(run_dir / RESULTS)["headline"]
+    weight = results.get("stage1_weight")
+    weight = 0.5 if weight is None else float(weight)
+    bert_dir = Path(run["bert_dir"])
+    try:  # before TensorFlow loads: a quick refusal
+        check_bert_dir(bert_dir, read_checkpoint=False)
+    except BertDirError as e:
+        raise BertDirError(f"run {show_path(run_dir)}, its encoder: {e}") from None
+    from tensorflow import keras
+
+    from core.data.tokenizer import CharTokenizer, load_vocab
+    from core.model.classifier import build_head_model, build_model, copy_head_weights
+    from core.runs.folder import fold_dir
+    from core.training.engine import encode
+
+    token_ids = CharTokenizer(load_vocab(bert_dir), run["maxlen"]).encode_all(texts)
+    full = build_model(bert_dir, bert_trainable=False)
+    encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
+    head = build_head_model(encoder.output_shape[-1])
+    stage1, stage2 = [], []
+    for fold in range(run["n_folds"]):
+        full.load_weights(str(fold_dir(run_dir, "stage1", fold) / "weights.h5"))
+        feats = encode(encoder, token_ids, run["maxlen"] + 2, batch_size)
+        copy_head_weights(full, head)
+        stage1.append(head.predict(feats, batch_size=batch_size, verbose=0).reshape(-1))
+        head.load_weights(str(fold_dir(run_dir, "stage2", fold) / "head.h5"))
+        stage2.append(head.predict(feats, batch_size=batch_size, verbose=0).reshape(-1))
+    p1, p2 = np.mean(stage1, axis=0), np.mean(stage2, axis=0)
+    return pd.DataFrame(
+        {"text": texts, "probability": weight * p1 + (1 - weight) * p2, "stage1": p1, "stage2": p2}
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.serving.predict", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("texts", nargs="*", help="sentences to score")
+    parser.add_argument(
+        "--file", help="a file of sentences in the test format (or a CSV with content)"
+    )
+    parser.add_argument(
+        "--run", help="run folder (default: the latest finished run in outputs/runs)"
+    )
+    parser.add_argument("--out", help="write text,probability CSV here (inside outputs/)")
+    parser.add_argument("--output-dir", default="outputs", help="where runs are (default outputs/)")
+    cli.add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    settings = Settings(output_dir=args.output_dir)
+    out = None
+    if args.out:  # checked before the minutes of scoring, not after
+        out = settings.run_path(args.out, "--out")  # inside outputs/, like every other write
+        if out.is_dir():
+            raise ConfigError(f"--out={args.out!r}: expected a file path, found a folder")
+    for i, text in enumerate(args.texts, 1):
+        if not text.strip():
+            raise DataError(
+                f"sentence {i} of the command line: expected a sentence, found "
+                f"{text!r} — remove it or fill it in"
+            )
+        if problem := control_problem(text):
+            raise DataError(f"sentence {i} of the command line: {problem} — remove it")
+    texts = list(args.texts)
+    if args.file:
+        hint = "core.serving.predict scores sentences without labels: remove them"
+        texts += read_unlabelled(args.file, labelled_hint=hint).texts
+    if not texts:
+        parser.error("give sentences as arguments or --file")
+    if args.run:
+        run_dir = finished_run(settings.run_path(args.run, "--run"), settings.output_dir)
+    else:
+        run_dir = latest_run(settings.output_dir)
+        # stderr: stdout is the CSV
+        print(
+            f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
+            file=sys.stderr,
+        )
+    if note := cut_note(texts, read_json(run_dir / "run.json")["maxlen"]):
+        print(note, file=sys.stderr)
+    scores = score(run_dir, texts)
+    if out is not None:
+        write_csv(out, scores[["text", "probability"]])
+        print(f"wrote {len(scores)} rows to {out}")
+    else:
+        scores[["text", "probability"]].to_csv(sys.stdout, index=False, float_format="%.4f")
+    return 0
+
+
+def command() -> None:
+    """``python -m core.serving.predict`` and the ``recsent-predict`` script."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    command()
