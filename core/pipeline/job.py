@@ -14,8 +14,9 @@ stored step keeps its own copy); ``<run>/index.html`` links them with the headli
 ensemble (``blend_seeds``) runs each seed as a run of its own, then blends them.
 
 ``--workers N`` runs N independent steps at once on this machine and ``--scheduler ADDRESS`` on a
-running Dask cluster whose workers share ``outputs/`` (``core.pipeline.distributed``, ``plan.graph``);
-without them the steps run one after another in this process, importing nothing more.
+running Dask cluster whose workers share ``outputs/`` (``core.pipeline.distributed``, in the order
+of ``plan.graph``); without them the steps run one after another in this process, importing nothing
+more.
 """
 
 from __future__ import annotations
