@@ -112,7 +112,7 @@ def test_lab_listens_on_loopback_only_with_a_token(server):
 
 
 PROBE_CELLS = [
-    "import os, sys\nimport core\nfrom core import plots\n"
+    "import os, sys\nimport core\nfrom core.analysis import plots\n"
     "print(sys.prefix, os.getcwd(), core.__file__, os.getpid(), sep='\\n')",
     "plots.learning_curves({'loss': [0.5, 0.3], 'val_loss': [0.6, 0.4]}, 'probe')",
     "print('matplotlib.pyplot' in sys.modules)",
