@@ -150,10 +150,13 @@ def test_table_orders_runs_and_shows_status_figures_settings_and_time(out, three
         ("run-partial", "partial"),  # then unfinished runs
     ]
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("run-")}
+    # final, stage 1, stage 2, students ("-": a run without them), wall time, reused steps
     assert re.search(
-        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+1\.7 min\s+4\s", lines["run-second"]
+        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+-\s+1\.7 min\s+4\s", lines["run-second"]
     )
-    assert re.search(r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+6\.2 min\s+0\s", lines["run-first"])
+    assert re.search(
+        r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+-\s+6\.2 min\s+0\s", lines["run-first"]
+    )
     # Stage 0 off: EDA, two folds of each stage, ensemble, errors; EDA and one fold done.
     assert "partial: 2 of 7 steps  -       -" in lines["run-partial"]
     assert lines["run-second"].endswith("stage2_lr=0.001") and "output_dir" not in printed
