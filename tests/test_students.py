@@ -310,3 +310,16 @@ def test_the_results_table_holds_the_students_beside_both_stages():
     assert table.loc["students fold mean", "oof_auc"] == pytest.approx(expected)
     assert pd.isna(table.loc["students fold mean", "weight"])  # no stage-1/stage-2 mix
     assert table.loc["weighted blend of stage1+students", "fitted"]
+
+
+def test_serving_refuses_a_final_that_blends_the_students(tmp_path):
+    from core.io import write_json
+    from core.runs.folder import check_servable
+
+    headline = {
+        "final": "weighted blend of stage1+students",
+        "final_stages": ["stage1", "students"],
+    }
+    write_json(tmp_path / "ensemble" / "results.json", {"headline": headline})
+    with pytest.raises(ConfigError, match=r"blends the pseudo-labelled students, which scoring"):
+        check_servable(tmp_path)
