@@ -24,6 +24,7 @@ NOTEBOOKS = {
     "eda": "notebooks/01_eda.ipynb",
     "stage1": "notebooks/02_cv.ipynb",
     "stage2": "notebooks/03_f1_refine.ipynb",
+    "students": "notebooks/02b_students.ipynb",
     "ensemble": "notebooks/04_ensemble.ipynb",
     "errors": "notebooks/05_errors.ipynb",
 }
@@ -37,6 +38,7 @@ SCHEDULES = ("constant", "cosine")
 LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.model.losses)
 STRATEGIES = ("default", "mirrored", "multiworker")  # core.model.strategy
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.model.precision
+TARGETS = ("soft", "hard")  # the students' pseudo-labels (core.training.students)
 PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
 # Settings that change no result: in no step's key and not in a run's identity (core.runs.steps).
 NO_RESULT = ("predict_batch_size",)
@@ -61,6 +63,10 @@ def _stage(n: int):
 
 
 _s0, _s1, _s2 = _stage(0), _stage(1), _stage(2)
+
+
+def _students(default, help, check, *args):
+    return _setting(default, help, check, *args, section="students")
 
 
 def _ensemble(default, help, check, *args):
@@ -149,6 +155,29 @@ class Settings:
         1, "epochs without a better validation AUC before stopping", "int", 1
     )
     stage2_batch_size: int = _s2(16, "head training batch size", "int", 1)
+    # Students: per fold, stage 1 again on the fold's training rows plus the test sentences
+    # pseudo-labelled by that fold's stage-1 model (which never saw the fold's rows).
+    students_enabled: bool = _students(False, "train a pseudo-labelled student per fold", "bool")
+    students_target: str = _students(
+        "soft", "soft: stage 1's test scores; hard: 0/1 at students_threshold", "choice", TARGETS
+    )
+    students_threshold: float = _students(
+        0.5, "hard targets: a test score at or above this is a 1", "number", 0, 1
+    )
+    students_weight: float = _students(
+        1.0,
+        "weight of a pseudo-labelled row in the loss (a labelled row: 1)",
+        "number",
+        0,
+        10,
+        "(]",
+    )
+    students_epochs: int | None = _students(
+        None, "at most this many epochs (None: stage1_epochs)", "maybe", "int", 1
+    )
+    students_lr: float | None = _students(
+        None, "peak Adam learning rate (None: stage1_lr)", "maybe", "number", 0, 1
+    )
     # The ensemble: one run's stages, or a seed ensemble of several runs.
     blend_seeds: list[int] = _ensemble(
         [],
@@ -183,6 +212,16 @@ class Settings:
     @property
     def uses_stage0(self) -> bool:
         return self.stage0_epochs > 0
+
+    @property
+    def students_epochs_value(self) -> int:
+        """The students' epochs: ``students_epochs``, or ``stage1_epochs`` when that is None."""
+        return self.stage1_epochs if self.students_epochs is None else self.students_epochs
+
+    @property
+    def students_lr_value(self) -> float:
+        """The students' peak learning rate: ``students_lr``, or ``stage1_lr`` when None."""
+        return self.stage1_lr if self.students_lr is None else self.students_lr
 
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
@@ -243,6 +282,13 @@ def default(name: str):
 def _checked(f: dataclasses.Field, value):
     """``value`` as the setting ``f`` holds it, or a ConfigError naming the setting."""
     kind, *args = f.metadata["check"]
+    if kind == "maybe":  # None, or a value the wrapped check accepts
+        if value is None or value == "None":
+            return None
+        kind, *args = args
+        expected = " or None"
+    else:
+        expected = ""
     if isinstance(value, str) and kind in ("int", "number", "seed"):
         value = _number(value)  # a YAML file or a raw -r parameter may give numbers as text
     bad = None
@@ -272,7 +318,9 @@ def _checked(f: dataclasses.Field, value):
     elif kind == "bool" and not isinstance(value, bool):
         bad = "True or False"
     if bad:
-        raise ConfigError(f"setting {f.name}={value!r}: expected {bad} ({f.metadata['help']})")
+        raise ConfigError(
+            f"setting {f.name}={value!r}: expected {bad}{expected} ({f.metadata['help']})"
+        )
     return value
 
 
@@ -449,6 +497,7 @@ def parameters_source() -> str:
         "stage0": "stage 0 (00_pretrain)",
         "stage1": "stage 1 (02_cv)",
         "stage2": "stage 2 (03_f1_refine)",
+        "students": "the pseudo-labelled students (02b_students)",
         "ensemble": "the ensemble (04_ensemble)",
     }
     lines, section = [SETTINGS_HEADER], None

@@ -150,10 +150,13 @@ def test_table_orders_runs_and_shows_status_figures_settings_and_time(out, three
         ("run-partial", "partial"),  # then unfinished runs
     ]
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("run-")}
+    # final, stage 1, stage 2, students ("-": a run without them), wall time, reused steps
     assert re.search(
-        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+1\.7 min\s+4\s", lines["run-second"]
+        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+-\s+1\.7 min\s+4\s", lines["run-second"]
     )
-    assert re.search(r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+6\.2 min\s+0\s", lines["run-first"])
+    assert re.search(
+        r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+-\s+6\.2 min\s+0\s", lines["run-first"]
+    )
     # Stage 0 off: EDA, two folds of each stage, ensemble, errors; EDA and one fold done.
     assert "partial: 2 of 7 steps  -       -" in lines["run-partial"]
     assert lines["run-second"].endswith("stage2_lr=0.001") and "output_dir" not in printed
@@ -294,8 +297,8 @@ def test_page_sorts_by_a_clicked_column_in_a_browser(out, three, tmp_path):
 
     assert order("") == ["run-second", "run-first", "run-partial"]
     ths = 'const th = document.querySelectorAll("#runs th");'
-    # "when" descending: the newest first; the partial run is an hour older.
-    assert order(ths + "th[7].click();")[-1] == "run-partial"
+    # "when" (after "students") descending: the newest first; the partial run is an hour older.
+    assert order(ths + "th[8].click();")[-1] == "run-partial"
     # final OOF AUC: descending, then ascending; the unfinished run's blank stays last.
     assert order(ths + "th[2].click();") == ["run-second", "run-first", "run-partial"]
     assert order(ths + "th[2].click(); th[2].click();") == [

@@ -53,7 +53,8 @@ class BatchSequence(keras.utils.Sequence):
     The inputs are a tuple, not a list: without labels tf-keras 2.21 re-packs a list ``x`` as
     ``(ids, segs)`` (``isinstance(x, tuple or list)`` in ``pack_x_y_sample_weight``) and then
     reads it as ``(x=ids, y=segs)``, even inside a 1-tuple. Ids are int32, padded with 0 to the
-    batch's longest row; segment ids are all 0; ``y`` is float32 of shape (n, 1).
+    batch's longest row; segment ids are all 0; ``y`` is float32 of shape (n, 1), or (n, c) for
+    labels given as c columns.
     """
 
     def __init__(
@@ -74,7 +75,9 @@ class BatchSequence(keras.utils.Sequence):
         self.lengths = np.array([len(t) for t in self.token_ids])
         self.labels = None
         if labels is not None:
-            self.labels = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+            labels = np.asarray(labels, dtype=np.float32)
+            # One column per row, or several (core.model.losses.weighted_bce: target, weight).
+            self.labels = labels.reshape(-1, 1) if labels.ndim < 2 else labels
             if len(self.labels) != len(self.token_ids):
                 n, m = len(self.token_ids), len(self.labels)
                 raise ValueError(f"labels: expected one per row ({n}), found {m}")
@@ -123,7 +126,7 @@ class BatchSequence(keras.utils.Sequence):
         ids = tf.TensorSpec((None, None), tf.int32)
         spec = ((ids, ids),)
         if self.labels is not None:
-            spec += (tf.TensorSpec((None, 1), tf.float32),)
+            spec += (tf.TensorSpec((None, self.labels.shape[1]), tf.float32),)
         options = tf.data.Options()
         options.autotune.enabled = False
         batches = tf.data.Dataset.from_generator(one_epoch, output_signature=spec)

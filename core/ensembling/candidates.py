@@ -1,5 +1,6 @@
 """The ensemble's candidates: each stage's fold mean, rank averages and a weighted blend of the
-two stages, each scored on out-of-fold rows without leakage, and the final choice.
+two stages (and, with the students, blends with them), each scored on out-of-fold rows without
+leakage, and the final choice.
 
 Leakage rule: nothing fitted (a blend weight, an F1 threshold) may use the labels of the rows it
 is scored on. Every fitted quantity is therefore reported by nested selection: for each fold k it
@@ -265,6 +266,48 @@ def candidates(
     )
     blend.test_ids = ids
     return {b.name: b for b in (mean_a, mean_b, rank, blend)}
+
+
+def with_students(
+    stage1: StagePredictions,
+    stage2: StagePredictions,
+    students: StagePredictions,
+    grid: Sequence[float] = WEIGHT_GRID,
+) -> dict[str, Blend]:
+    """The students as another stage: their fold mean, the weighted blend of each stage with
+    them (the weight for fold k chosen on the other folds only, as in ``stage_blend``), and the
+    rank average of all three stages. ``weight`` is the weight of the stage named first."""
+    labels, folds = _same_rows({s.stage: s for s in (stage1, stage2, students)})
+    for other in (stage1, stage2):
+        if not np.array_equal(other.test["id"].to_numpy(), students.test["id"].to_numpy()):
+            raise ValueError(f"{other.stage} and {students.stage} predict different test ids")
+    means = {s.stage: fold_mean(s) for s in (stage1, stage2, students)}
+    own = means[students.stage]  # weight None: not a mix of stage 1 and stage 2
+    ids = own.test_ids
+    out = [own]
+    for name in (stage1.stage, stage2.stage):
+        blend = stage_blend(
+            means[name].oof,
+            own.oof,
+            labels,
+            folds,
+            means[name].test,
+            own.test,
+            grid,
+            name=f"weighted blend of {name}+{students.stage}",
+        )
+        blend.test_ids = ids
+        out.append(blend)
+    everything = "+".join(means)
+    out.append(
+        Blend(
+            name=f"rank average of {everything}",
+            oof=rank_average([m.oof for m in means.values()]),
+            test=rank_average([m.test for m in means.values()]),
+            test_ids=ids,
+        )
+    )
+    return {b.name: b for b in out}
 
 
 def results_table(blends: Mapping[str, Blend], labels, folds) -> pd.DataFrame:

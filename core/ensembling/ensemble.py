@@ -1,6 +1,6 @@
-"""The ensemble step: gather both stages of a run (and of its seed ensemble's other runs), score
-the candidates (core.ensembling.candidates), pick the final one, write ``<run>/ensemble/`` and the
-submission."""
+"""The ensemble step: gather both stages of a run (its students too, when on; and its seed
+ensemble's other runs), score the candidates (core.ensembling.candidates), pick the final one,
+write ``<run>/ensemble/`` and the submission."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from core.ensembling.candidates import (
     honest_best_f1,
     rank_blend,
     results_table,
+    with_students,
 )
 from core.ensembling.fold_outputs import StagePredictions, check_done, load_runs, load_stage
 from core.ensembling.submission import write_submission
@@ -42,14 +43,19 @@ class Results:
     members: list[dict]
 
 
+def stages_of(settings: Settings) -> tuple[str, ...]:
+    """The stages a run's ensemble reads: both, and the students when they are on."""
+    return ("stage1", "stage2", "students") if settings.students_enabled else ("stage1", "stage2")
+
+
 def check_finished(run_dir: Path, settings: Settings) -> None:
-    """Raise ``MissingOutputsError`` unless every fold of both stages is done: the ensemble's
+    """Raise ``MissingOutputsError`` unless every fold of every stage is done: the ensemble's
     check before it writes anything (a notebook run by hand leaves no run folder behind)."""
     # Commands name the run's recorded settings once it has them, else the notebook's.
     runs = [(Path(run_dir), settings)] + [(default_run_dir(m), m) for m in settings.members()]
     for folder, own in runs:  # a seed ensemble's other runs too
         recorded = None if (folder / CONFIG_FILE).is_file() else own
-        for stage in ("stage1", "stage2"):
+        for stage in stages_of(own):
             check_done(folder, stage, settings.n_folds, recorded)
 
 
@@ -59,20 +65,26 @@ def finalize(
     test_path: str | Path,
     train_path: str | Path | None = None,
     members: list[tuple[str, Path]] = (),
+    students: bool = False,
 ) -> Results:
     """Score every candidate on out-of-fold rows, write ``<run>/ensemble/`` and the submission.
 
     ``members`` (``(what it is, run folder)``: a seed ensemble's other runs, finished runs to
     blend; ``core.runs.folder.members``) add the equal-weight rank averages of every run's stages:
-    nothing fitted, so still honest.
+    nothing fitted, so still honest. ``students``: the run's students are another stage
+    (``core.ensembling.candidates.with_students``); a seed ensemble's blends stay on stages 1
+    and 2.
     With ``train_path``, the headline also splits the final OOF AUC by whether a row's exact text
     sits in another fold (about one row in six does, as one test row in six is in train).
     """
     run_dir = Path(run_dir)
     out = run_dir / "ensemble"
-    stages = {s: load_stage(run_dir, s, n_folds) for s in ("stage1", "stage2")}
+    names = ("stage1", "stage2", "students") if students else ("stage1", "stage2")
+    stages = {s: load_stage(run_dir, s, n_folds) for s in names}
     folds_table = fold_table(stages)
     blends = candidates(stages["stage1"], stages["stage2"])
+    if students:
+        blends.update(with_students(stages["stage1"], stages["stage2"], stages["students"]))
     member_rows = []
     if members:
         runs = [run_dir, *(Path(m) for _, m in members)]
@@ -111,10 +123,14 @@ def finalize(
         "threshold": float(f1.threshold),
         "stage1_oof_auc": float(oof_row["stage1"]),
         "stage2_oof_auc": float(oof_row["stage2"]),
-        "stage1_weight": None if row["weight"] is None else float(row["weight"]),
+        "stage1_weight": None if pd.isna(row["weight"]) else float(row["weight"]),
         "n_train": int(len(labels)),
         "n_test": int(len(test_ids)),
     }
+    if students:
+        headline["students_oof_auc"] = float(oof_row["students"])
+        # What serving and the error attributions mix: stage 1 and stage 2 only.
+        headline["final_stages"] = [s for s in names if s in final]
     if member_rows:
         headline["members"] = member_rows
     if train_path is not None:

@@ -1,4 +1,5 @@
-"""Training losses: binary cross-entropy, soft-F1 and a pairwise AUC surrogate."""
+"""Training losses: binary cross-entropy (plain, and weighted per row), soft-F1 and a pairwise
+AUC surrogate."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ EPSILON = 1e-7
 def bce(y_true, y_pred):
     """Mean binary cross-entropy on probabilities."""
     return tf.reduce_mean(tf.keras.losses.binary_crossentropy(y_true, y_pred))
+
+
+def weighted_bce(y_true, y_pred):
+    """Mean over the batch of ``weight · BCE(target, p)``; ``y_true`` holds ``(target, weight)``
+    per row (the students' pseudo-labelled rows weigh ``students_weight``, labelled rows 1), or
+    the target alone (weight 1: ``bce``). The weight rides in ``y_true`` because a loss returning
+    the batch mean cannot take Keras' per-row ``sample_weight``."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    if y_true.shape[-1] != 2:
+        return bce(y_true, y_pred)
+    target, weight = y_true[:, :1], y_true[:, 1]
+    return tf.reduce_mean(weight * tf.keras.losses.binary_crossentropy(target, y_pred))
 
 
 def soft_f1(y_true, y_pred):
@@ -42,7 +55,12 @@ def pairwise_auc(y_true, y_pred, margin: float = 1.0):
     return tf.math.divide_no_nan(total, n)
 
 
-LOSSES = {"bce": bce, "soft_f1": soft_f1, "pairwise_auc": pairwise_auc}
+LOSSES = {
+    "bce": bce,
+    "weighted_bce": weighted_bce,
+    "soft_f1": soft_f1,
+    "pairwise_auc": pairwise_auc,
+}
 
 
 def get_loss(name: str):

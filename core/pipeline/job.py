@@ -61,6 +61,11 @@ def check_inputs(settings: Settings, only: str | None = None, folds=None) -> Non
 
     if only is not None and only not in NOTEBOOKS:
         raise ConfigError(f"--only {only}: expected one of {', '.join(NOTEBOOKS)}")
+    if only == "students" and not settings.students_enabled:
+        raise ConfigError(
+            "--only students: the students are off (students_enabled=False); add "
+            "--set students_enabled=True or --config configs/pseudo-labels.yaml"
+        )
     for fold in folds or ():
         settings.check_fold(fold)
     read_labelled(settings.train_path)

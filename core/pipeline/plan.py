@@ -55,8 +55,8 @@ def _run_steps(settings: Settings, run_dir: Path, member: int | None = None) -> 
 
 def plan(settings: Settings, run_dir: Path) -> list[Step]:
     """Every step of a run, in order: stage 0 (unless off), EDA, stage 1 and stage 2 per fold,
-    each other run of a seed ensemble (its folds and ensemble), the ensemble, the error
-    analysis."""
+    the students per fold (when on), each other run of a seed ensemble (its folds and
+    ensemble), the ensemble, the error analysis."""
     out = _run_steps(settings, run_dir)
     for m in settings.members():
         m_dir = default_run_dir(m)
@@ -68,11 +68,12 @@ def plan(settings: Settings, run_dir: Path) -> list[Step]:
 
 
 def upstream(step: Step) -> list[steps.Step]:
-    """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2."""
+    """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2 and
+    for fold k's student (its teacher; stage 0, which the student starts from too, comes first)."""
     s = step.settings
     if step.section == "stage1" and s.uses_stage0:
         return [steps.ref(s, "stage0")]
-    if step.section == "stage2":
+    if step.section in ("stage2", "students"):
         return [steps.ref(s, "stage1", step.fold)]
     return []
 
@@ -120,7 +121,7 @@ def select(plan_steps: list[Step], only: str | None, folds: list[int] | None) ->
         if (only is None or s.section == only)
         and (folds is None or s.fold is None or s.fold in folds)
     ]
-    if any(s.section in ("stage1", "stage2") for s in chosen):
+    if any(s.section in steps.FOLDED for s in chosen):
         chosen = [s for s in plan_steps if s.section == "stage0" and s.member is None] + [
             s for s in chosen if s.section != "stage0"
         ]

@@ -155,6 +155,12 @@ def check_servable(run_dir: Path) -> None:
             f"), a rank average over a whole test file that one sentence cannot be scored by; "
             f"score or export one of its runs instead: --run with one of {runs}"
         )
+    if "students" in headline.get("final_stages", []):
+        raise ConfigError(
+            f"run {show(run_dir)}: its final ({headline['final']}) blends the pseudo-labelled "
+            "students, which scoring new sentences does not serve yet; score or export a run "
+            "without students (students_enabled=False)"
+        )
     check_encoder(run_dir)
 
 

@@ -25,8 +25,8 @@ from core.io import read_json, write_text
 from core.runs.folder import default_run_dir, fold_dir, run_settings
 from core.runs.steps import linked_steps
 
-STAGES = ("stage1", "stage2")
-SECTIONS = ("data", "stage0", "stage1", "stage2")  # Settings.stage's sections, in order
+STAGES = ("stage1", "stage2", "students")  # the students show only in runs that have them
+SECTIONS = ("data", "stage0", "stage1", "stage2", "students")  # Settings.stage's, in order
 # The reference solution's published out-of-fold AUCs: 12-layer BERT-base, GPU, 16,000 rows.
 REFERENCE_PUBLISHED = {"stage1_oof_auc": 0.9553, "stage2_oof_auc": 0.9604}
 REFERENCE_PUBLISHED_LABEL = "reference method, published (BERT-base, GPU, 16,000 rows)"
@@ -75,8 +75,9 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     reference = _json(reference_dir / "ensemble" / "results.json") if reference_dir else None
     reference = reference["headline"] if reference else None
     n_folds = _n_folds(run_dir, settings, run)
+    stages = stages_shown(run_dir, settings)
     done = {
-        (s, k): _json(fold_dir(run_dir, s, k) / "done.json") for s in STAGES for k in range(n_folds)
+        (s, k): _json(fold_dir(run_dir, s, k) / "done.json") for s in stages for k in range(n_folds)
     }
     return {
         "name": run_dir.name,
@@ -87,8 +88,9 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "reference_label": REFERENCE_PUBLISHED_LABEL,
         "reference_run": reference_dir.name if reference else None,
         "is_reference": is_reference,
-        "folds": fold_rows(done, n_folds, timings, headline),
-        "figures": figures(run_dir, done, n_folds),
+        "stages": [(s, STAGE_TITLES[s]) for s in stages],
+        "folds": fold_rows(done, n_folds, timings, headline, stages),
+        "figures": figures(run_dir, done, n_folds, stages),
         "timings": timing_rows(timings),
         "reused": [label for label in linked_steps(run_dir) if label not in timings],
         "members": member_rows(run_dir, headline),
@@ -97,10 +99,24 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "errors_page": _exists(run_dir, "notebooks/05_errors-errors.html"),
         "errors": _json(run_dir / "errors" / "errors.json"),
         "submission": _exists(run_dir, "ensemble/submission.csv"),
-        "params": [(s, k, v) for s in SECTIONS for k, v in settings.stage(s).items()]
+        "params": [
+            (s, k, v)
+            for s in SECTIONS
+            if s != "students" or settings.students_enabled
+            for k, v in settings.stage(s).items()
+        ]
         if settings
         else [],
     }
+
+
+STAGE_TITLES = {"stage1": "stage 1", "stage2": "stage 2", "students": "students"}
+
+
+def stages_shown(run_dir: Path, settings: Settings | None) -> tuple[str, ...]:
+    """Stage 1 and stage 2, and the students in a run that has them (on, or folders there)."""
+    on = settings.students_enabled if settings else (Path(run_dir) / "students").is_dir()
+    return STAGES if on else STAGES[:2]
 
 
 def runs_table(run_dir: Path) -> str | None:
@@ -140,6 +156,10 @@ def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
         (final, "oof_auc", published["stage2_oof_auc"]),  # their final figure is stage 2's
         ("stage 1, pooled out-of-fold AUC", "stage1_oof_auc", published["stage1_oof_auc"]),
         ("stage 2, pooled out-of-fold AUC", "stage2_oof_auc", published["stage2_oof_auc"]),
+    ]
+    if "students_oof_auc" in h:
+        rows.append(("students, pooled out-of-fold AUC", "students_oof_auc", None))
+    rows += [
         (_f1_label(h), "f1_at_threshold", None),
         (_share_label(h, "text also in another fold"), "oof_auc_text_in_other_fold", None),
         ("out-of-fold AUC, text only in its own fold", "oof_auc_text_only_in_own_fold", None),
@@ -150,29 +170,31 @@ def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
     ]
 
 
-def fold_rows(done: dict, n_folds: int, timings: dict, headline: dict | None) -> list[dict]:
+def fold_rows(
+    done: dict, n_folds: int, timings: dict, headline: dict | None, stages=STAGES[:2]
+) -> list[dict]:
     """One row per fold (validation AUC, best epoch and time per stage), then the mean of the
     finished folds and the pooled out-of-fold AUC."""
     rows = []
     for k in range(n_folds):
         row = {"fold": str(k)}
-        for s in STAGES:
+        for s in stages:
             d = done[(s, k)] or {}
             row[s] = d.get("val_auc")
             row[f"{s}_epoch"] = f"{d['best_epoch']} of {d['epochs_run']}" if d else None
             row[f"{s}_time"] = timings.get(f"{s}-fold{k}")
         rows.append(row)
-    blank = {f"{s}_{what}": None for s in STAGES for what in ("epoch", "time")}
+    blank = {f"{s}_{what}": None for s in stages for what in ("epoch", "time")}
     mean = {"fold": "mean of finished folds", **blank}
     pooled = {"fold": "pooled out-of-fold", **blank}
-    for s in STAGES:
+    for s in stages:
         values = [r[s] for r in rows if r[s] is not None]
         mean[s] = sum(values) / len(values) if values else None
         pooled[s] = (headline or {}).get(f"{s}_oof_auc")
     return rows + [mean, pooled]
 
 
-def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
+def figures(run_dir: Path, done: dict, n_folds: int, stages=STAGES[:2]) -> dict:
     """PNG data URIs of the key figures (None where their inputs are missing); learning curves
     as ``[(title, uri)]``."""
     from core.analysis import plots
@@ -191,7 +213,7 @@ def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
     if final.is_file():
         oof = pd.read_csv(final)
         curves = {"final blend": (oof["label"], oof["pred"])}
-        for s in STAGES:
+        for s in stages:
             if all(done[(s, k)] for k in range(n_folds)):
                 parts = [pd.read_csv(fold_dir(run_dir, s, k) / "oof.csv") for k in range(n_folds)]
                 stage = pd.concat(parts)
@@ -202,11 +224,11 @@ def figures(run_dir: Path, done: dict, n_folds: int) -> dict:
                 oof["label"], oof["pred"], "Out-of-fold scores of the final blend by label"
             )
         )
-    for s in STAGES:
+    for s in stages:
         for k in range(n_folds):
             history = fold_dir(run_dir, s, k) / "history.json"
             if history.is_file():
-                title = f"{s.replace('stage', 'stage ')}, fold {k}"
+                title = f"{STAGE_TITLES[s]}, fold {k}"
                 out["curves"].append(
                     (title, png_uri(plots.learning_curves(read_json(history), title)))
                 )

@@ -22,18 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import hashing
-from core.config import NO_RESULT, PATHS, PRETRAIN_FILE, Settings
+from core.config import DEFAULTS, NO_RESULT, PATHS, PRETRAIN_FILE, Settings
 from core.io import atomic_symlink, write_json
 from core.weights.google_ckpt import weights_sha256
 
 STORE = "steps"
-SECTIONS = ("stage0", "eda", "stage1", "stage2")  # the steps kept in the store
+SECTIONS = ("stage0", "eda", "stage1", "stage2", "students")  # the steps kept in the store
+FOLDED = ("stage1", "stage2", "students")  # the steps made once per fold
 # The file a step writes last: its presence marks the step complete.
 MARKERS = {
     "stage0": f"bert/{PRETRAIN_FILE}",
     "eda": "eda.json",
     "stage1": "done.json",
     "stage2": "done.json",
+    "students": "done.json",
 }
 KEY_FILE = "key.json"  # what the key was made of, for people and the runs comparison
 # Data settings keyed by the steps that read them specifically; every other data setting that
@@ -41,7 +43,12 @@ KEY_FILE = "key.json"  # what the key was made of, for people and the runs compa
 SPLIT = ("n_folds", "seed", "train_seed")
 # Settings added after steps were first stored: keyed only away from the behaviour that came
 # before them, so every step stored before keeps its key.
-LATER = {"precision": "float32"}
+LATER = {
+    "precision": "float32",
+    # The students are off by default and key only their own step (recipe), so a run without
+    # them keeps the identity (and run folder) it had before they existed.
+    **{f"students_{k}": v for k, v in DEFAULTS.stage("students").items()},
+}
 
 
 def keyed(name: str, value) -> bool:
@@ -95,6 +102,18 @@ def recipe(settings: Settings, section: str, fold: int | None = None) -> dict:
             "stage1": ref(settings, "stage1", fold).key,
             **_section(settings, "stage2"),
         }
+    if section == "students":
+        # Fold k's stage-1 key holds its data, encoder, split, seed and training settings;
+        # the student adds its own, resolved (None: stage 1's value is the same student).
+        return {
+            "step": "students",
+            "stage1": ref(settings, "stage1", fold).key,
+            "target": settings.students_target,
+            "threshold": settings.students_threshold,
+            "weight": settings.students_weight,
+            "epochs": settings.students_epochs_value,
+            "lr": settings.students_lr_value,
+        }
     raise ValueError(f"no stored step {section!r}; expected one of {', '.join(SECTIONS)}")
 
 
@@ -141,17 +160,18 @@ class Step:
 
 def ref(settings: Settings, section: str, fold: int | None = None) -> Step:
     """The stored step ``section`` (fold ``fold``) of these settings."""
-    if section in ("stage1", "stage2"):
+    if section in FOLDED:
         settings.check_fold(fold)
     key = hashing.key(recipe(settings, section, fold))
     return Step(section, fold, key, Path(settings.output_dir) / STORE)
 
 
 def run_steps(settings: Settings) -> list[Step]:
-    """Every stored step of a run, in order: stage 0 (unless off), EDA, both stages' folds."""
+    """Every stored step of a run, in order: stage 0 (unless off), EDA, both stages' folds, the
+    students' folds (when on)."""
     out = [ref(settings, "stage0")] if settings.uses_stage0 else []
     out.append(ref(settings, "eda"))
-    for section in ("stage1", "stage2"):
+    for section in FOLDED if settings.students_enabled else FOLDED[:2]:
         out += [ref(settings, section, k) for k in range(settings.n_folds)]
     return out
 
@@ -198,7 +218,8 @@ def linked_steps(run_dir: str | Path) -> dict[str, str]:
     """``{label: step folder name}`` of every step a run folder links (what it is made of)."""
     run_dir = Path(run_dir)
     found = {}
-    for path in [run_dir / "stage0", run_dir / "eda", *sorted(run_dir.glob("stage[12]/fold*"))]:
+    folds = [p for section in FOLDED for p in sorted(run_dir.glob(f"{section}/fold*"))]
+    for path in [run_dir / "stage0", run_dir / "eda", *folds]:
         if path.is_symlink():
             label = path.name if path.parent == run_dir else f"{path.parent.name}-{path.name}"
             found[label] = Path(os.readlink(path)).name

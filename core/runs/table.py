@@ -33,7 +33,17 @@ INDEX = "index.html"
 TEMPLATE = "runs.html.j2"
 STAGES = ("stage1", "stage2")
 ORDER = "finished runs first, best final OOF AUC first; then unfinished runs, newest first"
-COLUMNS = ("run", "status", "final", "stage 1", "stage 2", "wall time", "reused", "when")
+COLUMNS = (
+    "run",
+    "status",
+    "final",
+    "stage 1",
+    "stage 2",
+    "students",
+    "wall time",
+    "reused",
+    "when",
+)
 
 
 @dataclass
@@ -63,6 +73,11 @@ class RunInfo:
     @property
     def stage2(self) -> float | None:
         return self.headline.get("stage2_oof_auc")
+
+    @property
+    def students(self) -> float | None:
+        """The pseudo-labelled students' OOF AUC (None in a run without them)."""
+        return self.headline.get("students_oof_auc")
 
 
 # -- reading runs ---------------------------------------------------------------------------------
@@ -160,6 +175,7 @@ def table_rows(runs: list[RunInfo]) -> list[list[str]]:
             auc_text(r.final),
             auc_text(r.stage1),
             auc_text(r.stage2),
+            auc_text(r.students),
             duration(r.seconds),
             str(r.reused),
             when_text(r.when),
@@ -219,6 +235,7 @@ def html_row(r: RunInfo, output_dir: Path) -> dict:
         "final_name": r.headline.get("final", ""),
         "stage1": r.stage1,
         "stage2": r.stage2,
+        "students": r.students,
         "seconds": r.seconds,
         "wall": duration(r.seconds),
         "reused": r.reused,
@@ -323,6 +340,7 @@ def compare_text(c: Comparison) -> str:
         ["final OOF AUC", auc_text(a.final), auc_text(b.final)],
         ["stage 1 OOF AUC", auc_text(a.stage1), auc_text(b.stage1)],
         ["stage 2 OOF AUC", auc_text(a.stage2), auc_text(b.stage2)],
+        ["students OOF AUC", auc_text(a.students), auc_text(b.students)],
         ["wall time", duration(a.seconds), duration(b.seconds)],
         ["reused steps", str(a.reused), str(b.reused)],
         ["when", when_text(a.when), when_text(b.when)],

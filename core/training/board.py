@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tensorflow import keras
 
+from core.runs.steps import FOLDED
+
 EVENTS = "tensorboard"  # a step's event folder
 VIEW = "tensorboard"  # under the output folder: one folder of links per run
 
@@ -74,7 +76,8 @@ def layout(output_dir: Path) -> Path:
     if view.exists():
         shutil.rmtree(view)
     for run in sorted((Path(output_dir) / "runs").glob("*/")):
-        for fold in sorted(run.glob("stage[12]/fold*")):
+        folds = [f for section in FOLDED for f in sorted(run.glob(f"{section}/fold*"))]
+        for fold in folds:  # stage 1, stage 2 and the students
             events = fold.resolve() / EVENTS
             if events.is_dir():
                 link = view / run.name / f"{fold.parent.name}-{fold.name}"

@@ -140,8 +140,9 @@ def _reuse(step: steps.Step, run_dir: Path) -> dict | None:
     return read_json(step.marker)
 
 
-def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start) -> dict:
-    """Check the best epoch's predictions, then write the fold (``done.json`` last)."""
+def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start, extra=None) -> dict:
+    """Check the best epoch's predictions, then write the fold (``done.json`` last); ``extra``
+    adds to its summary."""
     oof = _check_predictions(f"{stage} fold {fold} validation", oof)
     test = _check_predictions(f"{stage} fold {fold} test", test)
     valid = np.flatnonzero(inputs.folds == fold)
@@ -154,6 +155,7 @@ def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start) 
         "seconds": round(time.time() - start, 1),
         "n_train": int(len(inputs.folds) - len(valid)),
         "n_valid": int(len(valid)),
+        **(extra or {}),
     }
     return _write_fold(out, inputs, fold, oof, test, _history(history), summary)
 

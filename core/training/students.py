@@ -1,0 +1,183 @@
+"""Pseudo-labelled students, honest by construction: one per fold, after stage 1.
+
+Fold k's stage-1 model (the teacher) never trained on fold k's rows; its scores of the test
+sentences (its ``test.csv``) become targets. Fold k's student fine-tunes on fold k's training
+split (the other folds' rows, their labels) plus every test sentence with the teacher's score
+(``students_target`` soft) or that score cut at ``students_threshold`` (hard) as its target, a
+pseudo-labelled row weighing ``students_weight`` in the loss. It is validated on fold k as
+stage 1 is, and writes the fold in stage 1's format, so the ensemble loads it as another stage.
+
+What it reads, and so what can reach it: the labels of the other folds' rows, the token ids of
+every sentence, the teacher's test scores. Fold k's labels choose only the epoch kept, the
+teacher's and the student's own, as they do for every stage's out-of-fold figures
+(tests/test_students.py poisons fold k's labels with one epoch each and finds fold k's targets
+and predictions unchanged to the bit).
+
+The student starts from the encoder stage 1 starts from (stage 0's, or ``bert_dir``), not from
+the teacher's weights. Either is honest; a fresh start makes the student a second model that
+learns the labels and the teacher's view of the test sentences together, instead of the
+teacher nudged towards its own outputs, and it costs the same.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tensorflow import keras
+
+import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from core.config import ConfigError, Settings
+from core.data.batches import BatchSequence, predict_in_order
+from core.io import read_json, save_weights, write_csv
+from core.model.classifier import build_model
+from core.model.optimizer import learning_rate
+from core.model.precision import choose
+from core.model.strategy import get_strategy
+from core.runs import steps
+from core.runs.folder import MissingStageError, encoder_dir, fold_command, open_stage
+from core.training.board import EVENTS, Board
+from core.training.engine import (
+    Inputs,
+    Progress,
+    ValidationAUC,
+    _finish,
+    _link_stage0,
+    _reuse,
+    prepare,
+)
+
+PSEUDO_LABELS = "pseudo_labels.csv"  # in the student's folder: each test id, score and target
+
+
+def pseudo_labels(settings: Settings, teacher_dir: Path, test_ids: np.ndarray) -> pd.DataFrame:
+    """``id, score, target`` per test sentence: the teacher's stored test score and the target
+    the student learns (the score itself, or 0/1 at ``students_threshold``)."""
+    scores = pd.read_csv(Path(teacher_dir) / "test.csv").set_index("id")["pred"]
+    score = scores.reindex(test_ids).to_numpy(dtype=float)
+    if np.isnan(score).any():
+        raise ValueError(f"{teacher_dir}/test.csv: it does not score every test id; rerun stage 1")
+    if settings.students_target == "hard":
+        target = (score >= settings.students_threshold).astype(float)
+    else:
+        target = score
+    return pd.DataFrame({"id": test_ids, "score": score, "target": target})
+
+
+def training_set(
+    settings: Settings, inputs: Inputs, fold: int, pseudo: pd.DataFrame
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The student's rows: fold ``fold``'s training split (labels, weight 1), then every test
+    sentence (its pseudo-label, weight ``students_weight``); targets as ``(target, weight)``."""
+    rows = np.flatnonzero(inputs.folds != fold)  # never fold k's own rows
+    ids = [inputs.train_ids[i] for i in rows] + list(inputs.test_ids)
+    target = np.concatenate([inputs.train.labels[rows], pseudo["target"].to_numpy()])
+    weight = np.concatenate(
+        [np.ones(len(rows)), np.full(len(inputs.test_ids), settings.students_weight)]
+    )
+    return ids, np.stack([target, weight], axis=1).astype(np.float32)
+
+
+def train_student(
+    settings: Settings, fold: int, run_dir: Path, inputs: Inputs | None = None
+) -> dict:
+    """Train fold ``fold``'s student (``settings.students_*``) from its stage-1 teacher; return
+    the fold's summary. A finished student (of any run) is reused."""
+    s, run_dir = settings, Path(run_dir)
+    if not s.students_enabled:
+        raise ConfigError(
+            "setting students_enabled=False: expected True to train a student (pass -p "
+            "students_enabled True, or -f configs/pseudo-labels.yaml)"
+        )
+    step = steps.ref(s, "students", fold)
+    teacher = steps.ref(s, "stage1", fold)
+    if not teacher.done():
+        raise MissingStageError(
+            f"student fold {fold} needs stage 1's fold {fold} (its teacher), which is not there "
+            f"(or did not finish). Make it first: {fold_command('stage1', fold, run_dir, s)}"
+        )
+    bert_dir = encoder_dir(s, run_dir)
+    resolved = {"epochs": s.students_epochs_value, "lr": s.students_lr_value}
+    open_stage(run_dir / "students", {**s.stage("students"), **resolved})
+    _link_stage0(s, run_dir)
+    steps.link(run_dir, teacher)  # the ensemble reads the teacher's stage too
+    with steps.claim(step, s):
+        if done := _reuse(step, run_dir):
+            return done
+        steps.link(run_dir, step)
+        inputs = inputs or prepare(s, run_dir)
+        return _train(s, fold, step.dir, teacher.dir, bert_dir, inputs)
+
+
+def _train(settings, fold, out: Path, teacher: Path, bert_dir: Path, inputs: Inputs) -> dict:
+    s = settings
+    keras.utils.set_random_seed(s.training_seed + fold)
+    pseudo = pseudo_labels(s, teacher, inputs.test.ids)
+    write_csv(out / PSEUDO_LABELS, pseudo)
+    ids, targets = training_set(s, inputs, fold, pseudo)
+    valid_rows = np.flatnonzero(inputs.folds == fold)
+    valid_ids = [inputs.train_ids[i] for i in valid_rows]
+    train_seq = BatchSequence(
+        ids,
+        targets,
+        s.stage1_batch_size,
+        shuffle=True,
+        seed=s.training_seed + fold,
+        group_by_length=s.stage1_group_by_length,
+        pad_multiple=s.stage1_pad_multiple,
+    )
+    epochs = s.students_epochs_value
+    lr = learning_rate(
+        s.students_lr_value, s.stage1_schedule, len(train_seq) * epochs, s.stage1_warmup
+    )
+    choice = choose(s.precision, s.stage1_jit_compile)
+    with get_strategy(s.stage1_strategy).scope():
+        model = build_model(
+            bert_dir,
+            loss="weighted_bce",
+            lr=lr,
+            jit_compile=choice.jit_compile,
+            layer_decay=s.stage1_layer_decay,
+            precision=choice.precision,
+        )
+    weights = out / "weights.h5"
+
+    def predict_valid():
+        return predict_in_order(model, valid_ids, s.predict_batch_size)
+
+    check = ValidationAUC(
+        predict_valid,
+        inputs.train.labels[valid_rows],
+        lambda: save_weights(model, weights),
+        s.stage1_patience,
+    )
+    start = time.time()
+    n_pseudo = len(inputs.test_ids)
+    print(
+        f"students fold {fold}: {len(ids) - n_pseudo} labelled rows + {n_pseudo} pseudo-labelled "
+        f"test rows ({s.students_target} targets), {len(valid_rows)} validation rows"
+    )
+    history = model.fit(
+        train_seq.dataset(),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            Progress(f"students fold {fold}", epochs),
+            check,
+            Board(out / EVENTS, steps.hparams(s, "students", fold)),
+        ],
+    )
+    model.load_weights(str(weights))
+    test = predict_in_order(model, inputs.test_ids, s.predict_batch_size)
+    extra = {"n_pseudo": n_pseudo, "teacher_val_auc": read_json(teacher / "done.json")["val_auc"]}
+    return _finish(
+        "students", fold, out, inputs, predict_valid(), test, check, history, start, extra
+    )
+
+
+def read_pseudo_labels(student_dir: Path) -> pd.DataFrame:
+    """A student's ``pseudo_labels.csv``: each test id, its teacher's score and its target."""
+    return pd.read_csv(Path(student_dir) / PSEUDO_LABELS)
