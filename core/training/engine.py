@@ -131,7 +131,7 @@ class Progress(keras.callbacks.Callback):
             )
 
 
-def _reuse(step: steps.Step, run_dir: Path) -> dict | None:
+def reuse(step: steps.Step, run_dir: Path) -> dict | None:
     """The stored fold's summary if it is done (by any run), linked into ``run_dir``."""
     if not step.done():
         return None
@@ -140,7 +140,7 @@ def _reuse(step: steps.Step, run_dir: Path) -> dict | None:
     return read_json(step.marker)
 
 
-def _finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start, extra=None) -> dict:
+def finish(stage, fold, out, inputs: Inputs, oof, test, check, history, start, extra=None) -> dict:
     """Check the best epoch's predictions, then write the fold (``done.json`` last); ``extra``
     adds to its summary."""
     oof = _check_predictions(f"{stage} fold {fold} validation", oof)
@@ -202,15 +202,15 @@ def train_stage1(
     step = steps.ref(settings, "stage1", fold)
     bert_dir = encoder_dir(settings, run_dir)  # stops with the command that makes stage 0
     open_stage(run_dir / "stage1", {**s.stage("stage1"), "train_seed": s.training_seed})
-    _link_stage0(settings, run_dir)
+    link_stage0(settings, run_dir)
     with steps.claim(step, settings):
-        if done := _reuse(step, run_dir):
+        if done := reuse(step, run_dir):
             return done
         steps.link(run_dir, step)  # the fold shows in the run while it trains
         return _train_stage1(settings, fold, step.dir, bert_dir, inputs or prepare(s, run_dir))
 
 
-def _link_stage0(settings: Settings, run_dir: Path) -> None:
+def link_stage0(settings: Settings, run_dir: Path) -> None:
     if settings.uses_stage0:
         steps.link(run_dir, steps.ref(settings, "stage0"))
 
@@ -220,25 +220,59 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
     keras.utils.set_random_seed(settings.training_seed + fold)
     train_rows = np.flatnonzero(inputs.folds != fold)
     valid_rows = np.flatnonzero(inputs.folds == fold)
-    pick = lambda rows: [inputs.train_ids[i] for i in rows]  # noqa: E731
-
-    train_seq = BatchSequence(
-        pick(train_rows),
+    return fine_tune(
+        s,
+        "stage1",
+        fold,
+        out,
+        bert_dir,
+        inputs,
+        [inputs.train_ids[i] for i in train_rows],
         inputs.train.labels[train_rows],
+        epochs=s.stage1_epochs,
+        lr=s.stage1_lr,
+        note=f"{len(train_rows)} train rows, {len(valid_rows)} validation rows",
+    )
+
+
+def fine_tune(
+    settings: Settings,
+    section: str,
+    fold: int,
+    out: Path,
+    bert_dir: Path,
+    inputs: Inputs,
+    train_ids: list,
+    targets: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    note: str,
+    loss: str = "bce",
+    extra: dict | None = None,
+) -> dict:
+    """Fine-tune encoder + head on ``train_ids`` / ``targets`` with stage 1's batching, schedule,
+    precision and strategy, keeping the epoch best on fold ``fold``; write the fold to ``out``
+    and return its summary (stage 1 and the students)."""
+    s = settings
+    valid_rows = np.flatnonzero(inputs.folds == fold)
+    valid_ids = [inputs.train_ids[i] for i in valid_rows]
+    train_seq = BatchSequence(
+        train_ids,
+        targets,
         s.stage1_batch_size,
         shuffle=True,
         seed=s.training_seed + fold,
         group_by_length=s.stage1_group_by_length,
         pad_multiple=s.stage1_pad_multiple,
     )
-    lr = learning_rate(
-        s.stage1_lr, s.stage1_schedule, len(train_seq) * s.stage1_epochs, s.stage1_warmup
-    )
+    schedule = learning_rate(lr, s.stage1_schedule, len(train_seq) * epochs, s.stage1_warmup)
     choice = choose(s.precision, s.stage1_jit_compile)  # auto: what this hardware runs fastest
     with get_strategy(s.stage1_strategy).scope():
         model = build_model(
             bert_dir,
-            lr=lr,
+            loss=loss,
+            lr=schedule,
             jit_compile=choice.jit_compile,
             layer_decay=s.stage1_layer_decay,
             precision=choice.precision,
@@ -246,7 +280,7 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
     weights = out / "weights.h5"
 
     def predict_valid():
-        return predict_in_order(model, pick(valid_rows), settings.predict_batch_size)
+        return predict_in_order(model, valid_ids, s.predict_batch_size)
 
     check = ValidationAUC(
         predict_valid,
@@ -255,23 +289,23 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
         s.stage1_patience,
     )
     start = time.time()
-    print(f"stage1 fold {fold}: {len(train_rows)} train rows, {len(valid_rows)} validation rows")
+    print(f"{section} fold {fold}: {note}")
     if s.precision != "float32":
-        print(f"stage1 fold {fold}: {choice}")
+        print(f"{section} fold {fold}: {choice}")
     history = model.fit(
         train_seq.dataset(),
-        epochs=s.stage1_epochs,
+        epochs=epochs,
         shuffle=False,
         verbose=0,
         callbacks=[
-            Progress(f"stage1 fold {fold}", s.stage1_epochs),
+            Progress(f"{section} fold {fold}", epochs),
             check,
-            Board(out / EVENTS, steps.hparams(settings, "stage1", fold)),
+            Board(out / EVENTS, steps.hparams(s, section, fold)),
         ],
     )
     model.load_weights(str(weights))
-    test = predict_in_order(model, inputs.test_ids, settings.predict_batch_size)
-    return _finish("stage1", fold, out, inputs, predict_valid(), test, check, history, start)
+    test = predict_in_order(model, inputs.test_ids, s.predict_batch_size)
+    return finish(section, fold, out, inputs, predict_valid(), test, check, history, start, extra)
 
 
 def encode(
@@ -311,10 +345,10 @@ def train_stage2(
         )
     bert_dir = encoder_dir(settings, run_dir)
     open_stage(run_dir / "stage2", s.stage("stage2"))
-    _link_stage0(settings, run_dir)
+    link_stage0(settings, run_dir)
     steps.link(run_dir, stage1)  # the run's ensemble reads both stages of the fold
     with steps.claim(step, settings):
-        if done := _reuse(step, run_dir):
+        if done := reuse(step, run_dir):
             return done
         steps.link(run_dir, step)
         inputs = inputs or prepare(s, run_dir)
@@ -370,7 +404,7 @@ def _train_stage2(settings, fold, out: Path, stage1: Path, bert_dir: Path, input
     )
     head.load_weights(str(weights))
     test = head.predict(test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1)
-    return _finish("stage2", fold, out, inputs, predict_valid(), test, check, history, start)
+    return finish("stage2", fold, out, inputs, predict_valid(), test, check, history, start)
 
 
 def _history(history) -> dict:

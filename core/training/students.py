@@ -21,7 +21,6 @@ teacher nudged towards its own outputs, and it costs the same.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +29,10 @@ from tensorflow import keras
 
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import ConfigError, Settings
-from core.data.batches import BatchSequence, predict_in_order
-from core.io import read_json, save_weights, write_csv
-from core.model.classifier import build_model
-from core.model.optimizer import learning_rate
-from core.model.precision import choose
-from core.model.strategy import get_strategy
+from core.io import read_json, write_csv
 from core.runs import steps
 from core.runs.folder import MissingStageError, encoder_dir, fold_command, open_stage
-from core.training.board import EVENTS, Board
-from core.training.engine import (
-    Inputs,
-    Progress,
-    ValidationAUC,
-    _finish,
-    _link_stage0,
-    _reuse,
-    prepare,
-)
+from core.training.engine import Inputs, fine_tune, link_stage0, prepare, reuse
 
 PSEUDO_LABELS = "pseudo_labels.csv"  # in the student's folder: each test id, score and target
 
@@ -101,10 +86,10 @@ def train_student(
     bert_dir = encoder_dir(s, run_dir)
     resolved = {"epochs": s.students_epochs_value, "lr": s.students_lr_value}
     open_stage(run_dir / "students", {**s.stage("students"), **resolved})
-    _link_stage0(s, run_dir)
+    link_stage0(s, run_dir)
     steps.link(run_dir, teacher)  # the ensemble reads the teacher's stage too
     with steps.claim(step, s):
-        if done := _reuse(step, run_dir):
+        if done := reuse(step, run_dir):
             return done
         steps.link(run_dir, step)
         inputs = inputs or prepare(s, run_dir)
@@ -117,64 +102,26 @@ def _train(settings, fold, out: Path, teacher: Path, bert_dir: Path, inputs: Inp
     pseudo = pseudo_labels(s, teacher, inputs.test.ids)
     write_csv(out / PSEUDO_LABELS, pseudo)
     ids, targets = training_set(s, inputs, fold, pseudo)
-    valid_rows = np.flatnonzero(inputs.folds == fold)
-    valid_ids = [inputs.train_ids[i] for i in valid_rows]
-    train_seq = BatchSequence(
+    n_pseudo = len(inputs.test_ids)
+    labelled, n_valid = len(ids) - n_pseudo, int((inputs.folds == fold).sum())
+    return fine_tune(
+        s,
+        "students",
+        fold,
+        out,
+        bert_dir,
+        inputs,
         ids,
         targets,
-        s.stage1_batch_size,
-        shuffle=True,
-        seed=s.training_seed + fold,
-        group_by_length=s.stage1_group_by_length,
-        pad_multiple=s.stage1_pad_multiple,
-    )
-    epochs = s.students_epochs_value
-    lr = learning_rate(
-        s.students_lr_value, s.stage1_schedule, len(train_seq) * epochs, s.stage1_warmup
-    )
-    choice = choose(s.precision, s.stage1_jit_compile)
-    with get_strategy(s.stage1_strategy).scope():
-        model = build_model(
-            bert_dir,
-            loss="weighted_bce",
-            lr=lr,
-            jit_compile=choice.jit_compile,
-            layer_decay=s.stage1_layer_decay,
-            precision=choice.precision,
-        )
-    weights = out / "weights.h5"
-
-    def predict_valid():
-        return predict_in_order(model, valid_ids, s.predict_batch_size)
-
-    check = ValidationAUC(
-        predict_valid,
-        inputs.train.labels[valid_rows],
-        lambda: save_weights(model, weights),
-        s.stage1_patience,
-    )
-    start = time.time()
-    n_pseudo = len(inputs.test_ids)
-    print(
-        f"students fold {fold}: {len(ids) - n_pseudo} labelled rows + {n_pseudo} pseudo-labelled "
-        f"test rows ({s.students_target} targets), {len(valid_rows)} validation rows"
-    )
-    history = model.fit(
-        train_seq.dataset(),
-        epochs=epochs,
-        shuffle=False,
-        verbose=0,
-        callbacks=[
-            Progress(f"students fold {fold}", epochs),
-            check,
-            Board(out / EVENTS, steps.hparams(s, "students", fold)),
-        ],
-    )
-    model.load_weights(str(weights))
-    test = predict_in_order(model, inputs.test_ids, s.predict_batch_size)
-    extra = {"n_pseudo": n_pseudo, "teacher_val_auc": read_json(teacher / "done.json")["val_auc"]}
-    return _finish(
-        "students", fold, out, inputs, predict_valid(), test, check, history, start, extra
+        epochs=s.students_epochs_value,
+        lr=s.students_lr_value,
+        note=f"{labelled} labelled rows + {n_pseudo} pseudo-labelled test rows "
+        f"({s.students_target} targets), {n_valid} validation rows",
+        loss="weighted_bce",
+        extra={
+            "n_pseudo": n_pseudo,
+            "teacher_val_auc": read_json(teacher / "done.json")["val_auc"],
+        },
     )
 
 
