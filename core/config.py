@@ -98,7 +98,7 @@ class Settings:
     )
     predict_batch_size: int = _setting(256, "rows per prediction batch", "int", 1)
     precision: str = _setting(
-        "float32",
+        "auto",
         "float32, bfloat16, float16 (mixed), auto (16 bits where fast here)",
         "choice",
         PRECISIONS,

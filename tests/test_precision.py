@@ -8,6 +8,8 @@ keeps 8 significant bits, about 2-3 decimal digits, through two encoder layers);
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import h5py
 import keras_bert.bert
 import keras_transformer.transformer
@@ -121,7 +123,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_the_setting_is_checked_and_recorded():
-    assert Settings().precision == "float32"  # the default until the accuracy check holds
+    assert Settings().precision == "auto"  # the accuracy check held (docs/results.md)
     assert Settings(precision="auto").precision == "auto"
     with pytest.raises(ConfigError, match="precision='bf16'"):
         Settings(precision="bf16")
@@ -136,6 +138,31 @@ def test_the_setting_is_checked_and_recorded():
         "reason": "set",
     }
     assert isinstance(choose("auto", False), Choice)  # this machine, whatever it has
+
+
+@pytest.mark.parametrize(
+    ("hardware", "same_as"),
+    [(Hardware(), "float32"), (Hardware(cpu_flags=AMX), "bfloat16")],
+    ids=["cpu-without-bf16", "cpu-with-amx"],
+)
+def test_auto_is_keyed_as_what_it_computes_in(monkeypatch, tmp_path, hardware, same_as):
+    """A step's key and a run's identity hold the precision ``auto`` chose, not the word: on a CPU
+    without bf16 the default's steps and run folder are float32's (stored before ``auto`` was the
+    default), with AMX they are bfloat16's, and the two differ."""
+    from tiny_run import make_tiny_inputs
+
+    import core.model.precision as precision
+    from core.runs import steps
+    from core.runs.folder import default_run_dir
+
+    monkeypatch.setattr(precision, "detect", lambda: hardware)
+    tiny = make_tiny_inputs(tmp_path).settings
+    auto, fixed = replace(tiny, precision="auto"), replace(tiny, precision=same_as)
+    other = replace(tiny, precision="bfloat16" if same_as == "float32" else "float32")
+    for section, fold in (("stage1", 0), ("stage2", 1), ("eda", None)):
+        assert steps.ref(auto, section, fold).name == steps.ref(fixed, section, fold).name
+        assert steps.ref(auto, section, fold).name != steps.ref(other, section, fold).name
+    assert default_run_dir(auto) == default_run_dir(fixed) != default_run_dir(other)
 
 
 # ------------------------------------------------------------------ the model

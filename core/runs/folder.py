@@ -53,7 +53,7 @@ def fold_dir(run_dir: str | Path, stage: str, fold: int) -> Path:
 def identity(settings: Settings) -> dict:
     """What a run is: every setting that changes a result (seeds resolved) and the contents of
     its train, test and weight files, not their paths (the same files elsewhere: the same run)."""
-    values = {k: v for k, v in settings.values().items() if steps.keyed(k, v)}
+    values = {k: steps.resolved(k, v) for k, v in settings.values().items() if steps.keyed(k, v)}
     values["train_seed"] = settings.training_seed
     values["stage0_seed"] = settings.stage0_seed_value
     values["blend_runs"] = [blend_run_dir(settings, name).name for name in settings.blend_runs]

@@ -24,6 +24,7 @@ from pathlib import Path
 from core import hashing
 from core.config import DEFAULTS, NO_RESULT, PATHS, PRETRAIN_FILE, Settings
 from core.io import atomic_symlink, write_json
+from core.model.precision import choose
 from core.weights.google_ckpt import weights_sha256
 
 STORE = "steps"
@@ -51,9 +52,17 @@ LATER = {
 }
 
 
+def resolved(name: str, value):
+    """A setting's value as keys hold it: ``precision`` as what it computes in on this machine
+    (``auto`` is float32 on a CPU without bf16, so its steps are float32's)."""
+    return choose(value, False).precision if name == "precision" else value
+
+
 def keyed(name: str, value) -> bool:
     """Whether a setting is part of a key (or a run's identity) at this value."""
-    return name not in PATHS and name not in NO_RESULT and LATER.get(name, object()) != value
+    if name in PATHS or name in NO_RESULT:
+        return False
+    return LATER.get(name, object()) != resolved(name, value)
 
 
 def inputs(settings: Settings) -> dict:
@@ -67,7 +76,7 @@ def inputs(settings: Settings) -> dict:
 
 def _common(settings: Settings) -> dict:
     data = settings.stage("data")
-    return {k: v for k, v in data.items() if k not in SPLIT and keyed(k, v)}
+    return {k: resolved(k, v) for k, v in data.items() if k not in SPLIT and keyed(k, v)}
 
 
 def _section(settings: Settings, section: str) -> dict:
