@@ -25,6 +25,8 @@ NOTEBOOKS = {
     "stage1": "notebooks/02_cv.ipynb",
     "stage2": "notebooks/03_f1_refine.ipynb",
     "students": "notebooks/02b_students.ipynb",
+    "distill": "notebooks/06_distill.ipynb",  # one fold's distilled copy (-p fold K)
+    "distilled": "notebooks/06_distill.ipynb",  # the model for serving, on every row
     "ensemble": "notebooks/04_ensemble.ipynb",
     "errors": "notebooks/05_errors.ipynb",
 }
@@ -67,6 +69,10 @@ _s0, _s1, _s2 = _stage(0), _stage(1), _stage(2)
 
 def _students(default, help, check, *args):
     return _setting(default, help, check, *args, section="students")
+
+
+def _distill(default, help, check, *args):
+    return _setting(default, help, check, *args, section="distill")
 
 
 def _ensemble(default, help, check, *args):
@@ -178,6 +184,22 @@ class Settings:
     students_lr: float | None = _students(
         None, "peak Adam learning rate (None: stage1_lr)", "maybe", "number", 0, 1
     )
+    # Distillation: one model for serving, taught by the run's ensemble (core.training.distill).
+    distill_enabled: bool = _distill(
+        False, "distil the ensemble into one model for serving (06_distill)", "bool"
+    )
+    distill_label_weight: float = _distill(
+        0.5, "a training row's target: this share its label, the rest the teacher's", "number", 0, 1
+    )
+    distill_layers: int | None = _distill(
+        None, "encoder layers the distilled model keeps (None: all)", "maybe", "int", 1
+    )
+    distill_epochs: int | None = _distill(
+        None, "at most this many epochs (None: stage1_epochs)", "maybe", "int", 1
+    )
+    distill_lr: float | None = _distill(
+        None, "peak Adam learning rate (None: stage1_lr)", "maybe", "number", 0, 1
+    )
     # The ensemble: one run's stages, or a seed ensemble of several runs.
     blend_seeds: list[int] = _ensemble(
         [],
@@ -222,6 +244,16 @@ class Settings:
     def students_lr_value(self) -> float:
         """The students' peak learning rate: ``students_lr``, or ``stage1_lr`` when None."""
         return self.stage1_lr if self.students_lr is None else self.students_lr
+
+    @property
+    def distill_epochs_value(self) -> int:
+        """The distilled models' epochs: ``distill_epochs``, or ``stage1_epochs`` when None."""
+        return self.stage1_epochs if self.distill_epochs is None else self.distill_epochs
+
+    @property
+    def distill_lr_value(self) -> float:
+        """The distilled models' peak learning rate: ``distill_lr``, or ``stage1_lr`` when None."""
+        return self.stage1_lr if self.distill_lr is None else self.distill_lr
 
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
@@ -498,6 +530,7 @@ def parameters_source() -> str:
         "stage1": "stage 1 (02_cv)",
         "stage2": "stage 2 (03_f1_refine)",
         "students": "the pseudo-labelled students (02b_students)",
+        "distill": "distillation into one model for serving (06_distill)",
         "ensemble": "the ensemble (04_ensemble)",
     }
     lines, section = [SETTINGS_HEADER], None
@@ -517,7 +550,7 @@ def sync_notebooks() -> list[Path]:
     import nbformat
 
     changed = []
-    for rel in NOTEBOOKS.values():
+    for rel in dict.fromkeys(NOTEBOOKS.values()):  # a notebook may serve two steps
         path = ROOT / rel
         nb = nbformat.read(path, as_version=4)
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

@@ -43,6 +43,13 @@ class Results:
     members: list[dict]
 
 
+def served_stage1_weight(headline: dict) -> float:
+    """The stage mix scoring new sentences uses (core.serving): the run's chosen stage-1 weight,
+    0.5 when its final chose none (a rank average)."""
+    weight = headline.get("stage1_weight")
+    return 0.5 if weight is None else float(weight)
+
+
 def stages_of(settings: Settings) -> tuple[str, ...]:
     """The stages a run's ensemble reads: both, and the students when they are on."""
     return ("stage1", "stage2", "students") if settings.students_enabled else ("stage1", "stage2")

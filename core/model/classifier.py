@@ -8,6 +8,8 @@ model and the head-only model that stage 2 trains on cached encoder outputs.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -210,18 +212,37 @@ def mixed_precision(precision: str):
                 setattr(module, name, layer)
 
 
-def load_encoder(bert_dir: str | Path, trainable=True) -> keras.Model:
-    """keras-bert encoder from a Google-format BERT folder; output = last layer, padding masked."""
+def encoder_layers(bert_dir: str | Path) -> int:
+    """How many transformer layers the encoder in ``bert_dir`` has."""
+    return int(json.loads((Path(bert_dir) / "bert_config.json").read_text())["num_hidden_layers"])
+
+
+def load_encoder(bert_dir: str | Path, trainable=True, layers: int | None = None) -> keras.Model:
+    """keras-bert encoder from a Google-format BERT folder; output = last layer, padding masked.
+    ``layers``: keep only the first this many transformer layers (None: all)."""
     bert_dir = Path(bert_dir)
     check_bert_dir(bert_dir)
-    with checkpoint_errors(bert_dir):
-        return load_trained_model_from_checkpoint(
-            str(bert_dir / "bert_config.json"),
-            str(bert_dir / "bert_model.ckpt"),
-            training=False,
-            trainable=trainable,
-            seq_len=None,
-        )
+    config = bert_dir / "bert_config.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        if layers is not None:
+            have = encoder_layers(bert_dir)
+            if not 1 <= layers <= have:
+                raise ValueError(
+                    f"layers={layers}: the encoder in {bert_dir} has {have}; keep 1..{have}"
+                )
+            # keras-bert builds and loads as many layers as the config says: a shorter config
+            # reads the checkpoint's first ``layers`` layers.
+            short = {**json.loads(config.read_text()), "num_hidden_layers": layers}
+            config = Path(tmp) / "bert_config.json"
+            config.write_text(json.dumps(short))
+        with checkpoint_errors(bert_dir):
+            return load_trained_model_from_checkpoint(
+                str(config),
+                str(bert_dir / "bert_model.ckpt"),
+                training=False,
+                trainable=trainable,
+                seq_len=None,
+            )
 
 
 def build_model(
@@ -232,16 +253,18 @@ def build_model(
     jit_compile: bool = False,
     layer_decay: float = 1.0,
     precision: str = "float32",
+    layers: int | None = None,
 ) -> keras.Model:
     """Encoder + head, compiled with Adam at ``lr`` (float or schedule), the named loss (XLA if
-    ``jit_compile``) and layer-wise rate decay ``layer_decay`` (1 = off).
+    ``jit_compile``) and layer-wise rate decay ``layer_decay`` (1 = off); the encoder's first
+    ``layers`` transformer layers only, when given.
 
     ``precision`` bfloat16 or float16: the encoder computes in it (``mixed_precision``), the head
     in float32 (cheap, and its pooling and softmax stay exact); variables stay float32, and
     float16 trains with loss scaling (tf-keras wraps the optimizer of a mixed_float16 model).
     """
     with mixed_precision(precision):
-        encoder = load_encoder(bert_dir, trainable=bert_trainable)
+        encoder = load_encoder(bert_dir, trainable=bert_trainable, layers=layers)
         output = attach_head(encoder.output, None if precision == "float32" else "float32")
         model = keras.Model(encoder.inputs, output, name="classifier")
     return compile_model(model, loss, lr, jit_compile, layer_decay)

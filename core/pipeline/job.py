@@ -66,6 +66,11 @@ def check_inputs(settings: Settings, only: str | None = None, folds=None) -> Non
             "--only students: the students are off (students_enabled=False); add "
             "--set students_enabled=True or --config configs/pseudo-labels.yaml"
         )
+    if only in ("distill", "distilled") and not settings.distill_enabled:
+        raise ConfigError(
+            f"--only {only}: distillation is off (distill_enabled=False); add "
+            "--set distill_enabled=True or --config configs/distill.yaml"
+        )
     for fold in folds or ():
         settings.check_fold(fold)
     read_labelled(settings.train_path)

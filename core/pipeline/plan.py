@@ -11,7 +11,11 @@ from core.runs import steps
 from core.runs.folder import default_run_dir
 
 # The file a run-level step writes last (stored steps have theirs in core.runs.steps.MARKERS).
-RUN_MARKERS = {"ensemble": "ensemble/results.json", "errors": "errors/errors.json"}
+RUN_MARKERS = {
+    "ensemble": "ensemble/results.json",
+    "distilled": "distilled/done.json",
+    "errors": "errors/errors.json",
+}
 
 
 @dataclass(frozen=True)
@@ -55,25 +59,29 @@ def _run_steps(settings: Settings, run_dir: Path, member: int | None = None) -> 
 
 def plan(settings: Settings, run_dir: Path) -> list[Step]:
     """Every step of a run, in order: stage 0 (unless off), EDA, stage 1 and stage 2 per fold,
-    the students per fold (when on), each other run of a seed ensemble (its folds and
-    ensemble), the ensemble, the error analysis."""
+    the students and the distilled model's in-fold copies per fold (each when on), each other run
+    of a seed ensemble (its folds and ensemble), the ensemble, the distilled model (when on), the
+    error analysis."""
     out = _run_steps(settings, run_dir)
     for m in settings.members():
         m_dir = default_run_dir(m)
         out += _run_steps(m, m_dir, m.train_seed)
         out.append(Step("ensemble", None, m, m_dir, None, m.train_seed))
     out.append(Step("ensemble", None, settings, run_dir))
+    if settings.distill_enabled:  # taught by the ensemble, so after it
+        out.append(Step("distilled", None, settings, run_dir))
     out.append(Step("errors", None, settings, run_dir))  # analysis of the blend
     return out
 
 
 def upstream(step: Step) -> list[steps.Step]:
-    """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2 and
-    for fold k's student (its teacher; stage 0, which the student starts from too, comes first)."""
+    """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2, for
+    fold k's student and for fold k's distilled copy (their teacher; stage 0, which they start
+    from too, comes first)."""
     s = step.settings
     if step.section == "stage1" and s.uses_stage0:
         return [steps.ref(s, "stage0")]
-    if step.section in ("stage2", "students"):
+    if step.section in ("stage2", "students", "distill"):
         return [steps.ref(s, "stage1", step.fold)]
     return []
 

@@ -28,8 +28,8 @@ from core.model.precision import choose
 from core.weights.google_ckpt import weights_sha256
 
 STORE = "steps"
-SECTIONS = ("stage0", "eda", "stage1", "stage2", "students")  # the steps kept in the store
-FOLDED = ("stage1", "stage2", "students")  # the steps made once per fold
+SECTIONS = ("stage0", "eda", "stage1", "stage2", "students", "distill")  # kept in the store
+FOLDED = ("stage1", "stage2", "students", "distill")  # the steps made once per fold
 # The file a step writes last: its presence marks the step complete.
 MARKERS = {
     "stage0": f"bert/{PRETRAIN_FILE}",
@@ -37,6 +37,7 @@ MARKERS = {
     "stage1": "done.json",
     "stage2": "done.json",
     "students": "done.json",
+    "distill": "done.json",
 }
 KEY_FILE = "key.json"  # what the key was made of, for people and the runs comparison
 # Data settings keyed by the steps that read them specifically; every other data setting that
@@ -49,6 +50,7 @@ LATER = {
     # The students are off by default and key only their own step (recipe), so a run without
     # them keeps the identity (and run folder) it had before they existed.
     **{f"students_{k}": v for k, v in DEFAULTS.stage("students").items()},
+    **{f"distill_{k}": v for k, v in DEFAULTS.stage("distill").items()},  # the same, distillation
 }
 
 
@@ -123,6 +125,16 @@ def recipe(settings: Settings, section: str, fold: int | None = None) -> dict:
             "epochs": settings.students_epochs_value,
             "lr": settings.students_lr_value,
         }
+    if section == "distill":
+        # Fold k's in-fold copy of the distilled model: its teacher is stage-1 fold k.
+        return {
+            "step": "distill",
+            "stage1": ref(settings, "stage1", fold).key,
+            "label_weight": settings.distill_label_weight,
+            "layers": settings.distill_layers,
+            "epochs": settings.distill_epochs_value,
+            "lr": settings.distill_lr_value,
+        }
     raise ValueError(f"no stored step {section!r}; expected one of {', '.join(SECTIONS)}")
 
 
@@ -177,11 +189,13 @@ def ref(settings: Settings, section: str, fold: int | None = None) -> Step:
 
 def run_steps(settings: Settings) -> list[Step]:
     """Every stored step of a run, in order: stage 0 (unless off), EDA, both stages' folds, the
-    students' folds (when on)."""
+    students' folds and the distilled model's in-fold copies (each when on)."""
     out = [ref(settings, "stage0")] if settings.uses_stage0 else []
     out.append(ref(settings, "eda"))
-    for section in FOLDED if settings.students_enabled else FOLDED[:2]:
-        out += [ref(settings, section, k) for k in range(settings.n_folds)]
+    on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
+    for section in FOLDED:
+        if on.get(section, True):
+            out += [ref(settings, section, k) for k in range(settings.n_folds)]
     return out
 
 

@@ -2,6 +2,7 @@
 
     python -m core.serving.export --run outputs/runs/<run> --out outputs/export/<name>
     python -m core.serving.export --run ... --out outputs/export/<name>-lite --format tflite
+    python -m core.serving.export --run ... --out outputs/export/<name>-distilled --model distilled
 
 The model is ``core.serving.predict.score`` in one TensorFlow graph: core.data.tokenizer's rules (a
 lookup table built from the tokenizer itself), every fold's encoder, the fold means of the stage-1
@@ -9,7 +10,8 @@ and stage-2 heads mixed with the run's ``stage1_weight`` in probability space. I
 ``serving_default`` signature takes ``texts`` (a batch of UTF-8 strings) and returns ``probability``
 (one per text) and ``fold_probability`` (each fold's own mix, for out-of-fold checks). The empty
 string is scored as ``[CLS] [SEP]``, as core.serving.predict does; bytes that are not UTF-8 are read
-as U+FFFD.
+as U+FFFD. ``--model distilled`` exports the run's distilled model (one encoder,
+core.training.distill) the same way; its signature returns ``probability`` only.
 
 ``<out>/<version>/`` is laid out for TensorFlow Serving (``saved_model.pb``, ``variables/``) or
 holds ``model.tflite``; ``<out>/<version>.json`` (and ``export.json`` inside the version folder)
@@ -29,18 +31,36 @@ from pathlib import Path
 from core import cli
 from core.config import ConfigError, Settings
 from core.data.reviews import file_sha256, show_path
+from core.ensembling.ensemble import served_stage1_weight
 from core.io import read_json, write_json
-from core.runs.folder import check_servable, fold_dir
+from core.runs.folder import check_encoder, check_servable, fold_dir
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
 SIGNATURE = {
     "inputs": {"texts": "string [batch]"},
     "outputs": {"probability": "float32 [batch]", "fold_probability": "float32 [batch, n_folds]"},
 }
+MODELS = ("ensemble", "distilled")  # core.serving.predict.MODELS
+DISTILLED = Path("distilled")
 
 
-def check_run(run_dir: Path) -> tuple[dict, dict]:
-    """``run.json`` and the results headline of a finished run, or FileNotFoundError saying why."""
+def signature(model: str) -> dict:
+    """The serving signature of an export of ``model``."""
+    if model == "ensemble":
+        return SIGNATURE
+    return {**SIGNATURE, "outputs": {"probability": SIGNATURE["outputs"]["probability"]}}
+
+
+def model_files(run_dir: Path, run: dict, model: str) -> list[Path]:
+    """The weight files an export of ``model`` reads."""
+    if model == "distilled":
+        return [run_dir / DISTILLED / "done.json", run_dir / DISTILLED / "weights.h5"]
+    return fold_files(run_dir, run["n_folds"])
+
+
+def check_run(run_dir: Path, model: str = "ensemble") -> tuple[dict, dict]:
+    """``run.json`` and the results headline of a finished run (with a distilled model, for
+    ``model`` distilled), or FileNotFoundError saying why."""
     if not (run_dir / "run.json").is_file():
         raise FileNotFoundError(
             f"--run {show_path(run_dir)}: no run.json there — not a run folder; "
@@ -49,7 +69,13 @@ def check_run(run_dir: Path) -> tuple[dict, dict]:
     run = read_json(run_dir / "run.json")
     results = run_dir / "ensemble" / "results.json"
     missing = [] if results.is_file() else [results]
-    missing += [p for p in fold_files(run_dir, run["n_folds"]) if not p.is_file()]
+    missing += [p for p in model_files(run_dir, run, model) if not p.is_file()]
+    if missing and model == "distilled" and results.is_file():
+        raise FileNotFoundError(
+            f"--run {show_path(run_dir)} has no distilled model ({show_path(missing[0])} is "
+            "missing); make it with the run's settings plus --set distill_enabled=True "
+            "(configs/distill.yaml), or export --model ensemble"
+        )
     if missing:
         raise FileNotFoundError(
             f"--run {show_path(run_dir)} is not finished ({show_path(missing[0])} is missing); "
@@ -65,12 +91,6 @@ def fold_files(run_dir: Path, n_folds: int) -> list[Path]:
         for k in range(n_folds)
         for stage, name in (("stage1", "weights.h5"), ("stage2", "head.h5"))
     ]
-
-
-def stage1_weight(headline: dict) -> float:
-    """The run's stage mix as core.serving.predict.score reads it (0.5 when the run chose none)."""
-    weight = headline.get("stage1_weight")
-    return 0.5 if weight is None else float(weight)
 
 
 def next_version(out: Path, fmt: str, version: int | None = None) -> int:
@@ -98,24 +118,33 @@ def next_version(out: Path, fmt: str, version: int | None = None) -> int:
     return version
 
 
-def record(run_dir: Path, run: dict, headline: dict, fmt: str, version: int) -> dict:
+def record(
+    run_dir: Path, run: dict, headline: dict, fmt: str, version: int, model: str = "ensemble"
+) -> dict:
     """What the export came from: the run, its figures, and the hashes of everything it read."""
+    distilled = read_json(run_dir / DISTILLED / "done.json") if model == "distilled" else {}
     return {
         "run": run_dir.name,
         "run_dir": show_path(run_dir),
+        "model": model,
         "format": fmt,
         "version": version,
-        "oof_auc": headline["oof_auc"],
+        "oof_auc": headline["oof_auc"],  # the ensemble's (the distilled model's teacher)
+        **(
+            {k: distilled[k] for k in ("in_fold_auc_mean", "test_rank_agreement", "layers")}
+            if distilled
+            else {}
+        ),
         "final": headline.get("final"),
-        "stage1_weight": stage1_weight(headline),
+        "stage1_weight": served_stage1_weight(headline),
         "n_folds": run["n_folds"],
         "maxlen": run["maxlen"],
         "train_sha256": run["train_sha256"],
         "bert_sha256": run["bert_sha256"],
         "fold_weights_sha256": {
-            str(p.relative_to(run_dir)): file_sha256(p) for p in fold_files(run_dir, run["n_folds"])
+            str(p.relative_to(run_dir)): file_sha256(p) for p in model_files(run_dir, run, model)
         },
-        "signature": SIGNATURE,
+        "signature": signature(model),
         "empty_string": "scored as [CLS] [SEP], like core.serving.predict",
         "tensorflow": metadata.version("tensorflow"),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -179,15 +208,43 @@ def graph_tokenizer(table: dict):
     return module
 
 
-def build_module(run_dir: Path, run: dict, headline: dict, table: dict, info_path: Path):
-    """A ``tf.Module`` whose ``serve`` is the run's ensemble on raw text (``score_ids`` on ids)."""
+def build_module(
+    run_dir: Path, run: dict, headline: dict, table: dict, info_path: Path, model="ensemble"
+):
+    """A ``tf.Module`` whose ``serve`` is the run's ensemble (or distilled model) on raw text
+    (``score_ids`` on ids)."""
+    import tensorflow as tf
+
+    if model == "distilled":
+        return _module(tf, table, info_path, *_distilled(run_dir, run))
+    return _module(tf, table, info_path, *_ensemble(run_dir, run, headline))
+
+
+def _distilled(run_dir: Path, run: dict):
+    """The distilled model: its variables and its scores of padded token ids."""
+    import tensorflow as tf
+
+    from core.model.classifier import build_model
+
+    done = read_json(run_dir / DISTILLED / "done.json")
+    full = build_model(Path(run["bert_dir"]), bert_trainable=False, layers=done.get("layers"))
+    full.load_weights(str(run_dir / DISTILLED / "weights.h5"))
+
+    def score(ids):
+        return {"probability": tf.reshape(full([ids, tf.zeros_like(ids)], training=False), [-1])}
+
+    return full.variables, score, {"probability": tf.zeros([0])}
+
+
+def _ensemble(run_dir: Path, run: dict, headline: dict):
+    """Every fold's encoder and heads: their variables and the ensemble's scores of padded ids."""
     import tensorflow as tf
     from tensorflow import keras
 
-    import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
     from core.model.classifier import build_head_model, build_model, copy_head_weights
 
-    bert_dir, n_folds, weight = Path(run["bert_dir"]), int(run["n_folds"]), stage1_weight(headline)
+    bert_dir, n_folds = Path(run["bert_dir"]), int(run["n_folds"])
+    weight = served_stage1_weight(headline)
     folds = []
     for k in range(n_folds):  # as core.serving.predict.score builds them
         full = build_model(bert_dir, bert_trainable=False)
@@ -198,13 +255,6 @@ def build_module(run_dir: Path, run: dict, headline: dict, table: dict, info_pat
         head2 = build_head_model(encoder.output_shape[-1])
         head2.load_weights(str(fold_dir(run_dir, "stage2", k) / "head.h5"))
         folds.append((encoder, head1, head2))
-
-    module = tf.Module()
-    module.tokenizer = graph_tokenizer(table)
-    # The variables, not the Keras models, are tracked: the SavedModel then holds plain
-    # TensorFlow functions and loads without Keras, keras-bert or this package.
-    module.fold_variables = [v for models in folds for m in models for v in m.variables]
-    module.export_info = tf.saved_model.Asset(str(info_path))
 
     def ensemble(ids):
         mask = tf.expand_dims(tf.cast(ids != 0, tf.float32), -1)
@@ -221,18 +271,31 @@ def build_module(run_dir: Path, run: dict, headline: dict, table: dict, info_pat
             "fold_probability": weight * p1 + (1 - weight) * p2,
         }
 
+    variables = [v for models in folds for m in models for v in m.variables]
+    empty = {"probability": tf.zeros([0]), "fold_probability": tf.zeros([0, n_folds])}
+    return variables, ensemble, empty
+
+
+def _module(tf, table: dict, info_path: Path, variables, score, empty):
+    """The exported module: the tokenizer, ``score`` (padded ids -> outputs) on raw text."""
+    module = tf.Module()
+    module.tokenizer = graph_tokenizer(table)
+    # The variables, not the Keras models, are tracked: the SavedModel then holds plain
+    # TensorFlow functions and loads without Keras, keras-bert or this package.
+    module.fold_variables = variables
+    module.export_info = tf.saved_model.Asset(str(info_path))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
     def serve(texts):
         # The encoder cannot run on zero rows: an empty batch gets empty outputs.
-        empty = {"probability": tf.zeros([0]), "fold_probability": tf.zeros([0, n_folds])}
         return tf.cond(
-            tf.size(texts) > 0, lambda: ensemble(module.tokenizer.token_ids(texts)), lambda: empty
+            tf.size(texts) > 0, lambda: score(module.tokenizer.token_ids(texts)), lambda: empty
         )
 
     module.serve = serve
     # TFLite has no string ops: its model starts from token ids (see write_tflite).
     module.score_ids = tf.function(
-        ensemble, input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")]
+        score, input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")]
     )
     return module
 
@@ -261,20 +324,29 @@ def write_tflite(module, table: dict, folder: Path) -> None:
     write_json(folder / "tokens.json", table)
 
 
-def export(run_dir: Path, out: Path, fmt: str = "savedmodel", version: int | None = None) -> Path:
-    """Write ``<out>/<version>/`` (see the module docstring) and return it."""
-    run, headline = check_run(run_dir)
-    check_servable(run_dir)  # its own folds, on the encoder it recorded
+def export(
+    run_dir: Path,
+    out: Path,
+    fmt: str = "savedmodel",
+    version: int | None = None,
+    model: str = "ensemble",
+) -> Path:
+    """Write ``<out>/<version>/`` (see the module docstring) of the run's ``model``; return it."""
+    run, headline = check_run(run_dir, model)
+    if model == "distilled":
+        check_encoder(run_dir)  # on the encoder it recorded
+    else:
+        check_servable(run_dir)  # its own folds, on the encoder it recorded
     version = next_version(out, fmt, version)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=out))
     try:
-        info = record(run_dir, run, headline, fmt, version)
+        info = record(run_dir, run, headline, fmt, version, model)
         # The asset's source must live outside the folder tf.saved_model.save fills.
         write_json(tmp / "info" / "export.json", info)
         table = char_table(Path(run["bert_dir"]), int(run["maxlen"]))
-        module = build_module(run_dir, run, headline, table, tmp / "info" / "export.json")
+        module = build_module(run_dir, run, headline, table, tmp / "info" / "export.json", model)
         model = tmp / "model"
         if fmt == "savedmodel":
             write_savedmodel(module, model)
@@ -298,6 +370,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="export folder inside outputs/")
     parser.add_argument("--format", choices=FORMATS, default="savedmodel")
     parser.add_argument("--version", type=int, help="version folder (default: next free integer)")
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="ensemble",
+        help="the run's five-fold ensemble (default) or its distilled model (one encoder)",
+    )
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     settings = Settings()
@@ -310,12 +388,12 @@ def main(argv=None) -> int:
             )
         if out.is_relative_to(run_dir):
             raise ConfigError(f"--out {args.out}: inside the run folder; use outputs/export/<name>")
-        check_run(run_dir)
+        check_run(run_dir, args.model)
         next_version(out, args.format, args.version)
     except (ConfigError, OSError) as e:
         raise SystemExit(str(e)) from None  # one error line (core.cli)
-    path = export(run_dir, out, args.format, args.version)
-    print(f"wrote {show_path(path)} ({args.format}) from {show_path(run_dir)}")
+    path = export(run_dir, out, args.format, args.version, args.model)
+    print(f"wrote {show_path(path)} ({args.format}, {args.model}) from {show_path(run_dir)}")
     return 0
 
 

@@ -6,7 +6,8 @@
 Each fold's encoder runs once per sentence; the fold's stage-1 head and stage-2 head read the same
 encoder output. Fold means of the two stages are mixed with the run's chosen stage weight, in
 probability space: a rank blend (what the submission uses for a whole test file) has no meaning
-for a single sentence.
+for a single sentence. ``--model distilled`` scores with the run's distilled model instead (one
+encoder, made with ``distill_enabled``; core.training.distill).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from core.data.reviews import DataError, control_problem, read_unlabelled, show_
 from core.io import read_json, write_csv
 
 RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
+MODELS = ("ensemble", "distilled")  # what a run can score with
+DISTILLED = Path("distilled") / "done.json"  # written last by the distilled model's step
 
 
 class RunNotFinishedError(FileNotFoundError):
@@ -39,8 +42,9 @@ def finish_command(run_dir: Path, output_dir: Path) -> str:
     return pipeline_command(run_dir, Settings(output_dir=output_dir))
 
 
-def finished_run(run_dir: Path, output_dir: Path) -> Path:
-    """``run_dir`` if it has finished, else RunNotFinishedError saying how to finish it."""
+def finished_run(run_dir: Path, output_dir: Path, model: str = "ensemble") -> Path:
+    """``run_dir`` if it has finished (and has ``model``), else RunNotFinishedError saying how to
+    finish it."""
     if not run_dir.is_dir():
         raise RunNotFinishedError(
             f"--run {show_path(run_dir)}: no such run folder; omit --run to use the latest "
@@ -52,15 +56,26 @@ def finished_run(run_dir: Path, output_dir: Path) -> Path:
             f"run {show_path(run_dir)} has not finished (no {RESULTS} yet); finish it with: "
             f"{finish_command(run_dir, output_dir)}"
         )
+    if model == "distilled" and not (run_dir / DISTILLED).is_file():
+        raise RunNotFinishedError(
+            f"run {show_path(run_dir)} has no distilled model ({DISTILLED} is missing); make "
+            "one with the run's settings plus --set distill_enabled=True (configs/distill.yaml), "
+            "or score with --model ensemble"
+        )
     return run_dir
 
 
-def latest_run(output_dir: Path) -> Path:
-    """The most recently finished run (one with ensemble results) under ``output_dir/runs``."""
-    done = sorted((output_dir / "runs").glob(f"*/{RESULTS}"), key=lambda p: p.stat().st_mtime)
+def latest_run(output_dir: Path, model: str = "ensemble") -> Path:
+    """The most recently finished run (one with ensemble results, and a distilled model for
+    ``model`` distilled) under ``output_dir/runs``."""
+    marker = DISTILLED if model == "distilled" else RESULTS
+    done = sorted((output_dir / "runs").glob(f"*/{marker}"), key=lambda p: p.stat().st_mtime)
+    done = [p.parents[1] for p in done if (p.parents[1] / RESULTS).is_file()]
     if done:
-        return done[-1].parents[1]
+        return done[-1]
     message = f"no finished run under {show_path(output_dir / 'runs')}"
+    if model == "distilled":
+        message = f"no finished run with a distilled model under {show_path(output_dir / 'runs')}"
     started = sorted((output_dir / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
     if started:
         run_dir = started[-1].parent
@@ -85,16 +100,24 @@ def cut_note(texts: list[str], maxlen: int) -> str | None:
     )
 
 
-def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFrame:
-    """``text, probability, stage1, stage2`` for every text, from every fold of the run."""
-    from core.runs.folder import check_servable
+def score(
+    run_dir: Path, texts: list[str], batch_size: int = 256, model: str = "ensemble"
+) -> pd.DataFrame:
+    """``text, probability, stage1, stage2`` for every text, from every fold of the run; with
+    ``model`` distilled, ``text, probability`` from the run's distilled model."""
+    from core.ensembling.ensemble import served_stage1_weight
+    from core.runs.folder import check_encoder, check_servable
     from core.weights import BertDirError, check_bert_dir
 
-    check_servable(run_dir)  # its own folds, on the encoder it recorded
+    if model not in MODELS:
+        raise ValueError(f"model={model!r}: expected one of {', '.join(MODELS)}")
+    if model == "distilled":
+        finished_run(run_dir, run_dir.parent.parent, model)
+        check_encoder(run_dir)  # on the encoder it recorded
+    else:
+        check_servable(run_dir)  # its own folds, on the encoder it recorded
     run = read_json(run_dir / "run.json")
-    results = read_json(run_dir / RESULTS)["headline"]
-    weight = results.get("stage1_weight")
-    weight = 0.5 if weight is None else float(weight)
+    weight = served_stage1_weight(read_json(run_dir / RESULTS)["headline"])
     bert_dir = Path(run["bert_dir"])
     try:  # before TensorFlow loads: a quick refusal
         check_bert_dir(bert_dir, read_checkpoint=False)
@@ -108,6 +131,8 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
     from core.training.engine import encode
 
     token_ids = CharTokenizer(load_vocab(bert_dir), run["maxlen"]).encode_all(texts)
+    if model == "distilled":
+        return _score_distilled(run_dir, bert_dir, texts, token_ids, batch_size)
     full = build_model(bert_dir, bert_trainable=False)
     encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
     head = build_head_model(encoder.output_shape[-1])
@@ -125,6 +150,18 @@ def score(run_dir: Path, texts: list[str], batch_size: int = 256) -> pd.DataFram
     )
 
 
+def _score_distilled(run_dir: Path, bert_dir: Path, texts, token_ids, batch_size) -> pd.DataFrame:
+    from core.data.batches import predict_in_order
+    from core.model.classifier import build_model
+
+    done = read_json(run_dir / DISTILLED)
+    model = build_model(bert_dir, bert_trainable=False, layers=done.get("layers"))
+    model.load_weights(str(run_dir / DISTILLED.parent / "weights.h5"))
+    return pd.DataFrame(
+        {"text": texts, "probability": predict_in_order(model, token_ids, batch_size)}
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m core.serving.predict", description=__doc__.split("\n\n")[0]
@@ -135,6 +172,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--run", help="run folder (default: the latest finished run in outputs/runs)"
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="ensemble",
+        help="the run's five-fold ensemble (default) or its distilled model (one encoder)",
     )
     parser.add_argument("--out", help="write text,probability CSV here (inside outputs/)")
     parser.add_argument("--output-dir", default="outputs", help="where runs are (default outputs/)")
@@ -161,9 +204,11 @@ def main(argv=None) -> int:
     if not texts:
         parser.error("give sentences as arguments or --file")
     if args.run:
-        run_dir = finished_run(settings.run_path(args.run, "--run"), settings.output_dir)
+        run_dir = finished_run(
+            settings.run_path(args.run, "--run"), settings.output_dir, args.model
+        )
     else:
-        run_dir = latest_run(settings.output_dir)
+        run_dir = latest_run(settings.output_dir, args.model)
         # stderr: stdout is the CSV
         print(
             f"using run {show_path(run_dir)} (the latest finished; --run picks another)",
@@ -171,7 +216,7 @@ def main(argv=None) -> int:
         )
     if note := cut_note(texts, read_json(run_dir / "run.json")["maxlen"]):
         print(note, file=sys.stderr)
-    scores = score(run_dir, texts)
+    scores = score(run_dir, texts, model=args.model)
     if out is not None:
         write_csv(out, scores[["text", "probability"]])
         print(f"wrote {len(scores)} rows to {out}")

@@ -235,6 +235,41 @@ def _train_stage1(settings, fold, out: Path, bert_dir: Path, inputs: Inputs) -> 
     )
 
 
+def training_batches(settings: Settings, train_ids: list, targets: np.ndarray, seed: int):
+    """Stage 1's batching (shuffled, grouped by length) of ``train_ids`` / ``targets``."""
+    s = settings
+    return BatchSequence(
+        train_ids,
+        targets,
+        s.stage1_batch_size,
+        shuffle=True,
+        seed=seed,
+        group_by_length=s.stage1_group_by_length,
+        pad_multiple=s.stage1_pad_multiple,
+    )
+
+
+def fine_tuned_model(
+    settings: Settings, bert_dir: Path, n_steps: int, lr: float, loss: str, layers=None
+):
+    """Encoder + head compiled as stage 1 fine-tunes it (its schedule over ``n_steps``, its
+    precision, compiler and strategy); returns the model and the precision choice."""
+    s = settings
+    schedule = learning_rate(lr, s.stage1_schedule, n_steps, s.stage1_warmup)
+    choice = choose(s.precision, s.stage1_jit_compile)  # auto: what this hardware runs fastest
+    with get_strategy(s.stage1_strategy).scope():
+        model = build_model(
+            bert_dir,
+            loss=loss,
+            lr=schedule,
+            jit_compile=choice.jit_compile,
+            layer_decay=s.stage1_layer_decay,
+            precision=choice.precision,
+            layers=layers,
+        )
+    return model, choice
+
+
 def fine_tune(
     settings: Settings,
     section: str,
@@ -249,34 +284,17 @@ def fine_tune(
     lr: float,
     note: str,
     loss: str = "bce",
+    layers: int | None = None,
     extra: dict | None = None,
 ) -> dict:
     """Fine-tune encoder + head on ``train_ids`` / ``targets`` with stage 1's batching, schedule,
     precision and strategy, keeping the epoch best on fold ``fold``; write the fold to ``out``
-    and return its summary (stage 1 and the students)."""
+    and return its summary (stage 1, the students and the distilled models' in-fold copies)."""
     s = settings
     valid_rows = np.flatnonzero(inputs.folds == fold)
     valid_ids = [inputs.train_ids[i] for i in valid_rows]
-    train_seq = BatchSequence(
-        train_ids,
-        targets,
-        s.stage1_batch_size,
-        shuffle=True,
-        seed=s.training_seed + fold,
-        group_by_length=s.stage1_group_by_length,
-        pad_multiple=s.stage1_pad_multiple,
-    )
-    schedule = learning_rate(lr, s.stage1_schedule, len(train_seq) * epochs, s.stage1_warmup)
-    choice = choose(s.precision, s.stage1_jit_compile)  # auto: what this hardware runs fastest
-    with get_strategy(s.stage1_strategy).scope():
-        model = build_model(
-            bert_dir,
-            loss=loss,
-            lr=schedule,
-            jit_compile=choice.jit_compile,
-            layer_decay=s.stage1_layer_decay,
-            precision=choice.precision,
-        )
+    train_seq = training_batches(s, train_ids, targets, s.training_seed + fold)
+    model, choice = fine_tuned_model(s, bert_dir, len(train_seq) * epochs, lr, loss, layers)
     weights = out / "weights.h5"
 
     def predict_valid():
