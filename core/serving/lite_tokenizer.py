@@ -46,7 +46,8 @@ class Tokenizer:
 
 class TFLiteModel:
     """``model.tflite`` and its tokenizer: ``TFLiteModel(folder)(texts)`` returns
-    ``{"probability": [batch], "fold_probability": [batch, n_folds]}`` as float32 arrays."""
+    ``{"probability": [batch], "fold_probability": [batch, n_folds]}`` as float32 arrays (an
+    ensemble's export; a distilled model's has ``probability`` only)."""
 
     def __init__(self, folder: str | Path = HERE, num_threads: int | None = None):
         import warnings
