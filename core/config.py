@@ -189,7 +189,12 @@ class Settings:
         False, "distil the ensemble into one model for serving (06_distill)", "bool"
     )
     distill_label_weight: float = _distill(
-        0.5, "a training row's target: this share its label, the rest the teacher's", "number", 0, 1
+        0.5,
+        "a training row's target: this share its label, the rest the teacher's",
+        "number",
+        0,
+        1,
+        "[]",
     )
     distill_layers: int | None = _distill(
         None, "encoder layers the distilled model keeps (None: all)", "maybe", "int", 1
