@@ -48,6 +48,7 @@ def settings(tmp_path_factory) -> Settings:
         bert_dir=folder / "bert",
         output_dir=folder / "outputs",
         n_folds=N_FOLDS,
+        precision="float32",  # the computation keys were made of before students (and auto)
     )
 
 

@@ -88,8 +88,9 @@ def _section(settings: Settings, section: str) -> dict:
 def recipe(settings: Settings, section: str, fold: int | None = None) -> dict:
     """What a step's key hashes: its inputs, the settings it reads, its upstream key."""
     data = inputs(settings)
-    if section == "eda":
-        return {"step": "eda", **data, **_common(settings)}
+    if section == "eda":  # reads no model: the precision is no part of it
+        common = {k: v for k, v in _common(settings).items() if k != "precision"}
+        return {"step": "eda", **data, **common}
     if section == "stage0":
         params = {**_section(settings, "stage0"), "seed": settings.stage0_seed_value}
         return {"step": "stage0", **data, **_common(settings), **params}
