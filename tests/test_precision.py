@@ -159,9 +159,10 @@ def test_auto_is_keyed_as_what_it_computes_in(monkeypatch, tmp_path, hardware, s
     tiny = make_tiny_inputs(tmp_path).settings
     auto, fixed = replace(tiny, precision="auto"), replace(tiny, precision=same_as)
     other = replace(tiny, precision="bfloat16" if same_as == "float32" else "float32")
-    for section, fold in (("stage1", 0), ("stage2", 1), ("eda", None)):
+    for section, fold in (("stage0", None), ("stage1", 0), ("stage2", 1)):
         assert steps.ref(auto, section, fold).name == steps.ref(fixed, section, fold).name
         assert steps.ref(auto, section, fold).name != steps.ref(other, section, fold).name
+    assert steps.ref(auto, "eda").name == steps.ref(other, "eda").name  # it reads no model
     assert default_run_dir(auto) == default_run_dir(fixed) != default_run_dir(other)
 
 

@@ -99,19 +99,23 @@ def test_every_setting_is_keyed_somewhere_or_declared_result_free():
     """A new setting must be read by some key (its section's, or every step's for data
     settings) or be declared to change no result: otherwise a step would be reused wrongly."""
     sections = {f.metadata["section"] for f in FIELDS.values()}
-    assert sections == {"data", "stage0", "stage1", "stage2", "students", "ensemble"}
+    assert sections == {"data", "stage0", "stage1", "stage2", "students", "distill", "ensemble"}
     s = Settings()
     recipe_names = set()
     for section in ("stage0", "stage1"):
         recipe_names |= set(steps._section(s, section)) | set(steps._common(s))
     # The students' step keys its settings resolved (students_enabled decides whether it exists).
     student_names = set(steps.recipe(s, "students", 0)) | {"enabled"}
+    distill_names = set(steps.recipe(s, "distill", 0)) | {"enabled"}  # likewise
     for name, f in FIELDS.items():
         if name in PATHS or name in NO_RESULT or f.metadata["section"] == "ensemble":
             continue
         short = name.split("_", 1)[1] if f.metadata["section"] != "data" else name
         if f.metadata["section"] == "students":
             assert short in student_names, name
+            continue
+        if f.metadata["section"] == "distill":
+            assert short in distill_names, name
             continue
         keyed = short in recipe_names or name in steps.SPLIT or name in steps.LATER
         keyed = keyed or short in steps._section(s, "stage2")
