@@ -178,7 +178,10 @@ def finished(tiny):
     from core.training import distill, engine
 
     outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    s = dataclasses.replace(tiny.settings, output_dir=outputs, stage1_batch_size=16)
+    # float32: its stored test scores are then what serving (float32) computes, to 1e-6.
+    s = dataclasses.replace(
+        tiny.settings, output_dir=outputs, stage1_batch_size=16, precision="float32"
+    )
     run = outputs / "runs" / "tiny"
     inputs = engine.prepare(s, run)
     for k in range(N_FOLDS):
