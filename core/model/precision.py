@@ -1,8 +1,8 @@
 """Which precision (Keras dtype policy) and compiler a run trains and predicts with.
 
-The ``precision`` setting is ``float32`` (the default: today's code path, untouched),
+The ``precision`` setting is ``float32`` (the code path from before mixed precision, untouched),
 ``bfloat16`` or ``float16`` (Keras' ``mixed_bfloat16`` / ``mixed_float16``: variables stay
-float32, matmuls run in 16 bits; float16 with loss scaling) or ``auto``:
+float32, matmuls run in 16 bits; float16 with loss scaling) or ``auto`` (the default):
 
 - on a GPU: bfloat16 from compute capability 8.0 (Ampere), float16 from 7.0 (tensor cores), else
   float32; XLA as the stage's ``jit_compile`` setting says;
