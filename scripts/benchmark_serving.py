@@ -2,7 +2,13 @@
 run.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_serving.py --run outputs/runs/<run> \\
-        --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1
+        --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1 \\
+        --distilled-savedmodel outputs/export/<name>-distilled/1 \\
+        --distilled-tflite outputs/export/<name>-distilled-lite/1 --rounds 2
+
+The five-fold ensemble's exports and the distilled model's (``--model distilled``) run side by
+side; ``--rounds`` repeats the whole list, interleaved, so a drifting host shows as spread
+between rounds rather than as a difference between models.
 
 Each backend runs in its own process (so its peak RSS is its own; ``ru_maxrss`` includes
 importing TensorFlow) on the same sentences of ``--texts`` (default the test file): one sentence
@@ -47,14 +53,15 @@ def load(kind: str, path: str):
         return lambda texts: model(texts)["probability"]
     from core.serving.predict import score
 
-    return lambda texts: score(Path(path), texts)["probability"].to_numpy()
+    model = "distilled" if kind == "predict-distilled" else "ensemble"
+    return lambda texts: score(Path(path), texts, model=model)["probability"].to_numpy()
 
 
 def worker(kind: str, path: str, texts: list[str], n_single: int) -> dict:
     start = time.perf_counter()
     predict = load(kind, path)
     loaded = time.perf_counter() - start
-    for t in texts[: 1 if kind == "predict" else 10]:  # warm-up: tracing, allocations
+    for t in texts[: 1 if kind.startswith("predict") else 10]:  # warm-up: tracing, allocations
         predict([t])
     predict(texts[:BATCH])
     single = []
@@ -90,6 +97,14 @@ def main() -> None:
     parser.add_argument("--run", help="run folder for core.serving.predict (skipped without it)")
     parser.add_argument("--savedmodel", help="SavedModel version folder")
     parser.add_argument("--tflite", help="TFLite version folder")
+    parser.add_argument("--distilled-savedmodel", help="the distilled model's SavedModel folder")
+    parser.add_argument("--distilled-tflite", help="the distilled model's TFLite folder")
+    parser.add_argument(
+        "--predict-distilled",
+        action="store_true",
+        help="also time core.serving.predict --model distilled on --run",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every model, interleaved")
     parser.add_argument("--texts", default="data/test_handout.txt", help="sentences (test format)")
     parser.add_argument("--single", type=int, default=300, help="one-at-a-time calls per model")
     parser.add_argument(
@@ -108,9 +123,12 @@ def main() -> None:
     from core.data.reviews import read_unlabelled
 
     texts = read_unlabelled(args.texts).texts
+    n, n_single = len(texts), args.single
     jobs = [
-        ("SavedModel (float32)", "savedmodel", args.savedmodel, len(texts), args.single),
-        ("TFLite (int8 weights)", "tflite", args.tflite, len(texts), args.single),
+        ("ensemble SavedModel (float32)", "savedmodel", args.savedmodel, n, n_single),
+        ("distilled SavedModel (float32)", "savedmodel", args.distilled_savedmodel, n, n_single),
+        ("ensemble TFLite (int8 weights)", "tflite", args.tflite, n, n_single),
+        ("distilled TFLite (int8 weights)", "tflite", args.distilled_tflite, n, n_single),
         (
             "core.serving.predict.score",
             "predict",
@@ -118,14 +136,23 @@ def main() -> None:
             args.predict_texts,
             args.predict_single,
         ),
+        (
+            "core.serving.predict.score --model distilled",
+            "predict-distilled",
+            args.run if args.predict_distilled else None,
+            args.predict_texts,
+            args.predict_single,
+        ),
     ]
+    jobs = [(f"{label}, round {r + 1}" if args.rounds > 1 else label, *rest)
+            for r in range(args.rounds) for label, *rest in jobs]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, kind, path, n_texts, n_single in jobs:
             if not path:
                 continue
-            sentences = Path(tmp) / f"{kind}.json"
+            sentences = Path(tmp) / f"{kind}-{n_texts}.json"
             sentences.write_text(json.dumps(texts[:n_texts]), encoding="utf-8")
             cmd = [
                 sys.executable,

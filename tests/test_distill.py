@@ -318,3 +318,19 @@ def test_a_smaller_distilled_model_keeps_the_first_layers(finished):
             np.testing.assert_array_equal(w.numpy(), names[w.name])
     with pytest.raises(ValueError, match="layers=3: the encoder .* has 2; keep 1..2"):
         build_model(bert_dir, layers=3)
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_distilled_model(finished):
+    from core.runs.report import context
+
+    ctx = context(finished["run"], finished["settings"])
+    rows = {r["figure"]: r["run"] for r in ctx["headline_rows"]}
+    summary = finished["summary"]
+    assert rows["distilled model, expected AUC (mean of its in-fold copies)"] == pytest.approx(
+        summary["in_fold_auc_mean"]
+    )
+    assert rows["distilled model, rank agreement with the ensemble on test"] == pytest.approx(
+        summary["test_rank_agreement"]
+    )
+    assert ("distill", "layers", None) in ctx["params"]

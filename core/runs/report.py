@@ -26,7 +26,7 @@ from core.runs.folder import default_run_dir, fold_dir, run_settings
 from core.runs.steps import linked_steps
 
 STAGES = ("stage1", "stage2", "students")  # the students show only in runs that have them
-SECTIONS = ("data", "stage0", "stage1", "stage2", "students")  # Settings.stage's, in order
+SECTIONS = ("data", "stage0", "stage1", "stage2", "students", "distill")  # Settings.stage's
 # The reference solution's published out-of-fold AUCs: 12-layer BERT-base, GPU, 16,000 rows.
 REFERENCE_PUBLISHED = {"stage1_oof_auc": 0.9553, "stage2_oof_auc": 0.9604}
 REFERENCE_PUBLISHED_LABEL = "reference method, published (BERT-base, GPU, 16,000 rows)"
@@ -84,7 +84,7 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "runs_table": runs_table(run_dir),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "headline": headline,
-        "headline_rows": headline_rows(headline, reference),
+        "headline_rows": headline_rows(headline, reference, _json(run_dir / "distilled/done.json")),
         "reference_label": REFERENCE_PUBLISHED_LABEL,
         "reference_run": reference_dir.name if reference else None,
         "is_reference": is_reference,
@@ -102,7 +102,8 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "params": [
             (s, k, v)
             for s in SECTIONS
-            if s != "students" or settings.students_enabled
+            if (s != "students" or settings.students_enabled)
+            and (s != "distill" or settings.distill_enabled)
             for k, v in settings.stage(s).items()
         ]
         if settings
@@ -147,9 +148,15 @@ def _reference_folder(settings: Settings | None) -> Path | None:
         return None
 
 
-def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
-    """(figure, this run, published reference, measured reference run) rows; values may be None."""
-    h, r = headline or {}, reference or {}
+def headline_rows(
+    headline: dict | None, reference: dict | None, distilled: dict | None = None
+) -> list[dict]:
+    """(figure, this run, published reference, measured reference run) rows; values may be None.
+    ``distilled``: the run's distilled model's summary (core.training.distill), when it has one."""
+    h, r = dict(headline or {}), reference or {}
+    if distilled:
+        h["distilled_auc"] = distilled["in_fold_auc_mean"]
+        h["distilled_agreement"] = distilled["test_rank_agreement"]
     final = f"final out-of-fold AUC ({h['final']})" if "final" in h else "final out-of-fold AUC"
     published = REFERENCE_PUBLISHED
     rows = [
@@ -159,6 +166,15 @@ def headline_rows(headline: dict | None, reference: dict | None) -> list[dict]:
     ]
     if "students_oof_auc" in h:
         rows.append(("students, pooled out-of-fold AUC", "students_oof_auc", None))
+    if distilled:
+        rows += [
+            ("distilled model, expected AUC (mean of its in-fold copies)", "distilled_auc", None),
+            (
+                "distilled model, rank agreement with the ensemble on test",
+                "distilled_agreement",
+                None,
+            ),
+        ]
     rows += [
         (_f1_label(h), "f1_at_threshold", None),
         (_share_label(h, "text also in another fold"), "oof_auc_text_in_other_fold", None),
