@@ -374,8 +374,8 @@ def _score(args) -> int:
     print(f"{results['holdout']}, {sum(results['labels'].values())} rows: {RULE}")
     if results["texts_in_training"]:
         print(
-            f"{results['texts_in_training']} of them have the text of another row the run "
-            "trained on (duplicates in the source file, as across folds)"
+            "holdout rows whose text the run trained on in another row (duplicates in the "
+            f"source file, as across folds): {results['texts_in_training']}"
         )
     print(table(results))
     print(f"wrote {show_path(run_dir / RESULTS)}")
