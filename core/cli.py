@@ -25,6 +25,7 @@ EXPECTED = frozenset(
         "BertDirError",  # core.weights.google_ckpt
         "ConfigError",  # core.config
         "DataError",  # core.data.reviews
+        "HoldoutError",  # core.analysis.holdout
         "MissingOutputsError",  # core.ensembling.ensemble
         "MissingStageError",  # core.training.engine
         "NotebookError",  # core.pipeline.execute: a notebook stopped on one of these
