@@ -29,7 +29,7 @@ SEED = 2020  # a constant, not DEFAULTS.seed: changing the folds' seed must not 
 SPLIT_FILE, TRAIN_FILE, HOLDOUT_FILE = "split.json", "train.txt", "holdout.txt"
 RESULTS = Path("holdout") / "results.json"
 # Every model kind a run may have, and the file that marks it finished (None: every finished run
-# has it). Adding a kind is one line here and a `model=` value of core.serving.predict.score.
+# has it); each is a `model=` value of core.serving.predict.score.
 MODELS = {"ensemble": None, "distilled": Path("distilled") / "done.json"}
 CONFIG = "configs/dev-holdout.yaml"  # the main job on data/dev/train.txt
 RULE = "a development holdout, not out-of-fold: report it once, never tune on it"
@@ -247,8 +247,7 @@ def train_command(train: Path) -> str:
 
 def model_scores(run_dir: Path, texts: list[str], kind: str) -> np.ndarray:
     """Probabilities of one model kind of the run (core.serving.predict.score)."""
-    extra = {} if kind == "ensemble" else {"model": kind}  # the ensemble: score's default
-    return predict.score(run_dir, texts, **extra)["probability"].to_numpy()
+    return predict.score(run_dir, texts, model=kind)["probability"].to_numpy()
 
 
 def score(run_dir: Path, holdout: Path, output_dir: Path) -> dict:
