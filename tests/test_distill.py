@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_export import BANNED, clean_python
-from test_students_e2e import poison
-from tiny_run import make_tiny_inputs
+from test_students_e2e import papermill, poison
+from tiny_run import make_tiny_inputs, subprocess_env
 
-from core.config import ROOT, ConfigError, Settings, from_values, read_config
+from core.config import CONFIG_FILE, ROOT, ConfigError, Settings, from_values, read_config
 from core.io import read_json
+from core.metrics import auc
 from core.pipeline.plan import graph, plan, upstream
 from core.runs import steps
 from core.runs.folder import default_run_dir, identity
@@ -188,7 +189,7 @@ def finished(tiny):
         engine.train_stage1(s, k, run, inputs)
         engine.train_stage2(s, k, run, inputs)
         distill.train_fold_copy(s, k, run, inputs)
-    finalize(run, N_FOLDS, s.test_path, s.train_path)
+    finalize(run, N_FOLDS, s.test_path, s.train_path, distill=True)
     summary = distill.train_distilled(s, run, inputs)
     yield {"settings": s, "run": run, "summary": summary, "outputs": outputs}
     shutil.rmtree(outputs, ignore_errors=True)
@@ -222,6 +223,25 @@ def test_the_distilled_model_learns_the_served_ensemble(finished):
     from core.training import distill
 
     assert distill.train_distilled(s, run) == summary  # reused, not trained again
+
+
+@pytest.mark.slow
+def test_the_ensemble_blends_the_copies_and_serves_stages_1_and_2(finished):
+    from core.ensembling.candidates import choose_final
+
+    run = finished["run"]
+    results = read_json(run / "ensemble" / "results.json")
+    headline, table = results["headline"], pd.DataFrame(results["candidates"])
+    assert {"distill fold mean", "weighted blend of stage2+distill"} <= set(table["candidate"])
+    copies = pd.concat(pd.read_csv(run / "distill" / f"fold{k}" / "oof.csv") for k in range(3))
+    assert headline["distill_oof_auc"] == pytest.approx(auc(copies["label"], copies["pred"]))
+    assert headline["final"] == choose_final(table)
+    # Serving (and the distilled model's teacher) mixes stages 1 and 2: their best blend.
+    own = table[~table["candidate"].str.contains("distill")]
+    assert headline["served"] == choose_final(own)
+    served = own.set_index("candidate").loc[headline["served"]]
+    assert headline["served_oof_auc"] == pytest.approx(served["oof_auc"])
+    assert set(headline["final_stages"]) <= {"stage1", "stage2", "distill"}
 
 
 @pytest.mark.slow
@@ -334,3 +354,48 @@ def test_the_report_shows_the_distilled_model(finished):
         summary["test_rank_agreement"]
     )
     assert ("distill", "layers", None) in ctx["params"]
+
+
+# -- the main job and the notebook by hand --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job(tiny):
+    """The tiny main job with distillation on (two folds, no stage 0)."""
+    from core.pipeline.job import run_pipeline
+
+    outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
+    settings = dataclasses.replace(tiny.settings, output_dir=outputs, n_folds=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", subprocess_env()["PATH"])
+        run_dir = run_pipeline(settings)
+    yield settings, run_dir
+    shutil.rmtree(outputs, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_main_job_distils_blends_and_reports(job):
+    settings, run_dir = job
+    for k in range(2):
+        assert (run_dir / "distill" / f"fold{k}" / "done.json").is_file()
+        assert (run_dir / "notebooks" / f"06_distill-distill-fold{k}.html").is_file()
+    assert (run_dir / "notebooks" / "06_distill-distilled.html").is_file()
+    summary = read_json(run_dir / "distilled" / "done.json")
+    headline = read_json(run_dir / "ensemble" / "results.json")["headline"]
+    assert "distill_oof_auc" in headline and "served" in headline
+    page = (run_dir / "index.html").read_text(encoding="utf-8")
+    assert "distilled model, expected AUC" in page and "distilled copies" in page
+    assert f"{summary['in_fold_auc_mean']:.4f}" in page
+
+
+@pytest.mark.slow
+def test_the_notebook_by_hand_reuses_the_main_jobs_distilled_model(job, tmp_path):
+    settings, run_dir = job
+    done = run_dir / "distilled" / "done.json"
+    stamp = done.stat().st_mtime_ns
+    out = tmp_path / "out.ipynb"
+    proc = papermill("notebooks/06_distill.ipynb", out, "-f", str(run_dir / CONFIG_FILE))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    executed = out.read_text(encoding="utf-8")
+    assert "already trained" in executed and str(run_dir) in executed
+    assert done.stat().st_mtime_ns == stamp  # reused, not trained again

@@ -313,14 +313,24 @@ def test_the_results_table_holds_the_students_beside_both_stages():
     assert table.loc["weighted blend of stage1+students", "fitted"]
 
 
-def test_serving_refuses_a_final_that_blends_the_students(tmp_path):
+def test_serving_serves_stages_1_and_2_of_a_final_that_blends_the_students(tmp_path):
+    from core.ensembling.ensemble import served_stage1_weight
     from core.io import write_json
-    from core.runs.folder import check_servable
+    from core.runs.folder import served_note
 
     headline = {
         "final": "weighted blend of stage1+students",
         "final_stages": ["stage1", "students"],
+        "oof_auc": 0.97,
+        "stage1_weight": 0.3,  # stage 1's weight against the students: not a serving mix
+        "served": "stage1 fold mean",
+        "served_oof_auc": 0.96,
+        "served_stage1_weight": 1.0,
     }
     write_json(tmp_path / "ensemble" / "results.json", {"headline": headline})
-    with pytest.raises(ConfigError, match=r"blends the pseudo-labelled students, which scoring"):
-        check_servable(tmp_path)
+    assert served_stage1_weight(headline) == 1.0
+    note = served_note(tmp_path)
+    assert "blends students" in note and "stage1 fold mean (OOF AUC 0.9600)" in note
+    del headline["final_stages"]
+    write_json(tmp_path / "ensemble" / "results.json", {"headline": headline})
+    assert served_note(tmp_path) is None

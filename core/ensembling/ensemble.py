@@ -43,16 +43,27 @@ class Results:
     members: list[dict]
 
 
+EXTRA_STAGES = ("students", "distill")  # folded stages blended beside stages 1 and 2, when on
+
+
 def served_stage1_weight(headline: dict) -> float:
-    """The stage mix scoring new sentences uses (core.serving): the run's chosen stage-1 weight,
-    0.5 when its final chose none (a rank average)."""
-    weight = headline.get("stage1_weight")
+    """The stage mix scoring new sentences uses (core.serving): the stage-1 weight of the run's
+    best blend of stages 1 and 2 (its final's, unless the final blends another stage too), 0.5
+    for a rank average."""
+    weight = headline.get("served_stage1_weight", headline.get("stage1_weight"))
     return 0.5 if weight is None else float(weight)
 
 
+def extra_stages(settings: Settings) -> tuple[str, ...]:
+    """The run's folded stages beyond stages 1 and 2: the students, the distilled copies."""
+    on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
+    return tuple(s for s in EXTRA_STAGES if on[s])
+
+
 def stages_of(settings: Settings) -> tuple[str, ...]:
-    """The stages a run's ensemble reads: both, and the students when they are on."""
-    return ("stage1", "stage2", "students") if settings.students_enabled else ("stage1", "stage2")
+    """The stages a run's ensemble reads: both, and the students and the distilled model's
+    in-fold copies when they are on."""
+    return ("stage1", "stage2", *extra_stages(settings))
 
 
 def check_finished(run_dir: Path, settings: Settings) -> None:
@@ -73,25 +84,29 @@ def finalize(
     train_path: str | Path | None = None,
     members: list[tuple[str, Path]] = (),
     students: bool = False,
+    distill: bool = False,
 ) -> Results:
     """Score every candidate on out-of-fold rows, write ``<run>/ensemble/`` and the submission.
 
     ``members`` (``(what it is, run folder)``: a seed ensemble's other runs, finished runs to
     blend; ``core.runs.folder.members``) add the equal-weight rank averages of every run's stages:
-    nothing fitted, so still honest. ``students``: the run's students are another stage
-    (``core.ensembling.candidates.with_students``); a seed ensemble's blends stay on stages 1
-    and 2.
+    nothing fitted, so still honest. ``students``, ``distill``: the run's students, the distilled
+    model's in-fold copies, are another stage each (``core.ensembling.candidates.with_students``);
+    a seed ensemble's blends stay on stages 1 and 2. Serving mixes stages 1 and 2 only: when the
+    final blends another stage, the headline names the best blend of the two it serves.
     With ``train_path``, the headline also splits the final OOF AUC by whether a row's exact text
     sits in another fold (about one row in six does, as one test row in six is in train).
     """
     run_dir = Path(run_dir)
     out = run_dir / "ensemble"
-    names = ("stage1", "stage2", "students") if students else ("stage1", "stage2")
+    extras = [s for s, on in (("students", students), ("distill", distill)) if on]
+    names = ("stage1", "stage2", *extras)
     stages = {s: load_stage(run_dir, s, n_folds) for s in names}
     folds_table = fold_table(stages)
     blends = candidates(stages["stage1"], stages["stage2"])
-    if students:
-        blends.update(with_students(stages["stage1"], stages["stage2"], stages["students"]))
+    served = list(blends)  # the blends of stages 1 and 2: what serving can compute
+    for extra in extras:
+        blends.update(with_students(stages["stage1"], stages["stage2"], stages[extra]))
     member_rows = []
     if members:
         runs = [run_dir, *(Path(m) for _, m in members)]
@@ -134,10 +149,18 @@ def finalize(
         "n_train": int(len(labels)),
         "n_test": int(len(test_ids)),
     }
-    if students:
-        headline["students_oof_auc"] = float(oof_row["students"])
+    for extra in extras:
+        headline[f"{extra}_oof_auc"] = float(oof_row[extra])
+    if extras:
         # What serving and the error attributions mix: stage 1 and stage 2 only.
         headline["final_stages"] = [s for s in names if s in final]
+        own = table[table["candidate"].isin(served)]
+        serve = own.set_index("candidate").loc[choose_final(own)]
+        headline["served"] = str(serve.name)
+        headline["served_oof_auc"] = float(serve["oof_auc"])
+        headline["served_stage1_weight"] = (
+            None if pd.isna(serve["weight"]) else float(serve["weight"])
+        )
     if member_rows:
         headline["members"] = member_rows
     if train_path is not None:

@@ -144,7 +144,9 @@ def check_encoder(run_dir: Path) -> Path:
 
 def check_servable(run_dir: Path) -> None:
     """A finished run a served model can reproduce: its own folds (a blend of several runs ranks
-    a whole test file at once, which scoring one sentence cannot), on the encoder it recorded."""
+    a whole test file at once, which scoring one sentence cannot), on the encoder it recorded.
+    A final that also blends another stage of the run serves its best blend of stages 1 and 2
+    (``served_note``)."""
     results = Path(run_dir) / "ensemble" / "results.json"
     headline = read_json(results)["headline"] if results.is_file() else {}
     members = headline.get("members", [])
@@ -155,13 +157,22 @@ def check_servable(run_dir: Path) -> None:
             f"), a rank average over a whole test file that one sentence cannot be scored by; "
             f"score or export one of its runs instead: --run with one of {runs}"
         )
-    if "students" in headline.get("final_stages", []):
-        raise ConfigError(
-            f"run {show(run_dir)}: its final ({headline['final']}) blends the pseudo-labelled "
-            "students, which scoring new sentences does not serve yet; score or export a run "
-            "without students (students_enabled=False)"
-        )
     check_encoder(run_dir)
+
+
+def served_note(run_dir: Path) -> str | None:
+    """What a user is told when a run's final blends a stage serving does not compute (the
+    students, the distilled model's in-fold copies): serving mixes stages 1 and 2 only."""
+    results = Path(run_dir) / "ensemble" / "results.json"
+    headline = read_json(results)["headline"] if results.is_file() else {}
+    extra = [s for s in headline.get("final_stages", []) if s not in ("stage1", "stage2")]
+    if not extra or "served" not in headline:
+        return None
+    return (
+        f"note: run {show(run_dir)}'s final ({headline['final']}, OOF AUC "
+        f"{headline['oof_auc']:.4f}) blends {' and '.join(extra)}; the ensemble served here is "
+        f"its {headline['served']} (OOF AUC {headline['served_oof_auc']:.4f})"
+    )
 
 
 def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:

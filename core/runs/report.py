@@ -25,7 +25,8 @@ from core.io import read_json, write_text
 from core.runs.folder import default_run_dir, fold_dir, run_settings
 from core.runs.steps import linked_steps
 
-STAGES = ("stage1", "stage2", "students")  # the students show only in runs that have them
+# The students and the distilled model's in-fold copies show only in runs that have them.
+STAGES = ("stage1", "stage2", "students", "distill")
 SECTIONS = ("data", "stage0", "stage1", "stage2", "students", "distill")  # Settings.stage's
 # The reference solution's published out-of-fold AUCs: 12-layer BERT-base, GPU, 16,000 rows.
 REFERENCE_PUBLISHED = {"stage1_oof_auc": 0.9553, "stage2_oof_auc": 0.9604}
@@ -111,13 +112,22 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     }
 
 
-STAGE_TITLES = {"stage1": "stage 1", "stage2": "stage 2", "students": "students"}
+STAGE_TITLES = {
+    "stage1": "stage 1",
+    "stage2": "stage 2",
+    "students": "students",
+    "distill": "distilled copies",
+}
 
 
 def stages_shown(run_dir: Path, settings: Settings | None) -> tuple[str, ...]:
-    """Stage 1 and stage 2, and the students in a run that has them (on, or folders there)."""
-    on = settings.students_enabled if settings else (Path(run_dir) / "students").is_dir()
-    return STAGES if on else STAGES[:2]
+    """Stage 1 and stage 2, and the students and distilled copies in a run that has them (on,
+    or folders there)."""
+    if settings is not None:
+        on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
+    else:
+        on = {s: (Path(run_dir) / s).is_dir() for s in STAGES[2:]}
+    return tuple(s for s in STAGES if on.get(s, True))
 
 
 def runs_table(run_dir: Path) -> str | None:
@@ -166,6 +176,10 @@ def headline_rows(
     ]
     if "students_oof_auc" in h:
         rows.append(("students, pooled out-of-fold AUC", "students_oof_auc", None))
+    if "distill_oof_auc" in h:
+        rows.append(("distilled in-fold copies, pooled out-of-fold AUC", "distill_oof_auc", None))
+    if "served" in h:
+        rows.append((f"served ensemble ({h['served']}), out-of-fold AUC", "served_oof_auc", None))
     if distilled:
         rows += [
             ("distilled model, expected AUC (mean of its in-fold copies)", "distilled_auc", None),

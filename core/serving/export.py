@@ -25,6 +25,7 @@ import datetime
 import importlib.metadata as metadata
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from core.config import ConfigError, Settings
 from core.data.reviews import file_sha256, show_path
 from core.ensembling.ensemble import served_stage1_weight
 from core.io import read_json, write_json
-from core.runs.folder import check_encoder, check_servable, fold_dir
+from core.runs.folder import check_encoder, check_servable, fold_dir, served_note
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
 SIGNATURE = {
@@ -129,13 +130,14 @@ def record(
         "model": model,
         "format": fmt,
         "version": version,
-        "oof_auc": headline["oof_auc"],  # the ensemble's (the distilled model's teacher)
+        # The served ensemble's (the distilled model's teacher): stages 1 and 2, as scored.
+        "oof_auc": headline.get("served_oof_auc", headline["oof_auc"]),
+        "final": headline.get("served", headline.get("final")),
         **(
             {k: distilled[k] for k in ("in_fold_auc_mean", "test_rank_agreement", "layers")}
             if distilled
             else {}
         ),
-        "final": headline.get("final"),
         "stage1_weight": served_stage1_weight(headline),
         "n_folds": run["n_folds"],
         "maxlen": run["maxlen"],
@@ -392,6 +394,8 @@ def main(argv=None) -> int:
         next_version(out, args.format, args.version)
     except (ConfigError, OSError) as e:
         raise SystemExit(str(e)) from None  # one error line (core.cli)
+    if args.model == "ensemble" and (note := served_note(run_dir)):
+        print(note, file=sys.stderr)
     path = export(run_dir, out, args.format, args.version, args.model)
     print(f"wrote {show_path(path)} ({args.format}, {args.model}) from {show_path(run_dir)}")
     return 0

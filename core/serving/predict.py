@@ -216,6 +216,10 @@ def main(argv=None) -> int:
         )
     if note := cut_note(texts, read_json(run_dir / "run.json")["maxlen"]):
         print(note, file=sys.stderr)
+    from core.runs.folder import served_note
+
+    if args.model == "ensemble" and (note := served_note(run_dir)):
+        print(note, file=sys.stderr)
     scores = score(run_dir, texts, model=args.model)
     if out is not None:
         write_csv(out, scores[["text", "probability"]])
