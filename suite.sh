@@ -93,8 +93,13 @@ case "$cmd" in
   setup) setup ;;
   run)
     setup
-    exec "$VENV/bin/python" -m core.pipeline --train-path "$DATA_DIR/${DATA_FILES[0]}" \
-      --test-path "$DATA_DIR/${DATA_FILES[1]}" "$@"
+    # The settings' own defaults are data/<file>; name the files only for another DATA_DIR, so a
+    # --config file's train_path (configs/dev-holdout.yaml) is not overridden.
+    paths=()
+    if [ "$DATA_DIR" != data ]; then
+      paths=(--train-path "$DATA_DIR/${DATA_FILES[0]}" --test-path "$DATA_DIR/${DATA_FILES[1]}")
+    fi
+    exec "$VENV/bin/python" -m core.pipeline "${paths[@]}" "$@"
     ;;
   test)
     setup
