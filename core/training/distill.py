@@ -41,7 +41,6 @@ from core.runs.folder import (
     MissingStageError,
     encoder_dir,
     fold_command,
-    open_stage,
     pipeline_command,
 )
 from core.training.board import EVENTS, Board
@@ -50,9 +49,8 @@ from core.training.engine import (
     Progress,
     fine_tune,
     fine_tuned_model,
-    link_stage0,
     prepare,
-    reuse,
+    train_taught_fold,
     training_batches,
 )
 
@@ -103,24 +101,12 @@ def train_fold_copy(
     the fold's summary. A finished copy (of any run) is reused."""
     s, run_dir = settings, Path(run_dir)
     check_enabled(s)
-    step = steps.ref(s, "distill", fold)
-    teacher = steps.ref(s, "stage1", fold)
-    if not teacher.done():
-        raise MissingStageError(
-            f"distill fold {fold} needs stage 1's fold {fold} (its teacher), which is not there "
-            f"(or did not finish). Make it first: {fold_command('stage1', fold, run_dir, s)}"
-        )
-    bert_dir = encoder_dir(s, run_dir)
     resolved = {"epochs": s.distill_epochs_value, "lr": s.distill_lr_value}
-    open_stage(run_dir / "distill", {**s.stage("distill"), **resolved})
-    link_stage0(s, run_dir)
-    steps.link(run_dir, teacher)
-    with steps.claim(step, s):
-        if done := reuse(step, run_dir):
-            return done
-        steps.link(run_dir, step)
-        inputs = inputs or prepare(s, run_dir)
-        return _train_fold_copy(s, fold, step.dir, teacher.dir, bert_dir, inputs)
+
+    def train(out, teacher, bert_dir, inputs):
+        return _train_fold_copy(s, fold, out, teacher, bert_dir, inputs)
+
+    return train_taught_fold(s, "distill", fold, run_dir, resolved, train, inputs)
 
 
 def _train_fold_copy(settings, fold, out: Path, teacher: Path, bert_dir: Path, inputs) -> dict:

@@ -210,6 +210,32 @@ def train_stage1(
         return _train_stage1(settings, fold, step.dir, bert_dir, inputs or prepare(s, run_dir))
 
 
+def train_taught_fold(
+    settings: Settings, section: str, fold: int, run_dir: Path, resolved: dict, train, inputs=None
+) -> dict:
+    """Fold ``fold`` of a stage that stage-1 fold ``fold`` teaches (the students, the distilled
+    model's in-fold copies): check the teacher is there, open the stage (its settings with
+    ``resolved`` ones), then reuse the stored fold or ``train(out, teacher_dir, bert_dir,
+    inputs)`` under its lock; return the fold's summary."""
+    s, run_dir = settings, Path(run_dir)
+    step = steps.ref(s, section, fold)
+    teacher = steps.ref(s, "stage1", fold)
+    if not teacher.done():
+        raise MissingStageError(
+            f"{section} fold {fold} needs stage 1's fold {fold} (its teacher), which is not there "
+            f"(or did not finish). Make it first: {fold_command('stage1', fold, run_dir, s)}"
+        )
+    bert_dir = encoder_dir(s, run_dir)
+    open_stage(run_dir / section, {**s.stage(section), **resolved})
+    link_stage0(s, run_dir)
+    steps.link(run_dir, teacher)  # the ensemble reads the teacher's stage too
+    with steps.claim(step, s):
+        if done := reuse(step, run_dir):
+            return done
+        steps.link(run_dir, step)
+        return train(step.dir, teacher.dir, bert_dir, inputs or prepare(s, run_dir))
+
+
 def link_stage0(settings: Settings, run_dir: Path) -> None:
     if settings.uses_stage0:
         steps.link(run_dir, steps.ref(settings, "stage0"))

@@ -30,9 +30,7 @@ from tensorflow import keras
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import ConfigError, Settings
 from core.io import read_json, write_csv
-from core.runs import steps
-from core.runs.folder import MissingStageError, encoder_dir, fold_command, open_stage
-from core.training.engine import Inputs, fine_tune, link_stage0, prepare, reuse
+from core.training.engine import Inputs, fine_tune, train_taught_fold
 
 PSEUDO_LABELS = "pseudo_labels.csv"  # in the student's folder: each test id, score and target
 
@@ -76,24 +74,12 @@ def train_student(
             "setting students_enabled=False: expected True to train a student (pass -p "
             "students_enabled True, or -f configs/pseudo-labels.yaml)"
         )
-    step = steps.ref(s, "students", fold)
-    teacher = steps.ref(s, "stage1", fold)
-    if not teacher.done():
-        raise MissingStageError(
-            f"student fold {fold} needs stage 1's fold {fold} (its teacher), which is not there "
-            f"(or did not finish). Make it first: {fold_command('stage1', fold, run_dir, s)}"
-        )
-    bert_dir = encoder_dir(s, run_dir)
     resolved = {"epochs": s.students_epochs_value, "lr": s.students_lr_value}
-    open_stage(run_dir / "students", {**s.stage("students"), **resolved})
-    link_stage0(s, run_dir)
-    steps.link(run_dir, teacher)  # the ensemble reads the teacher's stage too
-    with steps.claim(step, s):
-        if done := reuse(step, run_dir):
-            return done
-        steps.link(run_dir, step)
-        inputs = inputs or prepare(s, run_dir)
-        return _train(s, fold, step.dir, teacher.dir, bert_dir, inputs)
+
+    def train(out, teacher, bert_dir, inputs):
+        return _train(s, fold, out, teacher, bert_dir, inputs)
+
+    return train_taught_fold(s, "students", fold, run_dir, resolved, train, inputs)
 
 
 def _train(settings, fold, out: Path, teacher: Path, bert_dir: Path, inputs: Inputs) -> dict:
