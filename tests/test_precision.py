@@ -343,3 +343,26 @@ def test_a_bfloat16_run_trains_both_stages_and_says_so(tmp_path, capsys):
     assert result["precision"] == chosen.record() and result["jit_compile"] == chosen.jit_compile
     assert read_json(out / "PRETRAIN.json")["precision"] == chosen.record()
     assert f"stage 0: {chosen}" in capsys.readouterr().out
+
+
+def test_a_machine_without_gpu_devices_is_looked_at_without_tensorflow(tmp_path):
+    from core.model.precision import gpu_possible
+
+    assert not gpu_possible(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert gpu_possible(tmp_path)
+    code = (
+        "import sys; from core.model.precision import choose, gpu_possible; "
+        "c = choose('auto', True); "
+        "print(gpu_possible(), 'tensorflow' in sys.modules, c.precision)"
+    )
+    import subprocess
+    import sys
+
+    from core.config import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    ).stdout.split()
+    if out[0] == "False":  # no GPU device here: auto decided without importing TensorFlow
+        assert out[1] == "False" and out[2] in ("float32", "bfloat16")

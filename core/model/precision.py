@@ -10,7 +10,8 @@ float32, matmuls run in 16 bits; float16 with loss scaling) or ``auto`` (the def
   TensorFlow's oneDNN kernels are on, with XLA off: XLA's CPU code does not use those units,
   oneDNN does (docs/results.md, throughput); else float32 with the stage's ``jit_compile``.
 
-Nothing here imports TensorFlow until a GPU has to be looked for (``auto`` only).
+Nothing here imports TensorFlow until a GPU has to be looked for (``auto`` only, on a machine with
+a GPU device node).
 """
 
 from __future__ import annotations
@@ -55,15 +56,26 @@ def cpu_flags(path: Path = CPUINFO) -> frozenset:
     return frozenset()
 
 
+# Device nodes a GPU TensorFlow could use needs: NVIDIA's, ROCm's, WSL's.
+GPU_DEVICES = ("nvidia[0-9]*", "kfd", "dxg")
+
+
+def gpu_possible(dev: Path = Path("/dev")) -> bool:
+    """Whether this machine has a GPU device node at all: where it has none, ``detect`` need not
+    import TensorFlow (the main job's own process computes keys with it and stays light)."""
+    return any(next(dev.glob(pattern), None) is not None for pattern in GPU_DEVICES)
+
+
 @functools.cache
 def detect() -> Hardware:
     """This machine's ``Hardware`` (looked up once per process)."""
-    import tensorflow as tf
-
     gpus = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        gpus.append(details.get("compute_capability"))
+    if gpu_possible():
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            gpus.append(details.get("compute_capability"))
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() not in ("0", "false", "False")
     return Hardware(tuple(gpus), cpu_flags(), onednn)
 
