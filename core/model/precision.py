@@ -56,7 +56,7 @@ def cpu_flags(path: Path = CPUINFO) -> frozenset:
     return frozenset()
 
 
-# Device nodes a GPU TensorFlow could use needs: NVIDIA's, ROCm's, WSL's.
+# The device nodes TensorFlow needs to use a GPU: NVIDIA's, ROCm's, WSL's.
 GPU_DEVICES = ("nvidia[0-9]*", "kfd", "dxg")
 
 
