@@ -41,6 +41,8 @@ LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.model.l
 STRATEGIES = ("default", "mirrored", "multiworker")  # core.model.strategy
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.model.precision
 TARGETS = ("soft", "hard")  # the students' pseudo-labels (core.training.students)
+# Optional folded stages that stage 1 teaches, blended by the ensemble beside stages 1 and 2.
+EXTRA_STAGES = ("students", "distill")
 PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
 # Settings that change no result: in no step's key and not in a run's identity (core.runs.steps).
 NO_RESULT = ("predict_batch_size",)
@@ -259,6 +261,13 @@ class Settings:
     def distill_lr_value(self) -> float:
         """The distilled models' peak learning rate: ``distill_lr``, or ``stage1_lr`` when None."""
         return self.stage1_lr if self.distill_lr is None else self.distill_lr
+
+    @property
+    def extra_stages(self) -> tuple[str, ...]:
+        """The optional folded stages that are on, in plan order: the students, the distilled
+        model's in-fold copies (``EXTRA_STAGES``)."""
+        on = {"students": self.students_enabled, "distill": self.distill_enabled}
+        return tuple(s for s in EXTRA_STAGES if on[s])
 
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""

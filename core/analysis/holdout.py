@@ -30,7 +30,7 @@ SPLIT_FILE, TRAIN_FILE, HOLDOUT_FILE = "split.json", "train.txt", "holdout.txt"
 RESULTS = Path("holdout") / "results.json"
 # Every model kind a run may have, and the file that marks it finished (None: every finished run
 # has it); each is a `model=` value of core.serving.predict.score.
-MODELS = {"ensemble": None, "distilled": Path("distilled") / "done.json"}
+MODELS = {"ensemble": None, "distilled": predict.DISTILLED}
 CONFIG = "configs/dev-holdout.yaml"  # the main job on data/dev/train.txt
 RULE = "a development holdout, not out-of-fold: report it once, never tune on it"
 

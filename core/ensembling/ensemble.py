@@ -43,9 +43,6 @@ class Results:
     members: list[dict]
 
 
-EXTRA_STAGES = ("students", "distill")  # folded stages blended beside stages 1 and 2, when on
-
-
 def served_stage1_weight(headline: dict) -> float:
     """The stage mix scoring new sentences uses (core.serving): the stage-1 weight of the run's
     best blend of stages 1 and 2 (its final's, unless the final blends another stage too), 0.5
@@ -54,16 +51,10 @@ def served_stage1_weight(headline: dict) -> float:
     return 0.5 if weight is None else float(weight)
 
 
-def extra_stages(settings: Settings) -> tuple[str, ...]:
-    """The run's folded stages beyond stages 1 and 2: the students, the distilled copies."""
-    on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
-    return tuple(s for s in EXTRA_STAGES if on[s])
-
-
 def stages_of(settings: Settings) -> tuple[str, ...]:
     """The stages a run's ensemble reads: both, and the students and the distilled model's
     in-fold copies when they are on."""
-    return ("stage1", "stage2", *extra_stages(settings))
+    return ("stage1", "stage2", *settings.extra_stages)
 
 
 def check_finished(run_dir: Path, settings: Settings) -> None:

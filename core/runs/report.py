@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.config import CONFIG_FILE, ROOT, Settings, from_values, read_config
+from core.config import CONFIG_FILE, EXTRA_STAGES, ROOT, Settings, from_values, read_config
 from core.io import read_json, write_text
 from core.runs.folder import default_run_dir, fold_dir, run_settings
 from core.runs.steps import linked_steps
@@ -103,8 +103,7 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
         "params": [
             (s, k, v)
             for s in SECTIONS
-            if (s != "students" or settings.students_enabled)
-            and (s != "distill" or settings.distill_enabled)
+            if s not in EXTRA_STAGES or s in settings.extra_stages
             for k, v in settings.stage(s).items()
         ]
         if settings
@@ -124,10 +123,8 @@ def stages_shown(run_dir: Path, settings: Settings | None) -> tuple[str, ...]:
     """Stage 1 and stage 2, and the students and distilled copies in a run that has them (on,
     or folders there)."""
     if settings is not None:
-        on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
-    else:
-        on = {s: (Path(run_dir) / s).is_dir() for s in STAGES[2:]}
-    return tuple(s for s in STAGES if on.get(s, True))
+        return ("stage1", "stage2", *settings.extra_stages)
+    return tuple(s for s in STAGES if s not in EXTRA_STAGES or (Path(run_dir) / s).is_dir())
 
 
 def runs_table(run_dir: Path) -> str | None:

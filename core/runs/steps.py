@@ -193,10 +193,8 @@ def run_steps(settings: Settings) -> list[Step]:
     students' folds and the distilled model's in-fold copies (each when on)."""
     out = [ref(settings, "stage0")] if settings.uses_stage0 else []
     out.append(ref(settings, "eda"))
-    on = {"students": settings.students_enabled, "distill": settings.distill_enabled}
-    for section in FOLDED:
-        if on.get(section, True):
-            out += [ref(settings, section, k) for k in range(settings.n_folds)]
+    for section in ("stage1", "stage2", *settings.extra_stages):
+        out += [ref(settings, section, k) for k in range(settings.n_folds)]
     return out
 
 

@@ -26,7 +26,8 @@ from core.io import read_json, write_csv
 
 RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
 MODELS = ("ensemble", "distilled")  # what a run can score with
-DISTILLED = Path("distilled") / "done.json"  # written last by the distilled model's step
+DISTILLED_DIR = Path("distilled")  # a run's distilled model (core.training.distill)
+DISTILLED = DISTILLED_DIR / "done.json"  # written last by the distilled model's step
 
 
 class RunNotFinishedError(FileNotFoundError):
@@ -156,7 +157,7 @@ def _score_distilled(run_dir: Path, bert_dir: Path, texts, token_ids, batch_size
 
     done = read_json(run_dir / DISTILLED)
     model = build_model(bert_dir, bert_trainable=False, layers=done.get("layers"))
-    model.load_weights(str(run_dir / DISTILLED.parent / "weights.h5"))
+    model.load_weights(str(run_dir / DISTILLED_DIR / "weights.h5"))
     return pd.DataFrame(
         {"text": texts, "probability": predict_in_order(model, token_ids, batch_size)}
     )

@@ -54,7 +54,7 @@ from core.training.engine import (
     training_batches,
 )
 
-DISTILLED = "distilled"  # the distilled model's folder in a run
+DISTILLED = "distilled"  # the distilled model's folder in a run (core.serving.predict reads it)
 TARGETS = "targets.csv"  # in a distilled folder: each row's or test sentence's target
 
 
