@@ -8,7 +8,8 @@ run.
 
 The five-fold ensemble's exports and the distilled model's (``--model distilled``) run side by
 side; ``--rounds`` repeats the whole list, interleaved, so a drifting host shows as spread
-between rounds rather than as a difference between models.
+between rounds rather than as a difference between models. ``--also LABEL FORMAT FOLDER`` adds any
+other export (a 2-layer distilled model, another run's) to the same rounds.
 
 Each backend runs in its own process (so its peak RSS is its own; ``ru_maxrss`` includes
 importing TensorFlow) on the same sentences of ``--texts`` (default the test file): one sentence
@@ -104,6 +105,15 @@ def main() -> None:
         action="store_true",
         help="also time core.serving.predict --model distilled on --run",
     )
+    parser.add_argument(
+        "--also",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("LABEL", "FORMAT", "FOLDER"),
+        help="another export to time beside the others (FORMAT savedmodel or tflite), "
+        "e.g. --also '2-layer distilled SavedModel' savedmodel outputs/export/<name>/1",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat every model, interleaved")
     parser.add_argument("--texts", default="data/test_handout.txt", help="sentences (test format)")
     parser.add_argument("--single", type=int, default=300, help="one-at-a-time calls per model")
@@ -122,13 +132,18 @@ def main() -> None:
 
     from core.data.reviews import read_unlabelled
 
+    for label, fmt, _ in args.also:
+        if fmt not in ("savedmodel", "tflite"):
+            parser.error(f"--also {label!r} {fmt}: expected the format savedmodel or tflite")
     texts = read_unlabelled(args.texts).texts
     n, n_single = len(texts), args.single
     jobs = [
         ("ensemble SavedModel (float32)", "savedmodel", args.savedmodel, n, n_single),
         ("distilled SavedModel (float32)", "savedmodel", args.distilled_savedmodel, n, n_single),
+        *((label, fmt, path, n, n_single) for label, fmt, path in args.also if fmt == "savedmodel"),
         ("ensemble TFLite (int8 weights)", "tflite", args.tflite, n, n_single),
         ("distilled TFLite (int8 weights)", "tflite", args.distilled_tflite, n, n_single),
+        *((label, fmt, path, n, n_single) for label, fmt, path in args.also if fmt == "tflite"),
         (
             "core.serving.predict.score",
             "predict",

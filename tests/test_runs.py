@@ -150,12 +150,13 @@ def test_table_orders_runs_and_shows_status_figures_settings_and_time(out, three
         ("run-partial", "partial"),  # then unfinished runs
     ]
     lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("run-")}
-    # final, stage 1, stage 2, students ("-": a run without them), wall time, reused steps
+    # final, stage 1, stage 2, students and distilled copies ("-": a run without them), wall
+    # time, reused steps
     assert re.search(
-        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+-\s+1\.7 min\s+4\s", lines["run-second"]
+        r"finished\s+0\.9634\s+0\.9633\s+0\.9632\s+-\s+-\s+1\.7 min\s+4\s", lines["run-second"]
     )
     assert re.search(
-        r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+-\s+6\.2 min\s+0\s", lines["run-first"]
+        r"finished\s+0\.9512\s+0\.9502\s+0\.9492\s+-\s+-\s+6\.2 min\s+0\s", lines["run-first"]
     )
     # Stage 0 off: EDA, two folds of each stage, ensemble, errors; EDA and one fold done.
     assert "partial: 2 of 7 steps  -       -" in lines["run-partial"]
@@ -192,6 +193,21 @@ def test_a_seed_ensemble_says_how_many_runs_it_blends(out, inputs):
     fake_run(out, "run-blend", inputs, (), {**headline(0.97, 0.96, 0.95), "members": members})
     [blend] = table.collect(out)
     assert blend.status == "finished, 3 seeds" and blend.final == 0.97
+
+
+def test_students_and_distilled_copies_have_their_own_columns(out, inputs, three, capsys):
+    extras = {"students_oof_auc": 0.9641, "distill_oof_auc": 0.9652}
+    fake_run(out, "run-extra", inputs, (), {**headline(0.9655, 0.9633, 0.9632), **extras})
+    assert table.main(["--output-dir", str(out), "--compare", "run-extra", "run-second"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^students OOF AUC\s+0\.9641\s+-$", printed, re.M)
+    assert re.search(r"^distilled copies OOF AUC\s+0\.9652\s+-$", printed, re.M)
+    assert table.main(["--output-dir", str(out)]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run-extra")]
+    assert re.search(r"finished\s+0\.9655\s+0\.9633\s+0\.9632\s+0\.9641\s+0\.9652\s", row)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "<th>students AUC</th><th>distilled copies AUC</th>" in html
+    assert re.search(r'data-v="0\.9641">0\.9641</td><td class="n" data-v="0\.9652">', html)
 
 
 def test_no_runs_yet(out, capsys):
@@ -297,8 +313,9 @@ def test_page_sorts_by_a_clicked_column_in_a_browser(out, three, tmp_path):
 
     assert order("") == ["run-second", "run-first", "run-partial"]
     ths = 'const th = document.querySelectorAll("#runs th");'
-    # "when" (after "students") descending: the newest first; the partial run is an hour older.
-    assert order(ths + "th[8].click();")[-1] == "run-partial"
+    # "when" (after the extra stages) descending: the newest first; the partial run is an hour
+    # older.
+    assert order(ths + "th[9].click();")[-1] == "run-partial"
     # final OOF AUC: descending, then ascending; the unfinished run's blank stays last.
     assert order(ths + "th[2].click();") == ["run-second", "run-first", "run-partial"]
     assert order(ths + "th[2].click(); th[2].click();") == [

@@ -23,11 +23,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core import cli
-from core.config import CONFIG_FILE, DEFAULTS, ConfigError, Settings, resolve, show
+from core.config import CONFIG_FILE, DEFAULTS, EXTRA_STAGES, ConfigError, Settings, resolve, show
 from core.io import examples, read_json, write_text
 from core.pipeline.plan import plan
 from core.runs import steps
 from core.runs.folder import run_settings
+from core.runs.report import STAGE_TITLES
 
 INDEX = "index.html"
 TEMPLATE = "runs.html.j2"
@@ -39,7 +40,7 @@ COLUMNS = (
     "final",
     "stage 1",
     "stage 2",
-    "students",
+    *(STAGE_TITLES[s] for s in EXTRA_STAGES),  # a dash in runs without them
     "wall time",
     "reused",
     "when",
@@ -75,9 +76,10 @@ class RunInfo:
         return self.headline.get("stage2_oof_auc")
 
     @property
-    def students(self) -> float | None:
-        """The pseudo-labelled students' OOF AUC (None in a run without them)."""
-        return self.headline.get("students_oof_auc")
+    def extras(self) -> dict[str, float | None]:
+        """The pooled OOF AUC of each optional folded stage (the students, the distilled model's
+        in-fold copies), None in a run without it."""
+        return {s: self.headline.get(f"{s}_oof_auc") for s in EXTRA_STAGES}
 
 
 # -- reading runs ---------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def table_rows(runs: list[RunInfo]) -> list[list[str]]:
             auc_text(r.final),
             auc_text(r.stage1),
             auc_text(r.stage2),
-            auc_text(r.students),
+            *(auc_text(v) for v in r.extras.values()),
             duration(r.seconds),
             str(r.reused),
             when_text(r.when),
@@ -218,6 +220,7 @@ def page_context(output_dir: Path, runs: list[RunInfo] | None, comparison) -> di
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "where": show(output_dir),
         "order": ORDER,
+        "extra_titles": [STAGE_TITLES[s] for s in EXTRA_STAGES],
         "runs": None if runs is None else [html_row(r, output_dir) for r in runs],
         "comparisons": [p.name for p in pages],
         "compare": comparison,
@@ -235,7 +238,7 @@ def html_row(r: RunInfo, output_dir: Path) -> dict:
         "final_name": r.headline.get("final", ""),
         "stage1": r.stage1,
         "stage2": r.stage2,
-        "students": r.students,
+        "extras": list(r.extras.values()),
         "seconds": r.seconds,
         "wall": duration(r.seconds),
         "reused": r.reused,
@@ -340,7 +343,10 @@ def compare_text(c: Comparison) -> str:
         ["final OOF AUC", auc_text(a.final), auc_text(b.final)],
         ["stage 1 OOF AUC", auc_text(a.stage1), auc_text(b.stage1)],
         ["stage 2 OOF AUC", auc_text(a.stage2), auc_text(b.stage2)],
-        ["students OOF AUC", auc_text(a.students), auc_text(b.students)],
+        *(
+            [f"{STAGE_TITLES[s]} OOF AUC", auc_text(a.extras[s]), auc_text(b.extras[s])]
+            for s in EXTRA_STAGES
+        ),
         ["wall time", duration(a.seconds), duration(b.seconds)],
         ["reused steps", str(a.reused), str(b.reused)],
         ["when", when_text(a.when), when_text(b.when)],
