@@ -269,6 +269,11 @@ class Settings:
         on = {"students": self.students_enabled, "distill": self.distill_enabled}
         return tuple(s for s in EXTRA_STAGES if on[s])
 
+    @property
+    def folded_stages(self) -> tuple[str, ...]:
+        """Every stage trained fold by fold in this run: stages 1 and 2, then ``extra_stages``."""
+        return ("stage1", "stage2", *self.extra_stages)
+
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
         return [

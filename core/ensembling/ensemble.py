@@ -54,7 +54,7 @@ def served_stage1_weight(headline: dict) -> float:
 def stages_of(settings: Settings) -> tuple[str, ...]:
     """The stages a run's ensemble reads: both, and the students and the distilled model's
     in-fold copies when they are on."""
-    return ("stage1", "stage2", *settings.extra_stages)
+    return settings.folded_stages
 
 
 def check_finished(run_dir: Path, settings: Settings) -> None:

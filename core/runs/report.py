@@ -123,7 +123,7 @@ def stages_shown(run_dir: Path, settings: Settings | None) -> tuple[str, ...]:
     """Stage 1 and stage 2, and the students and distilled copies in a run that has them (on,
     or folders there)."""
     if settings is not None:
-        return ("stage1", "stage2", *settings.extra_stages)
+        return settings.folded_stages
     return tuple(s for s in STAGES if s not in EXTRA_STAGES or (Path(run_dir) / s).is_dir())
 
 

@@ -39,6 +39,7 @@ MARKERS = {
     "students": "done.json",
     "distill": "done.json",
 }
+DISTILLED = "distilled"  # a run's distilled model (core.training.distill; read by core.serving)
 KEY_FILE = "key.json"  # what the key was made of, for people and the runs comparison
 # Data settings keyed by the steps that read them specifically; every other data setting that
 # changes a result (maxlen, ...) is in every step's key.
@@ -193,7 +194,7 @@ def run_steps(settings: Settings) -> list[Step]:
     students' folds and the distilled model's in-fold copies (each when on)."""
     out = [ref(settings, "stage0")] if settings.uses_stage0 else []
     out.append(ref(settings, "eda"))
-    for section in ("stage1", "stage2", *settings.extra_stages):
+    for section in settings.folded_stages:
         out += [ref(settings, section, k) for k in range(settings.n_folds)]
     return out
 

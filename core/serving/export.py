@@ -35,7 +35,7 @@ from core.data.reviews import file_sha256, show_path
 from core.ensembling.ensemble import served_stage1_weight
 from core.io import read_json, write_json
 from core.runs.folder import check_encoder, check_servable, fold_dir, served_note
-from core.serving.predict import DISTILLED_DIR, MODELS
+from core.serving.predict import DISTILLED, DISTILLED_DIR, MODELS
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
 SIGNATURE = {
@@ -54,7 +54,7 @@ def signature(model: str) -> dict:
 def model_files(run_dir: Path, run: dict, model: str) -> list[Path]:
     """The weight files an export of ``model`` reads."""
     if model == "distilled":
-        return [run_dir / DISTILLED_DIR / "done.json", run_dir / DISTILLED_DIR / "weights.h5"]
+        return [run_dir / DISTILLED, run_dir / DISTILLED_DIR / "weights.h5"]
     return fold_files(run_dir, run["n_folds"])
 
 
@@ -122,7 +122,7 @@ def record(
     run_dir: Path, run: dict, headline: dict, fmt: str, version: int, model: str = "ensemble"
 ) -> dict:
     """What the export came from: the run, its figures, and the hashes of everything it read."""
-    distilled = read_json(run_dir / DISTILLED_DIR / "done.json") if model == "distilled" else {}
+    distilled = read_json(run_dir / DISTILLED) if model == "distilled" else {}
     return {
         "run": run_dir.name,
         "run_dir": show_path(run_dir),
@@ -227,7 +227,7 @@ def _distilled(run_dir: Path, run: dict):
 
     from core.model.classifier import build_model
 
-    done = read_json(run_dir / DISTILLED_DIR / "done.json")
+    done = read_json(run_dir / DISTILLED)
     full = build_model(Path(run["bert_dir"]), bert_trainable=False, layers=done.get("layers"))
     full.load_weights(str(run_dir / DISTILLED_DIR / "weights.h5"))
 

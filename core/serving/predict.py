@@ -23,10 +23,11 @@ from core import cli
 from core.config import CONFIG_FILE, ConfigError, Settings
 from core.data.reviews import DataError, control_problem, read_unlabelled, show_path
 from core.io import read_json, write_csv
+from core.runs.steps import DISTILLED as DISTILLED_NAME
 
 RESULTS = Path("ensemble") / "results.json"  # written last by a run: its presence = finished
 MODELS = ("ensemble", "distilled")  # what a run can score with
-DISTILLED_DIR = Path("distilled")  # a run's distilled model (core.training.distill)
+DISTILLED_DIR = Path(DISTILLED_NAME)  # a run's distilled model (core.training.distill)
 DISTILLED = DISTILLED_DIR / "done.json"  # written last by the distilled model's step
 
 

@@ -54,7 +54,6 @@ from core.training.engine import (
     training_batches,
 )
 
-DISTILLED = "distilled"  # the distilled model's folder in a run (core.serving.predict reads it)
 TARGETS = "targets.csv"  # in a distilled folder: each row's or test sentence's target
 
 
@@ -197,7 +196,7 @@ def train_distilled(settings: Settings, run_dir: Path, inputs: Inputs | None = N
     ``<run>/distilled/``; return its summary. A finished one is reused."""
     s, run_dir = settings, Path(run_dir)
     check_enabled(s)
-    out = run_dir / DISTILLED
+    out = run_dir / steps.DISTILLED
     if (out / "done.json").is_file():
         print(f"distilled model: already trained in {out}, reused")
         return read_json(out / "done.json")
