@@ -216,7 +216,7 @@ def test_the_main_job_blends_and_reports_the_students(job):
         auc = read_json(run_dir / "students" / f"fold{k}" / "done.json")["val_auc"]
         assert f"{auc:.4f}" in page
     row = table.read_run(run_dir, settings.output_dir)
-    assert row.students == headline["students_oof_auc"]
+    assert row.extras["students"] == headline["students_oof_auc"]
     assert "students_enabled=True" in table.settings_text(row.changed)
 
 
