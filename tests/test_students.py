@@ -83,10 +83,11 @@ def test_epochs_and_lr_default_to_stage_1s():
     assert (s.students_epochs_value, s.students_lr_value) == (4, 1e-4)
 
 
-def test_the_config_turns_them_on_and_nothing_else():
+def test_the_config_turns_them_on_with_the_measured_weight_and_nothing_else():
     values = read_config("configs/pseudo-labels.yaml")
-    assert values == {"students_enabled": True}
-    assert from_values(values, "test").changed() == {"students_enabled": True}
+    expected = {"students_enabled": True, "students_weight": 0.5}
+    assert values == expected
+    assert from_values(values, "test").changed() == expected
 
 
 def test_only_students_when_they_are_off_names_the_fix(settings):
