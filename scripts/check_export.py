@@ -3,12 +3,13 @@ file, and out-of-fold AUC with each training row scored by its own fold's model 
 
     .venv/bin/python scripts/check_export.py --run outputs/runs/<run> \\
         --savedmodel outputs/export/<name>/1 --tflite outputs/export/<name>-lite/1 \\
-        [--test-file data/test_handout.txt]
+        [--test-file data/test_handout.txt] [--model distilled]
 
 Out of fold: the exports' ``fold_probability`` column of the fold that held a row out (that
 fold's stage-1 and stage-2 heads mixed with the run's stage1_weight), so no row is scored by a
 model that trained on it. The same mix of the run's own ``oof.csv`` files is printed beside it:
-the float export should reproduce it row by row.
+the float export should reproduce it row by row. A distilled model's exports (``--model
+distilled``) have no folds: only the test-file comparison applies.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from core.config import Settings
 from core.data.reviews import read_labelled, read_unlabelled
+from core.ensembling.ensemble import served_stage1_weight
 from core.io import read_json
 from core.metrics import auc
 from core.runs.folder import fold_dir
-from core.serving.export import stage1_weight
 
 
 def by_length(score, texts: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -63,10 +65,16 @@ def main() -> None:
     parser.add_argument("--tflite", help="a TFLite version folder (<out>/<version>)")
     parser.add_argument("--test-file", help="also compare with core.serving.predict on this file")
     parser.add_argument("--skip-oof", action="store_true", help="only the test-file comparison")
+    parser.add_argument(
+        "--model",
+        choices=("ensemble", "distilled"),
+        default="ensemble",
+        help="what the exports hold (export's --model); distilled: the test-file comparison only",
+    )
     args = parser.parse_args()
     run_dir = Settings().run_path(args.run, "--run")
     run = read_json(run_dir / "run.json")
-    weight = stage1_weight(read_json(run_dir / "ensemble" / "results.json")["headline"])
+    weight = served_stage1_weight(read_json(run_dir / "ensemble" / "results.json")["headline"])
     models = {}
     if args.savedmodel:
         models["savedmodel"] = savedmodel_scorer(Path(args.savedmodel))
@@ -77,13 +85,19 @@ def main() -> None:
         from core.serving.predict import score
 
         texts = read_unlabelled(args.test_file).texts
-        expected = score(run_dir, texts)["probability"].to_numpy()
-        print(f"test file {args.test_file}: {len(texts)} rows vs core.serving.predict")
+        expected = score(run_dir, texts, model=args.model)["probability"].to_numpy()
+        print(
+            f"test file {args.test_file}: {len(texts)} rows vs core.serving.predict ({args.model})"
+        )
         for name, model in models.items():
-            diff = np.abs(by_length(model, texts)["probability"] - expected)
-            print(f"  {name:10s} max |difference| {diff.max():.3g}, mean {diff.mean():.3g}")
+            got = by_length(model, texts)["probability"]
+            diff = np.abs(got - expected)
+            print(
+                f"  {name:10s} max |difference| {diff.max():.3g}, mean {diff.mean():.3g}, "
+                f"Spearman {spearmanr(got, expected).statistic:.4f}"
+            )
 
-    if args.skip_oof:
+    if args.skip_oof or args.model == "distilled":
         return
     train = read_labelled(run["train_path"])
     folds = pd.read_csv(run_dir / "folds.csv")["fold"].to_numpy()
