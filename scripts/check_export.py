@@ -72,6 +72,8 @@ def main() -> None:
         help="what the exports hold (export's --model); distilled: the test-file comparison only",
     )
     args = parser.parse_args()
+    if args.model == "distilled" and not args.test_file:
+        parser.error("--model distilled: name a --test-file (a distilled export has no folds)")
     run_dir = Settings().run_path(args.run, "--run")
     run = read_json(run_dir / "run.json")
     weight = served_stage1_weight(read_json(run_dir / "ensemble" / "results.json")["headline"])
