@@ -28,6 +28,7 @@ from core.ensembling.ensemble import served_stage1_weight
 from core.io import read_json
 from core.metrics import auc
 from core.runs.folder import fold_dir
+from core.serving.predict import MODELS, score
 
 
 def by_length(score, texts: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--skip-oof", action="store_true", help="only the test-file comparison")
     parser.add_argument(
         "--model",
-        choices=("ensemble", "distilled"),
+        choices=MODELS,
         default="ensemble",
         help="what the exports hold (export's --model); distilled: the test-file comparison only",
     )
@@ -84,8 +85,6 @@ def main() -> None:
         models["tflite"] = tflite_scorer(Path(args.tflite))
 
     if args.test_file:
-        from core.serving.predict import score
-
         texts = read_unlabelled(args.test_file).texts
         expected = score(run_dir, texts, model=args.model)["probability"].to_numpy()
         print(
