@@ -24,7 +24,9 @@ EXPECTED = frozenset(
     {
         "BertDirError",  # core.weights.google_ckpt
         "ConfigError",  # core.config
+        "DamagedStepError",  # core.runs.steps: a stored file changed since its step was made
         "DataError",  # core.data.reviews
+        "DiskError",  # core.io: a full or read-only disk
         "HoldoutError",  # core.analysis.holdout
         "MissingOutputsError",  # core.ensembling.ensemble
         "MissingStageError",  # core.training.engine

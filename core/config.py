@@ -1,18 +1,16 @@
 """Every setting of a run, with its default, its check and its help: the one source of defaults.
 
 ``Settings`` is flat, the way papermill passes parameters: the data and folds unprefixed, each
-stage's own settings prefixed (``stage1_lr``). The notebooks' parameters cells, the main job's
-``--set``/``--config`` and the functions that train all read these fields; a test fails when a
-parameters cell drifts from them. The defaults are the best measured method (docs/method.md);
-``configs/*.yaml`` hold named variants, the reference method among them.
+stage's own settings prefixed (``stage1_lr``). The notebooks' parameters cells (core.parameters),
+the main job's ``--set``/``--config`` and the functions that train all read these fields; a test
+fails when a parameters cell drifts from them. The defaults are the best measured method
+(docs/method.md); ``configs/*.yaml`` hold named variants, the reference method among them.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +38,17 @@ SCHEDULES = ("constant", "cosine")
 LOSSES = ("soft_f1", "pairwise_auc", "bce")  # stage 2 head losses (core.model.losses)
 STRATEGIES = ("default", "mirrored", "multiworker")  # core.model.strategy
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")  # core.model.precision
-TARGETS = ("soft", "hard")  # the students' pseudo-labels (core.training.students)
-# Optional folded stages that stage 1 teaches, blended by the ensemble beside stages 1 and 2.
+STUDENT_TARGETS = ("soft", "hard")  # the students' pseudo-labels (core.training.students)
+# The stages trained fold by fold: stages 1 and 2 (what serving computes), and the optional ones
+# that stage 1 teaches, blended by the ensemble beside them.
+MAIN_STAGES = ("stage1", "stage2")
 EXTRA_STAGES = ("students", "distill")
-PATHS = ("train_path", "test_path", "bert_dir", "output_dir")  # settings that name files
-# Settings that change no result: in no step's key and not in a run's identity (core.runs.steps).
-NO_RESULT = ("predict_batch_size",)
+FOLDED_STAGES = (*MAIN_STAGES, *EXTRA_STAGES)
+# The setting that turns each optional section on: while it is off, its other settings change
+# nothing (no key, no run identity holds them).
+SWITCHES = {"stage0": "stage0_epochs", "students": "students_enabled", "distill": "distill_enabled"}
+# Settings that name files: keys hold the files' contents, never these paths (core.runs.steps).
+PATHS = ("train_path", "test_path", "bert_dir", "output_dir")
 
 
 class ConfigError(ValueError):
@@ -95,7 +98,9 @@ class Settings:
         "path",
     )
     bert_dir: Path = _setting(
-        Path("pretrained/m3e-small"), "Google-format BERT folder to start from", "path"
+        Path("pretrained/m3e-small"),
+        "BERT folder to start from: Google format, or Hugging Face (converted once)",
+        "path",
     )
     output_dir: Path = _setting(Path("outputs"), "every run writes under this folder", "path")
     maxlen: int = _setting(20, "characters kept per sentence ([CLS] and [SEP] on top)", "int", 1)
@@ -104,7 +109,9 @@ class Settings:
     train_seed: int | None = _setting(
         None, "training randomness on the same folds (None: seed); for seed ensembles", "seed"
     )
-    predict_batch_size: int = _setting(256, "rows per prediction batch", "int", 1)
+    predict_batch_size: int = _setting(
+        256, "rows per prediction batch (its padding moves predictions' last bits)", "int", 1
+    )
     precision: str = _setting(
         "auto",
         "float32, bfloat16, float16 (mixed), auto (16 bits where fast here)",
@@ -167,7 +174,10 @@ class Settings:
     # pseudo-labelled by that fold's stage-1 model (which never saw the fold's rows).
     students_enabled: bool = _students(False, "train a pseudo-labelled student per fold", "bool")
     students_target: str = _students(
-        "soft", "soft: stage 1's test scores; hard: 0/1 at students_threshold", "choice", TARGETS
+        "soft",
+        "soft: stage 1's test scores; hard: 0/1 at students_threshold",
+        "choice",
+        STUDENT_TARGETS,
     )
     students_threshold: float = _students(
         0.5, "hard targets: a test score at or above this is a 1", "number", 0, 1
@@ -242,6 +252,24 @@ class Settings:
     def uses_stage0(self) -> bool:
         return self.stage0_epochs > 0
 
+    def is_on(self, section: str) -> bool:
+        """Whether a section's settings act: always, but for the ``SWITCHES`` sections."""
+        return section not in SWITCHES or bool(getattr(self, SWITCHES[section]))
+
+    def acting(self) -> dict:
+        """Every setting that acts on a result here, as ``values()`` shows it: those of sections
+        that are off are left out (their switch stays), and the students' threshold with soft
+        targets (it thresholds hard ones only)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            section = f.metadata["section"]
+            if not self.is_on(section) and f.name != SWITCHES[section]:
+                continue
+            if f.name == "students_threshold" and self.students_target != "hard":
+                continue
+            out[f.name] = getattr(self, f.name)
+        return {k: show(v) if isinstance(v, Path) else v for k, v in out.items()}
+
     @property
     def students_epochs_value(self) -> int:
         """The students' epochs: ``students_epochs``, or ``stage1_epochs`` when that is None."""
@@ -272,7 +300,7 @@ class Settings:
     @property
     def folded_stages(self) -> tuple[str, ...]:
         """Every stage trained fold by fold in this run: stages 1 and 2, then ``extra_stages``."""
-        return ("stage1", "stage2", *self.extra_stages)
+        return (*MAIN_STAGES, *self.extra_stages)
 
     def members(self) -> list[Settings]:
         """The other runs of a seed ensemble: these settings at each of ``blend_seeds``."""
@@ -303,12 +331,14 @@ class Settings:
         base = Settings().values()
         return {k: v for k, v in self.values().items() if v != base[k]}
 
-    def check_fold(self, fold: int) -> int:
-        """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones."""
+    def check_fold(self, fold: int, example: str = "-p fold 0") -> int:
+        """Return ``fold`` if it is one of the folds, else a ConfigError naming the valid ones;
+        ``example`` passes a fold as the caller's user does (a notebook's ``-p fold 0``, the main
+        job's ``--folds 0,1``)."""
         if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < self.n_folds:
             raise ConfigError(
                 f"parameter fold={fold!r}: expected an integer in 0..{self.n_folds - 1} "
-                f"(n_folds={self.n_folds}); pass e.g. -p fold 0"
+                f"(n_folds={self.n_folds}); pass e.g. {example}"
             )
         return fold
 
@@ -445,62 +475,14 @@ def from_values(values: dict, source: str) -> Settings:
         name = str(key).replace(".", "_")
         if name not in FIELDS:
             raise ConfigError(
-                f"{source}: unknown setting {key!r}{_closest(name, FIELDS)}; expected one of "
+                f"{source}: unknown setting {key!r}{closest(name, FIELDS)}; expected one of "
                 f"{', '.join(FIELDS)}"
             )
         clean[name] = value
     return Settings(**clean)
 
 
-def from_notebook(namespace: dict) -> Settings:
-    """Settings from a notebook's parameters (its globals after papermill's injected cell).
-
-    A parameter papermill injected that the notebook does not know (a misspelt ``-p`` name or
-    ``-f`` key) is refused: papermill only warns, and the notebook would run with the default.
-    """
-    check_injected(namespace.get("In", []))
-    return from_values({k: namespace[k] for k in FIELDS if k in namespace}, "notebook parameters")
-
-
-# The first line of the cell papermill injects after the parameters cell (its -p, -f, -y values).
-INJECTED_HEADER = "# Parameters"
-
-
-def check_injected(cells: list[str]) -> None:
-    """Refuse a name in papermill's injected cell that neither a setting nor the notebook's own
-    parameters (the cell holding SETTINGS_HEADER) define. ``cells``: the kernel's ``In``, the
-    source of every cell run so far."""
-    cells = [c for c in cells if isinstance(c, str)]
-    injected = [c for c in cells if c.startswith(INJECTED_HEADER)]
-    if not injected:  # run without papermill (JupyterLab): nothing was passed
-        return
-    own = {name for c in cells if SETTINGS_HEADER in c for name in _assigned(c)} - set(FIELDS)
-    for name in _assigned(injected[-1]):
-        if name not in FIELDS and name not in own:
-            raise ConfigError(
-                f"notebook parameters: unknown parameter {name!r}"
-                f"{_closest(name, [*own, *FIELDS])}; expected one of this notebook's own "
-                f"({', '.join(sorted(own))}) or a setting of core.config.Settings — fix the "
-                "-p name or the key in the -f file"
-            )
-
-
-def _assigned(source: str) -> list[str]:
-    """The names a cell assigns at top level, in order (a parameters cell's parameters)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    return [
-        target.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    ]
-
-
-def _closest(name: str, known) -> str:
+def closest(name: str, known) -> str:
     """`` (did you mean 'x'?)`` for the known name closest to ``name``, or nothing."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -517,6 +499,8 @@ def read_config(path: str | Path) -> dict:
         )
     try:
         values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.MarkedYAMLError as e:  # yaml's own text names "<unicode string>" and spans lines
+        raise ConfigError(_yaml_problem(file, e)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{show(file)}: expected flat YAML 'name: value' lines ({e})") from None
     if not isinstance(values, dict):
@@ -526,62 +510,26 @@ def read_config(path: str | Path) -> dict:
     return values
 
 
+def _yaml_problem(file: Path, error) -> str:
+    """A YAML syntax error in ``file`` in one line: where, and what yaml found there."""
+    mark, context = error.problem_mark, ""
+    where = (
+        show(file)
+        if mark is None
+        else f"{show(file)}, line {mark.line + 1}, column {mark.column + 1}"
+    )
+    if error.context and error.context_mark:
+        at = error.context_mark
+        context = f" ({error.context} from line {at.line + 1}, column {at.column + 1})"
+    return (
+        f"{where}: expected flat YAML 'name: value' lines, found a syntax error: "
+        f"{error.problem}{context} — fix that line"
+    )
+
+
 def config_text(settings: Settings, header: str = "") -> str:
     """``settings.changed()`` as a papermill parameters file (``-f``), one line per setting."""
     import yaml
 
     body = yaml.safe_dump(settings.changed(), sort_keys=False, allow_unicode=True)
     return header + ("" if body.strip() == "{}" else body)
-
-
-SETTINGS_HEADER = (
-    "# The run's settings (core.config.Settings): the same in every notebook of a run."
-)
-
-
-def parameters_source() -> str:
-    """The settings part of a notebook's parameters cell: every setting with its default and
-    help, after the notebook's own parameters. tests/test_notebooks.py holds every notebook to
-    it; ``python -m core.config`` rewrites the cells after a change here."""
-    titles = {
-        "data": "the data, the encoder and the folds",
-        "stage0": "stage 0 (00_pretrain)",
-        "stage1": "stage 1 (02_cv)",
-        "stage2": "stage 2 (03_f1_refine)",
-        "students": "the pseudo-labelled students (02b_students)",
-        "distill": "distillation into one model for serving (06_distill)",
-        "ensemble": "the ensemble (04_ensemble)",
-    }
-    lines, section = [SETTINGS_HEADER], None
-    for f in dataclasses.fields(Settings):
-        if f.metadata["section"] != section:
-            section = f.metadata["section"]
-            lines.append(f"# - {titles[section]}")
-        value = getattr(DEFAULTS, f.name)
-        shown = json.dumps(show(value) if isinstance(value, Path) else value)
-        shown = {"null": "None", "true": "True", "false": "False"}.get(shown, shown)
-        lines.append(f"{f.name} = {shown}  # {f.metadata['help']}")
-    return "\n".join(lines) + "\n"
-
-
-def sync_notebooks() -> list[Path]:
-    """Rewrite each notebook's parameters cell from ``SETTINGS_HEADER`` on; return those changed."""
-    import nbformat
-
-    changed = []
-    for rel in dict.fromkeys(NOTEBOOKS.values()):  # a notebook may serve two steps
-        path = ROOT / rel
-        nb = nbformat.read(path, as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        own = cell.source.split(SETTINGS_HEADER)[0].rstrip("\n")
-        source = (own + "\n\n" if own else "") + parameters_source().rstrip("\n")
-        if cell.source != source:
-            cell.source = source
-            nbformat.write(nb, path)
-            changed.append(path)
-    return changed
-
-
-if __name__ == "__main__":
-    for path in sync_notebooks():
-        print(f"rewrote the parameters cell of {show(path)}")

@@ -27,6 +27,18 @@ Ours is charged the whole ``fit`` call; the reference-style the call minus its t
 ``pass_seconds``), which is printed for every variant. Every variant first runs one untimed pass
 (graph tracing, XLA compilation of each batch width).
 Peak resident memory is measured on the pipeline's model alone, before the other models exist.
+
+``--base-size`` times a randomly initialised base-size encoder instead (12 layers, 768 wide,
+intermediate 3072, 12 heads; the vocabulary of ``--bert-dir``, 21,128 tokens for m3e-small) beside
+the ``--bert-dir`` encoder, both as stage 1 trains (its batch size, precision and XLA choice):
+
+    .venv/bin/python scripts/benchmark_throughput.py --base-size [--steps 20] [--rounds 3]
+
+Each round times ``--steps`` training steps of each model on the same length-grouped batches
+(after one untimed step per batch width: tracing and XLA compilation) and one prediction pass;
+it prints per-step times and sentences/s for both, then a default run's per-fold and end-to-end
+time with the base-size model, extrapolated from the measured ratios and the default run's
+recorded stage times with m3e-small (``RECORDED``, docs/results.md).
 """
 
 from __future__ import annotations
@@ -36,10 +48,14 @@ import core  # noqa: F401  (first: selects tf-keras before TensorFlow is importe
 # isort: split
 import argparse
 import gc
+import json
+import math
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -52,6 +68,8 @@ from core.data.reviews import read_labelled
 from core.data.tokenizer import CharTokenizer, load_vocab
 from core.model.classifier import build_model
 from core.model.precision import choose, detect
+from core.weights import google_dir
+from core.weights.google_ckpt import expected_shapes, write_bert_dir
 
 PEAK_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
@@ -200,12 +218,21 @@ def main() -> None:
         default=",".join(VARIANTS),
         help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)",
     )
+    parser.add_argument(
+        "--base-size",
+        action="store_true",
+        help="time a random base-size encoder (12 x 768) beside --bert-dir instead of the variants",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=20, help="--base-size: timed training steps per model a round"
+    )
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or "ours" not in names:  # ours: the base of the ratios and of the memory figure
         parser.error(f"--variants {args.variants}: expected ours and some of {', '.join(VARIANTS)}")
-    settings = Settings(bert_dir=args.bert_dir, train_path=args.train_path)
+    # A Hugging Face folder is converted (once) as the pipeline converts bert_dir.
+    settings = Settings(bert_dir=google_dir(args.bert_dir), train_path=args.train_path)
     data = read_labelled(settings.train_path)
     tokenizer = CharTokenizer(load_vocab(settings.bert_dir), settings.maxlen)
     token_ids = tokenizer.encode_all(data.texts[: args.rows])
@@ -215,6 +242,9 @@ def main() -> None:
         f"{len(token_ids)} sentences, {real_tokens} real tokens "
         f"({real_tokens / len(token_ids):.1f} per sentence incl. [CLS]/[SEP])"
     )
+    if args.base_size:
+        compare_base_size(settings, token_ids, labels, args.steps, args.rounds)
+        return
     peak32, peak16 = matmul_peak(tf.float32, tries=3), matmul_peak(tf.bfloat16, tries=3)
     print(f"matmul peak at start: float32 {peak32:.1f} GFLOP/s, bfloat16 {peak16:.1f} GFLOP/s")
     hw = detect()
@@ -289,6 +319,153 @@ def main() -> None:
             f"peak; predict {med(v.predict):6.1f} samples/s; {ratios or 'the base'}; "
             f"fit teardown {np.mean(v.teardown):.1f} s on average"
         )
+
+
+# ---------------------------------------------------------------- --base-size
+
+BASE_SIZE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
+# The default run's stage times (minutes) with m3e-small on the 2-core CPUs of docs/results.md:
+# float32 ("The default method": stage 0 15.7, EDA 0.2, stage 1 28.0, stage 2 6.1, ensemble 0.1)
+# and bfloat16 ("The full-size check": 27.5 min; stage 0 444 s, stage-1 folds 170-180 s, stage-2
+# folds 41-48 s; "other" is the rest: EDA, ensemble, error analysis, notebook start-ups).
+RECORDED = {
+    "float32": {"stage0": 15.7, "stage1": 28.0, "stage2": 6.1, "other": 0.3},
+    "bfloat16": {"stage0": 7.4, "stage1": 14.6, "stage2": 3.7, "other": 1.8},
+}
+TRAIN_ROWS = 11_200  # a fold's training rows: 4/5 of the 14,000
+
+
+def write_random_encoder(out_dir: Path, like: Path, seed: int = 0) -> Path:
+    """A base-size Google folder of random N(0, 0.02) weights (LayerNorm 1 and 0, biases 0) with
+    the vocabulary, positions and activation of the folder ``like``."""
+    config = {**json.loads((Path(like) / "bert_config.json").read_text()), **BASE_SIZE}
+    vocab = (Path(like) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in expected_shapes(config).items():
+        if name.endswith("gamma"):
+            tensors[name] = np.ones(shape, np.float32)
+        elif name.endswith(("beta", "bias")):
+            tensors[name] = np.zeros(shape, np.float32)
+        else:
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    return write_bert_dir(out_dir, config, vocab, tensors)
+
+
+def parameters(model) -> tuple[int, int]:
+    """(all trainable weights, those outside the embeddings) of a classifier."""
+    weights = model.trainable_weights
+    inner = [w for w in weights if "Embedding" not in w.name]
+    return tuple(sum(int(np.prod(w.shape)) for w in ws) for ws in (weights, inner))
+
+
+def compare_base_size(settings: Settings, token_ids, labels, steps: int, rounds: int) -> None:
+    """Training step times of a random base-size encoder beside ``settings.bert_dir``'s, and a
+    default run's time with it, extrapolated."""
+    s = DEFAULTS
+    choice = choose(s.precision, s.stage1_jit_compile)  # as stage 1 builds its model here
+    batch = s.stage1_batch_size
+    seq = BatchSequence(
+        token_ids, labels, batch, True, 0, group_by_length=True, pad_multiple=s.stage1_pad_multiple
+    )
+    full = [b for b in (seq[i] for i in range(len(seq))) if len(b[1]) == batch]
+    widths = {b[0][0].shape[1]: b for b in full}  # one batch per width: the untimed warm-up
+    print(
+        f"stage 1 as the pipeline builds it here: batch {batch}, {choice.precision}, XLA "
+        f"{'on' if choice.jit_compile else 'off'} ({choice.reason}); {len(full)} full batches, "
+        f"widths {sorted(widths)}; {steps} timed steps per model per round, {rounds} rounds"
+    )
+    names = ("encoder", "base-size")
+    with tempfile.TemporaryDirectory(prefix="base-size-") as tmp:
+        start = time.perf_counter()
+        base_dir = write_random_encoder(Path(tmp) / "bert", settings.bert_dir)
+        print(f"random base-size folder written in {time.perf_counter() - start:.1f} s")
+        models, memory = {}, {}
+        for name, folder in zip(names, (settings.bert_dir, base_dir), strict=True):
+            with PeakRSS() as mem:
+                models[name] = build_model(
+                    folder, lr=1e-5, jit_compile=choice.jit_compile, precision=choice.precision
+                )
+                start = time.perf_counter()
+                for x, y in widths.values():
+                    models[name].train_on_batch(x, y)
+                predict_in_order(models[name], token_ids[:batch], s.predict_batch_size)  # traces
+                warm = time.perf_counter() - start
+            memory[name] = mem.peak
+            total, inner = parameters(models[name])
+            print(
+                f"{name:9s}: {total / 1e6:6.1f} M trainable weights ({inner / 1e6:.1f} M outside "
+                f"the embeddings: {6 * inner / 1e6:.0f} MFLOP per real token in training); "
+                f"warm-up {warm:.1f} s; peak RSS so far {mem.peak / 2**30:.2f} GiB",
+                flush=True,
+            )
+        step_s = {name: [] for name in names}
+        predict_s = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names:
+                model, times = models[name], []
+                for i in range(steps):
+                    x, y = full[(r * steps + i) % len(full)]
+                    start = time.perf_counter()
+                    model.train_on_batch(x, y)
+                    times.append(time.perf_counter() - start)
+                step_s[name] += times
+                start = time.perf_counter()
+                predict_in_order(model, token_ids, s.predict_batch_size)
+                predict_s[name].append(time.perf_counter() - start)
+                print(
+                    f"round {r + 1} {name:9s} steps (s): "
+                    + " ".join(f"{t:.3f}" for t in times)
+                    + f"; median {np.median(times):.3f} s = {batch / np.median(times):.1f} "
+                    f"sentences/s; predict {len(token_ids) / predict_s[name][-1]:.1f} "
+                    "sentences/s",
+                    flush=True,
+                )
+    report_base_size(step_s, predict_s, batch, len(token_ids), choice.precision)
+
+
+def report_base_size(step_s, predict_s, batch: int, n_predict: int, precision: str) -> None:
+    """Medians of both models, their ratio, and a default run with the base-size encoder,
+    extrapolated (nothing below the medians is measured)."""
+    med = {name: float(np.median(times)) for name, times in step_s.items()}
+    pred = {name: float(np.median(times)) for name, times in predict_s.items()}
+    for name in med:
+        print(
+            f"{name:9s}: training step median {med[name]:.3f} s (range {min(step_s[name]):.3f}-"
+            f"{max(step_s[name]):.3f}) = {batch / med[name]:.1f} sentences/s; prediction "
+            f"{n_predict / pred[name]:.1f} sentences/s"
+        )
+    train_x = med["base-size"] / med["encoder"]
+    predict_x = pred["base-size"] / pred["encoder"]
+    print(f"base-size / encoder: training step x{train_x:.2f}, prediction x{predict_x:.2f}")
+    epochs, steps = DEFAULTS.stage1_epochs, math.ceil(TRAIN_ROWS / batch)
+    for name in med:
+        minutes = epochs * steps * med[name] / 60
+        print(
+            f"extrapolated: {name} stage-1 training steps of one fold, {epochs} epochs x {steps} "
+            f"steps x {med[name]:.3f} s = {minutes:.1f} min (no validation or test prediction)"
+        )
+    recorded = RECORDED.get(precision, RECORDED["float32"])
+    scaled = {
+        "stage0": recorded["stage0"] * train_x,
+        "stage1": recorded["stage1"] * train_x,
+        "stage2": recorded["stage2"] * predict_x,  # mostly the frozen encoder's outputs
+        "other": recorded["other"],
+    }
+    fold = (scaled["stage1"] + scaled["stage2"]) / DEFAULTS.n_folds
+    which = precision if precision in RECORDED else "float32"
+    print(
+        f"extrapolated (the default run's recorded {which} stage times with m3e-small, "
+        "docs/results.md, scaled by the ratios above; valid when --bert-dir is m3e-small): "
+        f"per fold (stages 1 + 2) {fold:.1f} min; end to end {sum(scaled.values()):.0f} min "
+        f"(stage 0 {scaled['stage0']:.0f}, stage 1 {scaled['stage1']:.0f}, stage 2 "
+        f"{scaled['stage2']:.0f} min) against {sum(recorded.values()):.1f} min recorded"
+    )
 
 
 _OURS = DEFAULTS.stage1_batch_size

@@ -24,10 +24,10 @@ from scipy.stats import spearmanr
 
 from core.config import Settings
 from core.data.reviews import read_labelled, read_unlabelled
-from core.ensembling.ensemble import served_stage1_weight
+from core.ensembling.mix import served_mix
 from core.io import read_json
 from core.metrics import auc
-from core.runs.folder import fold_dir
+from core.runs.steps import fold_dir
 from core.serving.predict import MODELS, score
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         parser.error("--model distilled: name a --test-file (a distilled export has no folds)")
     run_dir = Settings().run_path(args.run, "--run")
     run = read_json(run_dir / "run.json")
-    weight = served_stage1_weight(read_json(run_dir / "ensemble" / "results.json")["headline"])
+    mix = served_mix(read_json(run_dir / "ensemble" / "results.json")["headline"])
     models = {}
     if args.savedmodel:
         models["savedmodel"] = savedmodel_scorer(Path(args.savedmodel))
@@ -106,9 +106,9 @@ def main() -> None:
     run_oof = np.full(len(rows), np.nan)
     for k in range(run["n_folds"]):
         s1, s2 = (pd.read_csv(fold_dir(run_dir, s, k) / "oof.csv") for s in ("stage1", "stage2"))
-        run_oof[s1["row"]] = weight * s1["pred"] + (1 - weight) * s2["pred"]
+        run_oof[s1["row"]] = mix({"stage1": s1["pred"], "stage2": s2["pred"]})
     own = {}
-    print(f"out of fold: {len(rows)} training rows, {run['n_folds']} folds, stage1_weight {weight}")
+    print(f"out of fold: {len(rows)} training rows, {run['n_folds']} folds, served mix {mix}")
     print(f"  run's oof.csv files, same mix   AUC {auc(train.labels, run_oof):.5f}")
     for name, model in models.items():
         own[name] = by_length(model, train.texts)["fold_probability"][rows, folds]

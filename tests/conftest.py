@@ -1,11 +1,27 @@
-"""Shared fixtures: a tiny random BERT folder, the converted m3e-small folder, and a builder
-of torch-format zip checkpoints (written opcode by opcode, so no torch is needed)."""
+"""Shared fixtures: a tiny random BERT folder, the converted m3e-small folder, a builder of
+torch-format zip checkpoints (written opcode by opcode, so no torch is needed), and the tiny
+end-to-end world every slow test starts from (tests/tiny_run.py):
+
+* ``tiny``: the tiny data, BERT folder and settings (tiny_run.make_tiny_inputs);
+* ``tiny_job``: ONE tiny main job with the students and distillation on, in
+  ``outputs/test-<uuid>`` of the repository (removed after the session): every stored step
+  (stage 0, the EDA, each fold of stages 1 and 2, the students and the distilled copies) and the
+  run-level ensemble, distilled model and error analysis;
+* ``tiny_run``: the default method on the same store: it reuses every stored step and computes
+  only its ensemble and error analysis;
+* ``tiny_variant``: the default with stage 2's learning rate changed: stage 2 recomputed.
+
+Tests that change or damage a run work on a copy (``tiny_run.copy_outputs``), never on these.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import shutil
 import struct
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -14,22 +30,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` without an install
 
-from fakes import write_random_bert_dir  # noqa: E402
+from fakes import TINY_VOCAB, write_random_bert_dir  # noqa: E402
+from tiny_run import TinyJob, make_tiny_inputs, run_job, subprocess_env  # noqa: E402
 
 import core  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from core.config import ROOT  # noqa: E402
 from core.weights.google_ckpt import check_bert_dir  # noqa: E402
-
-SPECIAL_TOKENS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_CHARS = (
-    "的好吃不错服务环境菜味道很价格便宜贵差评推荐强烈一般还可以非常棒赞喜欢满意失望难再来"
-    "次店家老板员热情态度慢快干净卫生量少多新鲜口感甜咸辣香油腻分性比高低肉鱼鸡饭面汤酒"
-    "茶水果米是了我在有他这中大上个们到说和你地出也时得就那要下会着去过对想看没都然小么"
-    "心天能只作当开手用主行方又如前所本见经面同已从动两长知样现分将外但些与意进把法此实"
-    "回理美点明其种全工话向情正定问给等几最间什打便位因重被走第门相东西真听气少关并加由"
-    "却入先五太万眼体别处总才场比住笑性通目立马命活难数件安表原车白路期常提感金何更反合"
-)
-TINY_VOCAB = SPECIAL_TOKENS + list(dict.fromkeys(_CHARS))[:200]
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +61,106 @@ def m3e_dir() -> Path:
     except ValueError as e:
         pytest.fail(f"{path} is not a usable BERT folder ({e}); run python -m core.weights first")
     return path
+
+
+# ------------------------------------------------------------ the tiny end-to-end world
+
+TINY_WORLD = {"tiny_job", "tiny_run", "tiny_variant"}
+# The modules whose tests use the tiny world: pytest-xdist runs them on one worker (below).
+TINY_MODULES = {
+    "test_board",
+    "test_distill",
+    "test_distributed",
+    "test_export",
+    "test_pipeline",
+    "test_reproducible",
+    "test_resume",
+    "test_runs",
+    "test_store",
+    "test_students_e2e",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test of the tiny world outside ``TINY_MODULES`` would build it again on another
+    worker: refuse it, naming the module to add."""
+    for item in items:
+        module = item.module.__name__
+        if TINY_WORLD & set(item.fixturenames) and module not in TINY_MODULES:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the tiny world: add {module!r} to conftest.TINY_MODULES"
+            )
+
+
+class OneTinyWorld:
+    """pytest-xdist's scheduler (``-n 2`` in pyproject.toml): each test module is a unit, as with
+    ``--dist loadscope`` (its module fixtures built once), and every module of the tiny world is
+    one unit, so one worker builds that world once while the other runs the rest. (xdist's own
+    ``loadgroup`` marks do not reach its scheduler under pytest 9.)"""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = nodeid.split("::", 1)[0]
+                return "the tiny world" if Path(module).stem in TINY_MODULES else module
+
+        return Scheduling(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(OneTinyWorld(), "one-tiny-world")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def venv_on_path():
+    """Kernels, papermill and dask of this venv first on PATH for everything started here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", subprocess_env()["PATH"])
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny inputs and settings (``tiny_run.make_tiny_inputs``), writing under tmp."""
+    return make_tiny_inputs(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_outputs():
+    """``outputs/test-<uuid>`` in the repository, removed after the session."""
+    path = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_job(tiny, tiny_outputs) -> TinyJob:
+    """The tiny main job with the students and distillation on (see the module docstring)."""
+    settings = dataclasses.replace(
+        tiny.settings, output_dir=tiny_outputs, students_enabled=True, distill_enabled=True
+    )
+    run_dir, printed = run_job(settings)
+    return TinyJob(settings, run_dir, printed)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_job) -> TinyJob:
+    """The default method on the job's store: every step reused, ensemble and errors made."""
+    settings = dataclasses.replace(tiny_job.settings, students_enabled=False, distill_enabled=False)
+    run_dir, printed = run_job(settings)
+    return TinyJob(settings, run_dir, printed)
+
+
+@pytest.fixture(scope="session")
+def tiny_variant(tiny_run) -> TinyJob:
+    """The default with stage 2's learning rate divided by 10: only stage 2 is recomputed."""
+    settings = dataclasses.replace(tiny_run.settings, stage2_lr=tiny_run.settings.stage2_lr / 10)
+    run_dir, printed = run_job(settings)
+    return TinyJob(settings, run_dir, printed)
 
 
 # ------------------------------------------------------------ torch-format zip builder

@@ -10,6 +10,19 @@ import numpy as np
 
 from core.weights.google_ckpt import hf_to_google, write_bert_dir
 
+SPECIAL_TOKENS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CHARS = (
+    "的好吃不错服务环境菜味道很价格便宜贵差评推荐强烈一般还可以非常棒赞喜欢满意失望难再来"
+    "次店家老板员热情态度慢快干净卫生量少多新鲜口感甜咸辣香油腻分性比高低肉鱼鸡饭面汤酒"
+    "茶水果米是了我在有他这中大上个们到说和你地出也时得就那要下会着去过对想看没都然小么"
+    "心天能只作当开手用主行方又如前所本见经面同已从动两长知样现分将外但些与意进把法此实"
+    "回理美点明其种全工话向情正定问给等几最间什打便位因重被走第门相东西真听气少关并加由"
+    "却入先五太万眼体别处总才场比住笑性通目立马命活难数件安表原车白路期常提感金何更反合"
+)
+# The tiny folders' tokens in id order: [PAD]=0, [unused1]=1, [UNK], [CLS], [SEP], [MASK], then
+# 200 common Chinese characters.
+TINY_VOCAB = SPECIAL_TOKENS + list(dict.fromkeys(_CHARS))[:200]
+
 
 def random_hf_state_dict(
     vocab_size: int,

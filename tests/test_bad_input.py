@@ -33,7 +33,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB
+from fakes import TINY_VOCAB
 
 from core.config import ConfigError, Settings
 from core.data.reviews import DataError, read_labelled, read_unlabelled, show_path

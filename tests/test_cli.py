@@ -19,14 +19,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_run import TEST, TRAIN, first_rows, make_tiny_inputs, subprocess_env
+from tiny_run import (
+    TEST,
+    TRAIN,
+    fake_run,
+    finished_run,
+    first_rows,
+    make_tiny_inputs,
+    subprocess_env,
+)
 
 from core import cli
-from core.config import CONFIG_FILE, ROOT, Settings, resolve
+from core.config import CONFIG_FILE, ROOT, Settings
 from core.pipeline.job import resolve_settings
 from core.runs.folder import record_settings
 from core.serving.predict import cut_note
-from core.weights.google_ckpt import MANIFEST_FILE, weights_sha256
+from core.weights.google_ckpt import MANIFEST_FILE
 
 DATA_FILE = "bert_model.ckpt.data-00000-of-00001"
 
@@ -62,26 +70,6 @@ def bert(tmp_path, tiny_bert_dir) -> Path:
 @pytest.fixture
 def outputs(tmp_path) -> Path:
     return tmp_path / "outputs"
-
-
-def fake_run(outputs: Path, name: str, bert_dir: Path, finished: bool = True) -> Path:
-    """A run folder as core.serving.predict reads it, without trained folds (every test stops
-    before)."""
-    run = outputs / "runs" / name
-    (run / "ensemble").mkdir(parents=True)
-    run_json = {
-        "train_path": str(resolve("data/train_shuffle.txt")),
-        "n_folds": 3,
-        "seed": 2020,
-        "maxlen": 20,
-        "bert_dir": str(bert_dir),
-    }  # as a run records them
-    if bert_dir.is_dir():
-        run_json["bert_sha256"] = weights_sha256(bert_dir)
-    (run / "run.json").write_text(json.dumps(run_json))
-    if finished:
-        (run / "ensemble" / "results.json").write_text(json.dumps({"headline": {}}))
-    return run
 
 
 # -- every command ---------------------------------------------------------------------------------
@@ -390,24 +378,6 @@ def test_a_damaged_copy_is_not_told_to_rebuild_the_default(outputs, bert):
 # -- with TensorFlow or a notebook kernel ----------------------------------------------------------
 
 
-def finished_run(outputs: Path, bert_dir: Path, n_folds: int = 2) -> Path:
-    """A finished run as core.serving.predict reads it: every fold's weights (random, untrained)."""
-    from core.io import write_json
-    from core.model.classifier import build_head_model, build_model, copy_head_weights
-
-    run = fake_run(outputs, "done", bert_dir)
-    model = build_model(bert_dir, bert_trainable=False)
-    head = build_head_model(model.get_layer("head_avg").input_shape[-1])
-    copy_head_weights(model, head)
-    for fold in range(n_folds):
-        (run / "stage1" / f"fold{fold}").mkdir(parents=True)
-        (run / "stage2" / f"fold{fold}").mkdir(parents=True)
-        model.save_weights(str(run / "stage1" / f"fold{fold}" / "weights.h5"))
-        head.save_weights(str(run / "stage2" / f"fold{fold}" / "head.h5"))
-    write_json(run / "run.json", {**json.loads((run / "run.json").read_text()), "n_folds": n_folds})
-    return run
-
-
 def test_predict_says_how_many_sentences_it_cut(outputs, bert):
     """As notebooks 01 and 02 say it of the data (issue #28): on stderr, stdout stays CSV."""
     run = finished_run(outputs, bert)
@@ -566,13 +536,11 @@ def tiny_params(tiny, outputs: Path, **extra) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("route", ["-p", "-f"])
-def test_notebook_refuses_an_unknown_parameter(tmp_path, outputs, tiny_inputs, route):
-    """papermill only warns about it and the notebook trained with the default (issue #28)."""
-    given = ["-p", "stage1_lrr", "0.001"]
-    if route == "-f":
-        (tmp_path / "mine.yaml").write_text("stage1_lrr: 0.001\n", encoding="utf-8")
-        given = ["-f", tmp_path / "mine.yaml"]
+def test_notebook_refuses_an_unknown_parameter(tmp_path, outputs, tiny_inputs):
+    """papermill only warns about it and the notebook trained with the default (issue #28). The
+    -f route here; every notebook and -p in tests/test_notebook_start.py."""
+    (tmp_path / "mine.yaml").write_text("stage1_lrr: 0.001\n", encoding="utf-8")
+    given = ["-f", tmp_path / "mine.yaml"]
     error = hand_run(tmp_path, "02_cv", *tiny_params(tiny_inputs, outputs), *given)
     assert error == (
         "ConfigError: notebook parameters: unknown parameter 'stage1_lrr' (did you mean "
@@ -583,22 +551,18 @@ def test_notebook_refuses_an_unknown_parameter(tmp_path, outputs, tiny_inputs, r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["missing", "no vocab"])
-def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_inputs, damage):
-    """With run_dir given (no run hash to compute), it was a raw FileNotFoundError."""
+def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_inputs):
+    """With run_dir given (no run hash to compute), it was a raw FileNotFoundError. The kernel
+    route; every notebook and damage in tests/test_notebook_start.py."""
     bert = tmp_path / "bert"
-    if damage == "no vocab":
-        shutil.copytree(tiny_inputs.bert_dir, bert)
-        (bert / "vocab.txt").unlink()
+    shutil.copytree(tiny_inputs.bert_dir, bert)
+    (bert / "vocab.txt").unlink()
     params = tiny_params(tiny_inputs, outputs, bert_dir=bert, run_dir=outputs / "runs" / "mine")
     error = hand_run(tmp_path, "02_cv", *params)
-    if damage == "missing":
-        assert error.startswith(f"BertDirError: {bert}: expected a BERT folder, found no such ")
-    else:
-        assert error == (
-            f"BertDirError: {bert / 'vocab.txt'}: expected this file, found it missing; copy it "
-            f"again from {tiny_inputs.bert_dir}, or point bert_dir at another folder"
-        )
+    assert error == (
+        f"BertDirError: {bert / 'vocab.txt'}: expected this file, found it missing; copy it "
+        f"again from {tiny_inputs.bert_dir}, or point bert_dir at another folder"
+    )
     assert not outputs.exists()
 
 
@@ -607,8 +571,6 @@ def test_notebook_bad_bert_dir_is_the_main_jobs_error(tmp_path, outputs, tiny_in
     "notebook, extra, expected",
     [
         ("00_pretrain", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
-        ("01_eda", {"train_path": "BAD"}, "DataError: {BAD}, line 3: expected 'label<TAB>"),
-        ("02_cv", {}, "MissingStageError: {steps}/stage0-"),  # stage 0 on, its encoder not made
         ("04_ensemble", {}, "MissingOutputsError: stage1 fold 0 is not finished in {runs}/run-"),
     ],
 )

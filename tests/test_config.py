@@ -6,16 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import (
-    ROOT,
-    ConfigError,
-    Settings,
-    check_injected,
-    from_notebook,
-    from_values,
-    parameters_source,
-    resolve,
-)
+from core.config import ROOT, ConfigError, Settings, from_values, resolve
+from core.parameters import check_injected, from_notebook, parameters_source
 
 
 def test_root_is_the_repository():

@@ -3,10 +3,14 @@
 Quick: the graph's dependencies, the default path importing no Dask, the options' checks. Slow
 (marked): a real Dask scheduler and two worker processes on 127.0.0.1 (``dask scheduler``, ``dask
 worker --nthreads 1 --no-nanny``) run the tiny run's stage 1 (tests/tiny_run.py); the folds run on
-both workers at once and give the sequential run's out-of-fold predictions; a worker killed by its
-PID mid-fold loses its fold to the other, which redoes it whole; stopping a client (SIGINT, as
-Ctrl-C) stops its tasks' notebook kernels, on that cluster and with ``--workers 2``. Each run has
-an output folder of its own (a shared one would reuse the steps); stage 0 is made once and copied.
+both workers at once and give the sequential run's out-of-fold predictions (the session's tiny
+default run, conftest.py, is that sequential run); a worker killed by its PID mid-fold loses its
+fold to the other, which redoes it whole; stopping a client (SIGINT, as Ctrl-C) stops its tasks'
+notebook kernels, on that cluster and with ``--workers 2``. Each run has an output folder of its
+own (a shared one would reuse the steps); all but the first start from the session's stage 0.
+
+The Ctrl-C tests give the client the default SIGINT disposition: a suite started in the
+background (``nohup``, ``&``) ignores SIGINT, and Python keeps it ignored in its children.
 """
 
 from __future__ import annotations
@@ -27,20 +31,14 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from tiny_run import make_tiny_inputs, subprocess_env
+from tiny_run import N_FOLDS, subprocess_env
 
 from core.config import ROOT, ConfigError
 from core.pipeline.job import run_pipeline
 from core.pipeline.plan import graph, plan
 from core.runs import steps
 
-N_FOLDS = 3
 TOLERANCE = 1e-5  # as tests/test_reproducible.py: bit-identical on this CPU, slack for another
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_inputs(tmp_path_factory.mktemp("tiny"))
 
 
 # -- the graph ------------------------------------------------------------------------------------
@@ -140,14 +138,64 @@ def test_a_scheduler_that_does_not_answer_is_one_error(monkeypatch):
         distributed.connect("tcp://127.0.0.1:9")  # the discard port: nothing listens
 
 
+def test_the_client_resolves_auto_once_and_passes_it_to_every_step(tiny, tmp_path, monkeypatch):
+    """A CPU client with bf16 and a GPU worker would resolve ``auto`` each their own way: two
+    computations under one run. The client resolves it and every step gets it explicitly, which a
+    worker of other hardware checks against the run folder as the same run."""
+    import core.model.precision as precision
+    from core.config import from_values
+    from core.pipeline import distributed
+    from core.pipeline.plan import parameters
+    from core.runs.folder import RunMismatchError, check_identity
+
+    bf16_cpu = precision.Hardware(cpu_flags=frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision, "detect", lambda: bf16_cpu)
+    seen = []
+    monkeypatch.setattr(distributed, "run_graph", lambda chosen, *_: seen.extend(chosen))
+    settings = dataclasses.replace(
+        tiny.settings,
+        output_dir=tmp_path / "outputs",
+        precision="auto",
+        stage0_jit_compile=True,
+        stage1_jit_compile=True,
+    )
+    run_dir = run_pipeline(settings, only="stage1", workers=2)
+    params = [parameters(s) for s in seen]
+    assert [s.label for s in seen] == ["stage0", *(f"stage1-fold{k}" for k in range(N_FOLDS))]
+    for p in params:
+        assert (p["precision"], p.get("stage0_jit_compile"), p.get("stage1_jit_compile")) == (
+            "bfloat16",
+            False,
+            False,
+        )
+    given = {k: v for k, v in params[0].items() if k not in ("run_dir", "fold")}
+    worker = from_values(given, "a step's parameters")
+    monkeypatch.setattr(precision, "detect", lambda: precision.Hardware(gpus=((8, 0),)))
+    check_identity(run_dir, worker)  # a GPU worker: the client's computation, the same run
+    with pytest.raises(RunMismatchError, match="stage1_jit_compile: was False, now True"):
+        check_identity(run_dir, settings)  # auto resolved there: XLA on, another computation
+
+
 # -- a real cluster on 127.0.0.1 ------------------------------------------------------------------
+
+
+def default_sigint() -> None:
+    # In the child before exec: Ctrl-C reaches it as it reaches a user's, whatever this suite's
+    # parent did with SIGINT (a background job ignores it, and exec keeps an ignored signal).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start(words: list[str], log: Path) -> subprocess.Popen:
     env = {**subprocess_env(), "DASK_LOGGING__DISTRIBUTED": "warning"}
     with open(log, "ab") as out:  # each in a session of its own, so teardown ends its group
         return subprocess.Popen(
-            words, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            words,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_sigint,
         )
 
 
@@ -227,10 +275,9 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny, tmp_path_factory) -> Path:
+def reference(tiny_run) -> Path:
     """The sequential default: stage 0 and the stage-1 folds, one after another."""
-    settings = dataclasses.replace(tiny.settings, output_dir=tmp_path_factory.mktemp("seq"))
-    return run_pipeline(settings, only="stage1")
+    return tiny_run.run_dir
 
 
 def fresh(tiny, tmp_path: Path, reference: Path):

@@ -1,6 +1,7 @@
-"""core.ensembling.fold_outputs and core.ensembling.candidates on synthetic run folders: loading and
-coverage checks, fold AUCs, blends, and the nested (honest) selection of blend weights and F1
-thresholds."""
+"""core.ensembling.fold_outputs, candidates, mix and ensemble on synthetic run folders: loading
+and coverage checks, fold AUCs, blends (each a mix of the stages in probability space), the nested
+(honest) selection of blend weights, F1 thresholds and the final candidate, and the served mix:
+the formula of the submission, of the served figure and of the served score of a sentence."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from core.ensembling.candidates import (
-    WEIGHT_GRID,
+    Blend,
     blend_runs,
     candidates,
     choose_final,
     fold_mean,
     fold_table,
     honest_best_f1,
+    nested_choice,
     rank_average,
     results_table,
     stage_blend,
 )
 from core.ensembling.fold_outputs import MissingOutputsError, load_stage
+from core.ensembling.mix import Mix, served_mix
 from core.io import write_csv, write_json
 from core.metrics import auc, best_f1
 
@@ -177,19 +180,70 @@ def test_fold_mean_averages_test_columns(run):
 # ----------------------------------------------------------------------------- blends
 
 
+def stage(name: str, oof, test=None) -> Blend:
+    """A stage's fold mean as ``fold_mean`` makes it, from arrays."""
+    return Blend(name, np.asarray(oof, dtype=float), test, Mix.of({name: 1.0}))
+
+
+def test_a_mix_is_a_convex_sum_of_the_stages():
+    mix = Mix.blend("stage1", "stage2", 0.25)
+    assert mix.as_dict() == {"stage1": 0.25, "stage2": 0.75} and str(mix) == (
+        "0.25·stage1 + 0.75·stage2"
+    )
+    got = mix({"stage1": np.array([0.0, 1.0]), "stage2": np.array([1.0, 1.0])})
+    np.testing.assert_allclose(got, [0.75, 1.0])
+    assert Mix.blend("stage1", "stage2", 1.0).as_dict() == {"stage1": 1.0}  # a zero is left out
+    assert Mix.mean(["a", "b", "c"]).as_dict() == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+    )
+    for bad in ({"a": 0.7}, {"a": 1.2, "b": -0.2}, {}):
+        with pytest.raises(ValueError, match="expected >= 0, summing to 1"):
+            Mix.of(bad)
+
+
+def test_served_mix_reads_the_headline_and_runs_made_before_it():
+    assert served_mix({"served_mix": {"stage1": 0.3, "stage2": 0.7}}).as_dict() == {
+        "stage1": 0.3,
+        "stage2": 0.7,
+    }
+    assert served_mix({"served_stage1_weight": 1.0}).as_dict() == {"stage1": 1.0}
+    assert served_mix({"stage1_weight": 0.4}).as_dict() == {"stage1": 0.4, "stage2": 0.6}
+    assert served_mix({"stage1_weight": None}).as_dict() == {"stage1": 0.5, "stage2": 0.5}
+
+
 def test_stage_blend_picks_the_clearly_better_stage():
     rng = np.random.default_rng(1)
     n = 1000
     labels = rng.integers(0, 2, n)
     folds = np.arange(n) % N_FOLDS
-    perfect = labels + 0.5 * rng.random(n)  # separates the classes exactly
-    noise = rng.random(n)
-    b = stage_blend(perfect, noise, labels, folds, rng.random(10), rng.random(10))
-    assert b.weight == 1.0 and set(b.fold_weights.values()) == {1.0}
+    perfect = stage("a", labels + 0.5 * rng.random(n), rng.random(10))  # separates exactly
+    noise = stage("b", 100 * rng.random(n), rng.random(10))  # any share of it spoils the order
+    b = stage_blend(perfect, noise, labels, folds)
+    assert b.mix.as_dict() == {"a": 1.0}
+    assert {str(m) for m in b.fold_mixes.values()} == {"1·a"}
     assert auc(labels, b.oof) == 1.0 and b.test.shape == (10,)
+    np.testing.assert_allclose(b.test, perfect.test)  # the mix of the test scores
     swapped = stage_blend(noise, perfect, labels, folds)
-    assert swapped.weight == 0.0 and set(swapped.fold_weights.values()) == {0.0}
-    assert swapped.test is None
+    assert swapped.mix.as_dict() == {"a": 1.0} and swapped.name == "weighted blend of b+a"
+    no_test = stage_blend(stage("a", perfect.oof), stage("b", noise.oof), labels, folds)
+    assert no_test.test is None
+
+
+def test_a_blend_mixes_probabilities_as_serving_does():
+    rng = np.random.default_rng(2)
+    n = 500
+    labels = rng.integers(0, 2, n)
+    folds = np.arange(n) % N_FOLDS
+    a = stage("stage1", 1 / (1 + np.exp(-(labels + rng.normal(size=n)))), rng.random(7))
+    b = stage("stage2", 1 / (1 + np.exp(-(2 * labels + rng.normal(size=n) * 2))), rng.random(7))
+    blend = stage_blend(a, b, labels, folds)
+    scores = {"stage1": a.oof, "stage2": b.oof}
+    np.testing.assert_allclose(blend.oof_in_sample, blend.mix(scores))
+    np.testing.assert_allclose(blend.test, blend.mix({"stage1": a.test, "stage2": b.test}))
+    for i, k in enumerate(range(N_FOLDS)):
+        held = folds == k
+        np.testing.assert_allclose(blend.oof[held], blend.fold_mixes[k](scores)[held])
+        np.testing.assert_allclose(blend.fold_scores[i], blend.fold_mixes[k](scores))
 
 
 def _fold_specific_case(seed=3):
@@ -204,36 +258,72 @@ def _fold_specific_case(seed=3):
     return a, b, labels, folds
 
 
+def _flip(labels, folds, k):
+    flipped = labels.copy()
+    flipped[folds == k] = 1 - flipped[folds == k]
+    return flipped
+
+
 def test_nested_weight_never_uses_the_folds_own_labels():
     a, b, labels, folds = _fold_specific_case()
     k = 0
-    flipped = labels.copy()
-    flipped[folds == k] = 1 - flipped[folds == k]
-    before = stage_blend(a, b, labels, folds)
-    after = stage_blend(a, b, flipped, folds)
-    assert after.fold_weights[k] == before.fold_weights[k]
+    flipped = _flip(labels, folds, k)
+    before = stage_blend(stage("a", a), stage("b", b), labels, folds)
+    after = stage_blend(stage("a", a), stage("b", b), flipped, folds)
+    assert after.fold_mixes[k] == before.fold_mixes[k]
     assert np.array_equal(after.oof[folds == k], before.oof[folds == k])
     # Not vacuous: the all-rows weight (which does see fold k) and the other folds' weights move.
-    assert after.weight != before.weight
-    assert any(after.fold_weights[j] != before.fold_weights[j] for j in range(1, N_FOLDS))
+    assert after.mix != before.mix
+    assert any(after.fold_mixes[j] != before.fold_mixes[j] for j in range(1, N_FOLDS))
 
 
 def test_honest_threshold_never_uses_the_folds_own_labels():
     a, b, labels, folds = _fold_specific_case()
     k = 2
-    flipped = labels.copy()
-    flipped[folds == k] = 1 - flipped[folds == k]
+    flipped = _flip(labels, folds, k)
     before, after = honest_best_f1(labels, b, folds), honest_best_f1(flipped, b, folds)
     assert after.fold_thresholds[k] == before.fold_thresholds[k]
     for j in range(N_FOLDS):
         assert before.fold_thresholds[j] == best_f1(labels[folds != j], b[folds != j])[1]
     # 2-D scores from a fitted blend: the threshold for fold k sits on the weight chosen
     # without fold k, so neither depends on fold k's labels.
-    blend_before = stage_blend(a, b, labels, folds)
-    blend_after = stage_blend(a, b, flipped, folds)
+    blend_before = stage_blend(stage("a", a), stage("b", b), labels, folds)
+    blend_after = stage_blend(stage("a", a), stage("b", b), flipped, folds)
     t_before = honest_best_f1(labels, blend_before.fold_scores, folds).fold_thresholds[k]
     t_after = honest_best_f1(flipped, blend_after.fold_scores, folds).fold_thresholds[k]
     assert t_before == t_after
+
+
+def _choices(a, b, labels, folds) -> dict[str, Blend]:
+    sa, sb = stage("a", a), stage("b", b)
+    return {"a": sa, "b": sb, "blend": stage_blend(sa, sb, labels, folds)}
+
+
+def test_the_nested_final_choice_never_uses_the_folds_own_labels():
+    a, b, labels, folds = _fold_specific_case()
+    before = nested_choice(_choices(a, b, labels, folds), labels, folds)
+    for k in range(N_FOLDS):
+        flipped = _flip(labels, folds, k)
+        after = nested_choice(_choices(a, b, flipped, folds), flipped, folds)
+        assert after.picks[k] == before.picks[k]
+        np.testing.assert_array_equal(after.oof[folds == k], before.oof[folds == k])
+    # Not vacuous: fold 0's labels make a the best choice for the folds that see them only.
+    assert before.picks[0] != before.picks[1]
+
+
+def test_the_nested_choice_is_each_folds_best_on_the_other_folds():
+    a, b, labels, folds = _fold_specific_case()
+    blends = _choices(a, b, labels, folds)
+    nested = nested_choice(blends, labels, folds)
+    for i, k in enumerate(range(N_FOLDS)):
+        rest = folds != k
+        aucs = {n: auc(labels[rest], bl.scores_without(i)[rest]) for n, bl in blends.items()}
+        assert nested.picks[k] == max(aucs, key=aucs.get)
+        expected = blends[nested.picks[k]].scores_without(i)[~rest]
+        np.testing.assert_array_equal(nested.oof[~rest], expected)
+    assert nested.oof_auc == pytest.approx(auc(labels, nested.oof), abs=1e-12)
+    # Choosing costs something: the nested figure is at most the best candidate's own.
+    assert nested.oof_auc <= max(auc(labels, bl.oof) for bl in blends.values()) + 1e-12
 
 
 def test_honest_f1_matches_manual_and_in_sample_is_labelled():
@@ -255,22 +345,74 @@ def test_honest_f1_matches_manual_and_in_sample_is_labelled():
 
 def test_results_table_and_choose_final(run):
     run_dir, labels, folds = run
-    s1, s2 = (load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2"))
-    blends = candidates(s1, s2)
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    blends = candidates(stages)
     table = results_table(blends, labels, folds)
     assert len(table) == 4 and table["candidate"].tolist() == list(blends)
-    assert table["weight"].tolist()[:3] == [1.0, 0.0, 0.5]
+    assert table["mix"].tolist()[:3] == ["1·stage1", "1·stage2", "0.5·stage1 + 0.5·stage2"]
     fitted = table[table["fitted"]].iloc[0]
     blend = blends[fitted["candidate"]]
-    assert fitted["weight"] in WEIGHT_GRID and len(fitted["fold_weights"]) == N_FOLDS
+    assert len(fitted["fold_mixes"]) == N_FOLDS
     assert np.isclose(fitted["oof_auc"], roc_auc_score(labels, blend.oof))
-    assert np.isclose(table["oof_auc"].iloc[0], roc_auc_score(labels, s1.oof["pred"]))
+    assert np.isclose(table["oof_auc"].iloc[0], roc_auc_score(labels, stages["stage1"].oof["pred"]))
     best = choose_final(table)
     assert best == table.loc[table["oof_auc"].idxmax(), "candidate"]
     assert best != "stage1 fold mean"  # stage 2 is built to be clearly better
     out = blends[best]
-    assert out.test.shape == (60,) and np.array_equal(out.test_ids, s1.test["id"])
+    assert out.test.shape == (60,) and np.array_equal(out.test_ids, stages["stage1"].test["id"])
     assert ((out.test >= 0) & (out.test <= 1)).all()
+
+
+def test_an_extra_stage_blends_with_each_and_all(tmp_path):
+    run_dir, labels, folds = make_run(
+        tmp_path, strengths={"stage1": 1.0, "stage2": 2.0, "students": 1.5}
+    )
+    names = ("stage1", "stage2", "students")
+    blends = candidates({s: load_stage(run_dir, s, N_FOLDS) for s in names})
+    assert list(blends)[4:] == [
+        "students fold mean",
+        "weighted blend of stage1+students",
+        "weighted blend of stage2+students",
+        "mean of stage1+stage2+students",
+    ]
+    assert blends["mean of stage1+stage2+students"].mix == Mix.mean(names)
+
+
+def write_test_file(tmp_path, runs, n=60):
+    """The test file the synthetic runs score (make_run's ids are 5000..; a row's index is its
+    ID), their test.csv files moved to those ids."""
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("".join(f"句子{i}\n\n" for i in range(n)), encoding="utf-8")
+    for run in runs:
+        for path in run.glob("*/fold*/test.csv"):
+            frame = pd.read_csv(path)
+            write_csv(path, frame.assign(id=frame["id"] - 5000))
+    return test_file
+
+
+def test_the_headline_is_nested_and_the_served_figure_is_the_served_formula(tmp_path):
+    from core.ensembling.ensemble import finalize
+
+    run_dir, labels, folds = make_run(tmp_path)
+    results = finalize(run_dir, N_FOLDS, write_test_file(tmp_path, [run_dir]))
+    h = results.headline
+    assert h["oof_auc"] == pytest.approx(auc(labels, results.nested.oof), abs=1e-12)
+    assert h["final_oof_auc"] == pytest.approx(
+        float(results.table.set_index("candidate").loc[h["final"], "oof_auc"])
+    )
+    assert set(h["final_picks"]) == {str(k) for k in range(N_FOLDS)}
+    oof_final = pd.read_csv(run_dir / "ensemble" / "oof_final.csv")
+    assert auc(oof_final["label"], oof_final["pred"]) == pytest.approx(h["oof_auc"], abs=1e-7)
+    # The served formula on the stored out-of-fold scores is the served figure ...
+    mix = served_mix(h)
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    scores = mix({s: stages[s].oof["pred"].to_numpy() for s in mix.stages})
+    assert h["served_oof_auc"] == pytest.approx(auc(labels, scores), abs=1e-12)
+    assert h["served"] == h["final"] and h["served_formula"] == str(mix)
+    # ... and on the stages' test fold means it is the submission.
+    submission = pd.read_csv(results.submission).sort_values("ID")
+    means = {s: fold_mean(stages[s]).test for s in mix.stages}
+    np.testing.assert_allclose(submission["Prediction"], mix(means), atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- across runs
@@ -318,14 +460,7 @@ def test_finalize_blends_other_runs_without_fitting_anything(tmp_path):
         make_run(tmp_path / "a"),
         make_run(tmp_path / "b", strengths={"stage1": 3.0, "stage2": 2.5}),
     )
-    test_file = tmp_path / "test.txt"
-    test_file.write_text("".join(f"句子{i}\n\n" for i in range(60)), encoding="utf-8")
-    for run in (a, b):  # make_run's test ids are 5000..; the test file's row index is the ID
-        for stage in ("stage1", "stage2"):
-            for k in range(N_FOLDS):
-                path = run / stage / f"fold{k}" / "test.csv"
-                frame = pd.read_csv(path)
-                write_csv(path, frame.assign(id=frame["id"] - 5000))
+    test_file = write_test_file(tmp_path, [a, b])
     results = finalize(a, N_FOLDS, test_file, members=[("train_seed 1", b)])
     rows = results.table.set_index("candidate")
     name = "rank average of 2 runs' stage1"

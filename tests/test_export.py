@@ -1,14 +1,13 @@
 """core.serving.export: a finished run as one SavedModel (and TFLite file) on raw text.
 
-The slow tests share one tiny finished run (3 folds, made in-process with core.training.engine and
-core.ensembling.ensemble, ~1 min) and one export of each format. Its ``stage1_weight`` is set to 0.3
-so that both stages' heads count in every probability (the tiny run's own choice may be 0 or 1).
+The slow tests share a copy of the session's tiny default run (conftest.py) and one export of each
+format. Its served mix is set to 0.3·stage1 + 0.7·stage2 so that both stages' heads count in every
+probability (the tiny run's own choice may be one stage alone).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_run import make_tiny_inputs
+from tiny_run import BANNED, N_FOLDS, clean_python, copy_outputs
 
 from core.config import ROOT, Settings
 from core.data.reviews import file_sha256, read_unlabelled
@@ -26,7 +25,6 @@ from core.data.tokenizer import CharTokenizer, load_vocab
 from core.io import read_json, write_json
 from core.serving import export
 
-N_FOLDS = 3
 WEIGHT = 0.3
 # Emoji, Latin letters (none in the tiny vocabulary), full-width and no-break spaces, a line
 # separator, an accent precomposed and combining (no normalisation), NUL, over-long, empty.
@@ -43,25 +41,6 @@ ODD = [
     "好吃" * 30,
     "服务很好，下次再来！",
 ]
-BANNED = ("core", "keras_bert", "keras_self_attention", "tf_keras")
-
-
-def clean_python(code: str, stdin: str, cwd: Path) -> dict:
-    """Run ``code`` in a fresh interpreter that cannot import this repository (``-I``: no
-    PYTHONPATH, no current folder on sys.path) and return the JSON it prints last."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", code],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def encode(bert_dir: Path, texts: list[str], maxlen: int = 20) -> list[list[int]]:
@@ -247,66 +226,41 @@ def test_command_line_error_is_one_line(scratch):
 # -- a tiny finished run and its exports ---------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A finished 3-fold tiny run in ``outputs/test-<uuid>/runs/tiny``; exports go beside it."""
-    from core.ensembling.ensemble import finalize
-    from core.training import engine
-
-    tiny = make_tiny_inputs(tmp_path_factory.mktemp("export"))
-    outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    settings = Settings(
-        train_path=tiny.train_path,
-        test_path=tiny.test_path,
-        bert_dir=tiny.bert_dir,
-        n_folds=N_FOLDS,
-        stage0_epochs=0,
-        stage1_epochs=1,
-        stage1_lr=1e-3,
-        stage1_batch_size=16,
-        stage1_jit_compile=False,
-        stage2_loss="pairwise_auc",
-        stage2_lr=3e-3,
-        stage2_epochs=2,
-        output_dir=outputs,
-        precision="float32",  # as exports compute: the run's own files then match them to 1e-5
-    )
-    run = outputs / "runs" / "tiny"
-    inputs = engine.prepare(settings, run)
-    for k in range(N_FOLDS):
-        engine.train_stage1(settings, k, run, inputs)
-    for k in range(N_FOLDS):
-        engine.train_stage2(settings, k, run, inputs=inputs)
-    finalize(run, N_FOLDS, settings.test_path, settings.train_path)
-    results = read_json(run / "ensemble" / "results.json")
-    results["headline"]["stage1_weight"] = WEIGHT
-    write_json(run / "ensemble" / "results.json", results)
-    yield {"run": run, "tiny": tiny, "outputs": outputs}
+@pytest.fixture(scope="module")
+def exported(tiny_run, tiny_outputs):
+    """A copy of the session's tiny default run (inside the repository's outputs/, export's
+    rule) whose served mix is set to 0.3·stage1 + 0.7·stage2; exports go beside it."""
+    outputs = tiny_outputs.with_name(f"{tiny_outputs.name}-export")
+    copy = copy_outputs(tiny_run, outputs)
+    results = read_json(copy.run_dir / "ensemble" / "results.json")
+    results["headline"]["served_mix"] = {"stage1": WEIGHT, "stage2": 1 - WEIGHT}
+    write_json(copy.run_dir / "ensemble" / "results.json", results)
+    yield {"run": copy.run_dir, "settings": copy.settings, "outputs": outputs}
     shutil.rmtree(outputs, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def saved_model(tiny_run) -> Path:
-    return export.export(tiny_run["run"], tiny_run["outputs"] / "export" / "tiny")
+@pytest.fixture(scope="module")
+def saved_model(exported) -> Path:
+    return export.export(exported["run"], exported["outputs"] / "export" / "tiny")
 
 
-@pytest.fixture(scope="session")
-def lite_model(tiny_run) -> Path:
-    return export.export(tiny_run["run"], tiny_run["outputs"] / "export" / "lite", "tflite")
+@pytest.fixture(scope="module")
+def lite_model(exported) -> Path:
+    return export.export(exported["run"], exported["outputs"] / "export" / "lite", "tflite")
 
 
-@pytest.fixture(scope="session")
-def reference(tiny_run):
+@pytest.fixture(scope="module")
+def reference(exported):
     """core.serving.predict.score on the whole tiny test file and the odd sentences."""
     from core.serving.predict import score
 
-    texts = read_unlabelled(tiny_run["tiny"].test_path).texts + ODD
-    return score(tiny_run["run"], texts)
+    texts = read_unlabelled(exported["settings"].test_path).texts + ODD
+    return score(exported["run"], texts)
 
 
 @pytest.mark.slow
-def test_layout_and_record(saved_model, tiny_run):
-    run = tiny_run["run"]
+def test_layout_and_record(saved_model, exported):
+    run = exported["run"]
     assert saved_model.name == "1"
     assert (saved_model / "saved_model.pb").is_file()
     assert (saved_model / "variables" / "variables.index").is_file()
@@ -314,12 +268,13 @@ def test_layout_and_record(saved_model, tiny_run):
     assert read_json(saved_model / "assets" / "export.json") == record
     run_json, headline = read_json(run / "run.json"), read_json(run / "ensemble/results.json")
     assert record["run"] == run.name and record["format"] == "savedmodel"
-    assert record["oof_auc"] == headline["headline"]["oof_auc"]
-    assert record["stage1_weight"] == WEIGHT
+    assert record["oof_auc"] == headline["headline"]["served_oof_auc"]
+    assert record["nested_oof_auc"] == headline["headline"]["served_nested_oof_auc"]
+    assert record["mix"] == {"stage1": WEIGHT, "stage2": 1 - WEIGHT}
     assert (
         record["train_sha256"]
         == run_json["train_sha256"]
-        == file_sha256(tiny_run["tiny"].train_path)
+        == file_sha256(exported["settings"].train_path)
     )
     assert record["bert_sha256"] == run_json["bert_sha256"]
     weights = record["fold_weights_sha256"]
@@ -329,7 +284,7 @@ def test_layout_and_record(saved_model, tiny_run):
 
 
 @pytest.mark.slow
-def test_savedmodel_matches_predict_without_core(saved_model, reference, tiny_run, tmp_path):
+def test_savedmodel_matches_predict_without_core(saved_model, reference, exported, tmp_path):
     code = f"""
 import json, sys
 import tensorflow as tf
@@ -355,8 +310,8 @@ print(json.dumps({{
     # One at a time (no padding) gives what the batch gave: padding is masked everywhere.
     assert np.abs(np.array(got["alone"]) - expected[-12:]).max() <= 1e-5
     assert got["empty"] == [0]
-    assert unpad(got["ids"]) == encode(tiny_run["tiny"].bert_dir, texts[-12:])
-    assert read_json(got["info"])["run"] == tiny_run["run"].name
+    assert unpad(got["ids"]) == encode(exported["settings"].bert_dir, texts[-12:])
+    assert read_json(got["info"])["run"] == exported["run"].name
     # Each fold's own column, on each stage's mix, is that fold's model: the ensemble's mean.
     folds = np.array(got["fold_probability"])
     assert folds.shape == (len(texts), N_FOLDS)
@@ -367,14 +322,14 @@ print(json.dumps({{
 
 
 @pytest.mark.slow
-def test_fold_probability_is_the_runs_own_out_of_fold_prediction(saved_model, tiny_run):
+def test_fold_probability_is_the_runs_own_out_of_fold_prediction(saved_model, exported):
     """On the training rows, each fold's column matches the run's oof.csv for that fold's rows."""
     import tensorflow as tf
 
     from core.data.reviews import read_labelled
 
-    run = tiny_run["run"]
-    texts = read_labelled(tiny_run["tiny"].train_path).texts
+    run = exported["run"]
+    texts = read_labelled(exported["settings"].train_path).texts
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     folds = serve(texts=tf.constant(texts))["fold_probability"].numpy()
     for k in range(N_FOLDS):
@@ -384,7 +339,7 @@ def test_fold_probability_is_the_runs_own_out_of_fold_prediction(saved_model, ti
 
 
 @pytest.mark.slow
-def test_second_export_is_version_2_and_failure_leaves_nothing(saved_model, tiny_run, monkeypatch):
+def test_second_export_is_version_2_and_failure_leaves_nothing(saved_model, exported, monkeypatch):
     def interrupted(module, path):
         (path / "variables").mkdir(parents=True)
         (path / "saved_model.pb").write_bytes(b"half")
@@ -393,19 +348,19 @@ def test_second_export_is_version_2_and_failure_leaves_nothing(saved_model, tiny
     monkeypatch.setattr(export, "build_module", lambda *args: None)  # the model is not the point
     monkeypatch.setattr(export, "write_savedmodel", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export.export(tiny_run["run"], saved_model.parent)
+        export.export(exported["run"], saved_model.parent)
     assert sorted(p.name for p in saved_model.parent.iterdir()) == ["1", "1.json"]
-    fresh = tiny_run["outputs"] / "export" / "fresh"
+    fresh = exported["outputs"] / "export" / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        export.export(tiny_run["run"], fresh)
+        export.export(exported["run"], fresh)
     assert not fresh.exists()  # the folder it made is gone too
     monkeypatch.undo()
-    second = export.export(tiny_run["run"], saved_model.parent)
+    second = export.export(exported["run"], saved_model.parent)
     assert second.name == "2" and read_json(saved_model.parent / "2.json")["version"] == 2
 
 
 @pytest.mark.slow
-def test_tflite_runs_without_core(lite_model, reference, tiny_run, tmp_path):
+def test_tflite_runs_without_core(lite_model, reference, exported, tmp_path):
     assert sorted(p.name for p in lite_model.iterdir()) == [
         "export.json",
         "model.tflite",
@@ -432,7 +387,7 @@ print(json.dumps({{
     texts = reference["text"].tolist()
     got = clean_python(code, json.dumps(texts), tmp_path)
     assert got["modules"] == []
-    assert unpad(got["ids"]) == encode(tiny_run["tiny"].bert_dir, texts[-12:])
+    assert unpad(got["ids"]) == encode(exported["settings"].bert_dir, texts[-12:])
     expected = reference["probability"].to_numpy()
     # int8 weights move probabilities a little (~1e-3 on this tiny random model), never much.
     diff = np.abs(np.array(got["probability"]) - expected)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+from tiny_run import finished_run
 
 from core import cli
 from core.analysis import holdout
@@ -306,9 +307,7 @@ def test_score_refuses_an_edited_holdout_and_a_missing_one(dev, tmp_path, capfd)
 
 
 def test_score_on_a_tiny_finished_run_is_sklearns_auc_of_predict(dev, tmp_path, tiny_bert_dir):
-    """Real scoring: every fold of a finished run (random weights, as test_cli makes one)."""
-    from test_cli import finished_run
-
+    """Real scoring: every fold of a finished run (random weights: tiny_run.finished_run)."""
     outputs = tmp_path / "outputs"
     run = finished_run(outputs, tiny_bert_dir)
     record = json.loads((run / "run.json").read_text())

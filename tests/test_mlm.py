@@ -10,8 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_VOCAB
-from fakes import random_hf_state_dict, tiny_config
+from fakes import TINY_VOCAB, random_hf_state_dict, tiny_config
 from keras_bert import build_model_from_config, load_model_weights_from_checkpoint
 from tiny_run import subprocess_env
 

@@ -48,14 +48,15 @@ def test_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)
 def test_parameters_cell_holds_every_setting_with_its_default(path):
     """The drift check: a parameters cell is the notebook's own parameters, then core.config's
-    settings exactly (regenerate with ``python -m core.config``)."""
-    from core.config import DEFAULTS, FIELDS, SETTINGS_HEADER, parameters_source
+    settings exactly (regenerate with ``python -m core.parameters``)."""
+    from core.config import DEFAULTS, FIELDS
+    from core.parameters import SETTINGS_HEADER, parameters_source
 
     [cell] = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
     source = "".join(cell["source"])
-    assert SETTINGS_HEADER in source, f"{path.name}: run python -m core.config"
+    assert SETTINGS_HEADER in source, f"{path.name}: run python -m core.parameters"
     assert source.endswith(parameters_source().rstrip("\n")), (
-        f"{path.name}: its settings differ from core.config's; run python -m core.config"
+        f"{path.name}: its settings differ from core.config's; run python -m core.parameters"
     )
     defaults = pm.inspect_notebook(str(path))
     for name in FIELDS:
@@ -73,6 +74,7 @@ def test_parameters_cell_holds_every_setting_with_its_default(path):
 def test_drift_is_caught(tmp_path, monkeypatch):
     """The drift check fails for a parameters cell whose default differs from core.config."""
     import core.config as config
+    import core.parameters as parameters
 
     monkeypatch.setattr(config.DEFAULTS, "stage1_lr", 3e-5)
     assert not "".join(
@@ -81,4 +83,4 @@ def test_drift_is_caught(tmp_path, monkeypatch):
             for c in _cells(ROOT / NOTEBOOKS["stage1"])
             if "parameters" in c.get("metadata", {}).get("tags", [])
         )["source"]
-    ).endswith(config.parameters_source().rstrip("\n"))
+    ).endswith(parameters.parameters_source().rstrip("\n"))

@@ -1,22 +1,17 @@
 """End to end: every notebook through papermill on a tiny slice of the real data.
 
-One run (3 folds, one epoch per stage, a tiny random BERT, stage 1 without XLA) is shared by
-every assertion here. Run folders live in a unique ``outputs/test-<uuid>/`` folder of the
-repository, removed afterwards (``test_output_dir_outside_the_repository`` checks a tmp one too).
+The assertions read the session's shared tiny runs (conftest.py): ``tiny_job`` (the main job that
+computed every stored step and printed its progress) and ``tiny_run`` (the default method on the
+same store). A test that changes a run works on a copy (``copy_outputs``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,9 +19,8 @@ import browser
 import numpy as np
 import pandas as pd
 import pytest
-from papermill.exceptions import PapermillExecutionError
 from sklearn.metrics import roc_auc_score
-from tiny_run import fold_files, make_tiny_inputs, subprocess_env
+from tiny_run import N_FOLDS, command, copy_outputs, fold_files, make_tiny_inputs, papermill
 
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.data.reviews import read_labelled, read_unlabelled
@@ -34,9 +28,10 @@ from core.ensembling.submission import HEADER, check_submission
 from core.io import read_json
 from core.noise import is_noise
 from core.pipeline.job import run_pipeline
-from core.pipeline.plan import plan
+from core.pipeline.plan import plan, select
 from core.runs import steps
 from core.runs.folder import (
+    MissingStageError,
     RunMismatchError,
     default_run_dir,
     encoder_dir,
@@ -46,7 +41,6 @@ from core.runs.folder import (
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
 
-N_FOLDS = 3
 STAGES = ("stage1", "stage2")
 NOTEBOOK_STEMS = (
     ["00_pretrain-stage0", "01_eda-eda"]
@@ -56,49 +50,14 @@ NOTEBOOK_STEMS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def venv_on_path():
-    """Kernels and papermill of this venv first on PATH for everything started from here."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PATH", subprocess_env()["PATH"])
-        yield
+@pytest.fixture(scope="module")
+def settings(tiny_run) -> Settings:
+    return tiny_run.settings
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_inputs(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def repo_outputs():
-    """``outputs/test-<uuid>`` in the repository, deleted after the module."""
-    path = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def settings(tiny, repo_outputs) -> Settings:
-    return dataclasses.replace(tiny.settings, output_dir=repo_outputs)
-
-
-@pytest.fixture(scope="module")
-def run_and_terminal(settings) -> tuple[Path, str]:
-    """The tiny main job's run folder and what it printed."""
-    start = time.time()
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            run_dir = run_pipeline(settings)
-    finally:
-        sys.stdout.write(printed.getvalue())  # pytest shows it when the run fails
-    print(f"tiny pipeline: {time.time() - start:.0f} s in {run_dir}")
-    return run_dir, printed.getvalue()
-
-
-@pytest.fixture(scope="module")
-def run(run_and_terminal) -> Path:
-    return run_and_terminal[0]
+def run(tiny_run) -> Path:
+    return tiny_run.run_dir
 
 
 def read_oof(run_dir: Path, stage: str) -> pd.DataFrame:
@@ -124,8 +83,8 @@ def stage_file_mtimes(run_dir: Path, folders=None) -> dict[str, int]:
 # -- outputs --------------------------------------------------------------------------------------
 
 
-def test_terminal_shows_what_notebooks_print_and_no_figure_reprs(run_and_terminal):
-    printed = run_and_terminal[1]
+def test_terminal_shows_what_notebooks_print_and_no_figure_reprs(tiny_job):
+    printed = tiny_job.printed
     lines = printed.splitlines()
     progress = [i for i, line in enumerate(lines) if line.startswith("  [stage1 fold 0] epoch")]
     assert progress, printed
@@ -152,7 +111,6 @@ def test_every_output_exists(run, settings):
     ):
         assert (run / name).is_file(), name
     for stage in STAGES:
-        assert (run / stage / "params.json").is_file()
         for k in range(N_FOLDS):
             for name, path in fold_files(run, stage, k).items():
                 assert path.is_file() and path.stat().st_size > 0, f"{stage} fold {k}: {name}"
@@ -410,24 +368,29 @@ def test_submission_passes_the_competition_checks(run, tiny):
 
 def test_rerun_skips_every_step(run, settings):
     before = stage_file_mtimes(run)
-    start = time.time()
-    again = run_pipeline(settings)
-    seconds = time.time() - start
-    assert again == run
+    assert run_pipeline(settings) == run
     assert stage_file_mtimes(run) == before  # nothing recomputed, rewritten, added or removed
-    assert seconds < 30, f"a rerun with nothing to do took {seconds:.0f} s"
 
 
 def test_changed_setting_gives_another_run_folder(run, settings):
     assert default_run_dir(dataclasses.replace(settings, stage1_lr=2e-3)) != run
-    # a later stage's setting counts too; one that changes no result does not
+    # a later stage's setting counts too, and the prediction batch (its padding moves the
+    # predictions' last bits)
     assert default_run_dir(dataclasses.replace(settings, stage2_epochs=2)) != run
-    assert default_run_dir(dataclasses.replace(settings, predict_batch_size=8)) == run
+    assert default_run_dir(dataclasses.replace(settings, predict_batch_size=8)) != run
 
 
-def test_a_setting_outside_every_key_reuses_everything(run, settings):
+def test_the_same_files_elsewhere_reuse_everything(run, settings, tmp_path):
+    """Keys hold the data and encoder files' contents, not their paths: copies elsewhere are the
+    same run, nothing recomputed (tests/test_reproducible.py computes them anew: the same bytes)."""
+    moved = {
+        k: (shutil.copytree if getattr(settings, k).is_dir() else shutil.copy)(
+            getattr(settings, k), tmp_path / getattr(settings, k).name
+        )
+        for k in ("train_path", "test_path", "bert_dir")
+    }
     before = stage_file_mtimes(run)
-    assert run_pipeline(dataclasses.replace(settings, predict_batch_size=8)) == run
+    assert run_pipeline(dataclasses.replace(settings, **moved)) == run
     assert stage_file_mtimes(run) == before
 
 
@@ -439,22 +402,13 @@ def test_changed_data_gives_another_run_folder(tmp_path, tiny):
 # -- the notebooks from the command line ----------------------------------------------------------
 
 
-def papermill(notebook: str, out: Path, *args: str, **params) -> subprocess.CompletedProcess:
-    words = [str(Path(sys.executable).parent / "papermill"), notebook, str(out), *args]
-    for key, value in params.items():
-        words += ["-p", key, str(value)]
-    return subprocess.run(
-        words, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-
-
 def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path):
     """The documented hand-run command with the run's own parameters file (and no run_dir) finds
     the pipeline's run folder and reuses its finished fold: nothing is rewritten."""
     files = fold_files(run, "stage1", 0)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(run / CONFIG_FILE), fold=0)
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", run / CONFIG_FILE, fold=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     executed = out.read_text(encoding="utf-8")
     assert "already computed" in executed and "reused" in executed and str(run) in executed
@@ -469,9 +423,10 @@ def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
 
     config = tmp_path / "variant.yaml"
     values = {**settings.changed(), "stage0_epochs": 0, "train_seed": 3}
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()), "utf-8")
     out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(config), fold=1)
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", config, fold=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = resolve_settings(str(config), [])
     run_dir = default_run_dir(resolved)
@@ -482,83 +437,61 @@ def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
     assert (run_dir / CONFIG_FILE).read_text(encoding="utf-8").count("train_seed: 3") == 1
 
 
-@pytest.mark.parametrize("change", [{"train_seed": 7}, {"stage1_lr": 0.002}])
-def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path, change):
-    """A finished fold is not passed off as the result of other settings."""
+def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path):
+    """A finished fold is not passed off as the result of other settings (the notebook route of
+    RunMismatchError; tests/test_notebook_start.py checks every notebook's first cell)."""
     files = fold_files(run, "stage1", 1)
     before = {name: p.stat().st_mtime_ns for name, p in files.items()}
     proc = papermill(
         "notebooks/02_cv.ipynb",
         tmp_path / "out.ipynb",
         "-f",
-        str(run / CONFIG_FILE),
+        run / CONFIG_FILE,
         fold=1,
         run_dir=run.relative_to(ROOT),
-        **change,
+        train_seed=7,
     )
     assert proc.returncode != 0
     assert "RunMismatchError" in proc.stderr, proc.stderr[-3000:]
-    [(name, value)] = change.items()
-    assert f"{name}: was " in proc.stderr and f"now {value!r}" in proc.stderr
+    assert "train_seed: was " in proc.stderr and "now 7" in proc.stderr
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
 
-def test_papermill_cli_refuses_a_fold_out_of_range(run, repo_outputs, tmp_path):
-    rel = (repo_outputs / "bad-fold").relative_to(ROOT)
-    proc = papermill(
-        "notebooks/02_cv.ipynb",
-        tmp_path / "out.ipynb",
-        "-f",
-        str(run / CONFIG_FILE),
-        fold=7,
-        run_dir=rel,
-    )
-    assert proc.returncode != 0
-    assert "ConfigError" in proc.stderr
-    assert "fold=7" in proc.stderr and "0..2" in proc.stderr, proc.stderr[-3000:]
-    assert not (repo_outputs / "bad-fold").exists()
+def test_stage2_before_stage1_names_the_stage1_command(settings, tiny_outputs):
+    from core.training.engine import train_stage2
 
-
-def test_stage2_before_stage1_names_the_stage1_command(settings, repo_outputs, tmp_path):
-    import papermill as pm
-
-    run_dir = repo_outputs / f"fresh-{uuid.uuid4().hex[:8]}"
+    run_dir = tiny_outputs / f"fresh-{uuid.uuid4().hex[:8]}"
     fresh = dataclasses.replace(settings, stage1_lr=3e-3)  # a stage 1 nobody made
-    with pytest.raises(PapermillExecutionError) as info:
-        pm.execute_notebook(
-            str(ROOT / "notebooks/03_f1_refine.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters={"fold": 1, "run_dir": str(run_dir), **fresh.changed()},
-            cwd=str(ROOT),
-            progress_bar=False,
-        )
-    err = info.value
-    assert err.ename == "MissingStageError"
-    assert "papermill notebooks/02_cv.ipynb out.ipynb -p " in err.evalue
-    assert "-p fold 1" in err.evalue and "-p n_folds 3" in err.evalue
-    assert str(run_dir.relative_to(ROOT)) in err.evalue
+    with pytest.raises(MissingStageError) as info:
+        train_stage2(fresh, 1, run_dir)
+    message = str(info.value)
+    assert "papermill notebooks/02_cv.ipynb out.ipynb -p " in message
+    assert "-p fold 1" in message and f"-p n_folds {N_FOLDS}" in message
+    assert str(run_dir.relative_to(ROOT)) in message
     assert not run_dir.exists()  # nothing was started in the fresh folder
 
 
-def test_output_dir_outside_the_repository(settings, tmp_path):
-    """``output_dir=<tmp>`` runs there (the CLI's --output-dir)."""
-    output = tmp_path / "outputs"
-    run_dir = run_pipeline(
-        dataclasses.replace(settings, output_dir=output), only="stage1", folds=[0]
-    )
-    assert run_dir.is_relative_to(output)
-    # A part of a run makes the encoder it fine-tunes first.
-    assert (run_dir / "stage0" / "bert" / "PRETRAIN.json").is_file()
-    assert (run_dir / "stage1" / "fold0" / "done.json").is_file()
+def test_a_part_of_a_run_makes_the_encoder_it_fine_tunes_first(settings, tmp_path):
+    chosen = select(plan(settings, tmp_path / "run"), "stage1", [0])
+    assert [s.label for s in chosen] == ["stage0", "stage1-fold0"]
+    off = dataclasses.replace(settings, stage0_epochs=0)
+    assert [s.label for s in select(plan(off, tmp_path / "run"), "stage1", [0])] == ["stage1-fold0"]
 
 
-def test_a_stage2_change_reuses_stage0_and_stage1_and_recomputes_stage2(settings, run):
-    stored = stage_file_mtimes(run, ["stage0", "eda", "stage1"])
-    variant_settings = dataclasses.replace(settings, stage2_lr=settings.stage2_lr / 10)
-    variant = run_pipeline(variant_settings)
+def test_output_dir_outside_the_repository(tiny_run, tmp_path):
+    """``output_dir=<tmp>`` runs there (the CLI's --output-dir); a copied store is reused there."""
+    copy = copy_outputs(tiny_run, tmp_path / "outputs")
+    before = stage_file_mtimes(copy.run_dir)
+    run_dir = run_pipeline(copy.settings, only="stage1", folds=[0])
+    assert run_dir == copy.run_dir and run_dir.is_relative_to(tmp_path)
+    assert (run_dir / "stage1" / "fold0").resolve().is_relative_to(tmp_path / "outputs" / "steps")
+    assert stage_file_mtimes(run_dir) == before
+
+
+def test_a_stage2_change_reuses_stage0_and_stage1_and_recomputes_stage2(tiny_variant, run):
+    variant = tiny_variant.run_dir
     assert variant != run
-    assert stage_file_mtimes(run, ["stage0", "eda", "stage1"]) == stored  # untouched
-    for section in ("stage0", "eda", "stage1/fold0", "stage1/fold2"):
+    for section in ("stage0", "eda", "stage1/fold0", f"stage1/fold{N_FOLDS - 1}"):
         assert (variant / section).resolve() == (run / section).resolve(), section
     for k in range(N_FOLDS):
         assert (variant / f"stage2/fold{k}").resolve() != (run / f"stage2/fold{k}").resolve()
@@ -573,10 +506,14 @@ def test_a_stage2_change_reuses_stage0_and_stage1_and_recomputes_stage2(settings
     assert (variant / "notebooks" / "02_cv-stage1-fold0.html").is_file()
     assert (variant / "ensemble" / "submission.csv").is_file()
 
-    # Deleting the variant leaves the run it shared its steps with whole.
-    shutil.rmtree(variant)
+
+def test_deleting_a_run_leaves_the_runs_it_shares_steps_with_whole(tiny_variant, tmp_path):
+    copy = copy_outputs(tiny_variant, tmp_path / "outputs")
+    default = dataclasses.replace(copy.settings, stage2_lr=copy.settings.stage2_lr * 10)
+    run = default_run_dir(default)
+    shutil.rmtree(copy.run_dir)
     before = stage_file_mtimes(run)
-    assert run_pipeline(settings) == run
+    assert run_pipeline(default) == run
     assert stage_file_mtimes(run) == before
 
 
@@ -599,17 +536,17 @@ def test_a_seed_ensemble_blends_runs_that_share_stage0(settings, run, tmp_path):
     assert results["headline"]["final"] in names
     # The member's config, by hand: the same stored fold, reused.
     out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, "-f", str(member / CONFIG_FILE), fold=0)
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", member / CONFIG_FILE, fold=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reused" in out.read_text(encoding="utf-8")
     # The blend's ensemble by hand gives the main job's figures.
     saved = (blend / "ensemble/results.json").read_bytes()
-    proc = papermill("notebooks/04_ensemble.ipynb", out, "-f", str(blend / CONFIG_FILE))
+    proc = papermill("notebooks/04_ensemble.ipynb", out, "-f", blend / CONFIG_FILE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (blend / "ensemble/results.json").read_bytes() == saved
 
 
-def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
+def test_predict_command_scores_sentences_with_the_run(run, tiny, tiny_outputs):
     from core.serving.predict import score
 
     texts = read_unlabelled(tiny.test_path).texts[:5]
@@ -629,43 +566,46 @@ def test_predict_command_scores_sentences_with_the_run(run, tiny, repo_outputs):
         scores["stage1"], stage1_test, atol=1e-5 if chosen == "float32" else 0.02
     )
 
-    out = repo_outputs / "scores.csv"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.serving.predict",
-            "--run",
-            str(run),
-            "--out",
-            str(out),
-            *texts[:2],
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    out = tiny_outputs / "scores.csv"
+    done = command("core.serving.predict", "--run", run, "--out", out, *texts[:2])
     assert done.returncode == 0, done.stderr[-2000:]
     written = pd.read_csv(out)
     assert written.columns.tolist() == ["text", "probability"] and len(written) == 2
 
-    outside = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.serving.predict",
-            "--run",
-            str(run),
-            "--out",
-            "/tmp/elsewhere.csv",
-            "好吃",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    outside = command("core.serving.predict", "--run", run, "--out", "/tmp/elsewhere.csv", "好吃")
     assert outside.returncode != 0 and "--out='/tmp/elsewhere.csv'" in outside.stderr
+
+
+# -- what is served is what is scored --------------------------------------------------------------
+
+
+def test_predict_on_the_test_file_reproduces_the_submission(run, tiny, tiny_outputs):
+    """The final of the default tiny run is a mix of stages 1 and 2, so serving computes it:
+    ``core.serving.predict --file`` on the test file gives ``submission.csv`` (float32 both)."""
+    headline = read_json(run / "ensemble" / "results.json")["headline"]
+    assert headline["final"] == headline["served"]
+    out = tiny_outputs / "predict-test.csv"
+    done = command("core.serving.predict", "--run", run, "--file", tiny.test_path, "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    served = pd.read_csv(out)["probability"].to_numpy()  # in the test file's order: ID = row
+    submission = pd.read_csv(run / "ensemble" / "submission.csv").sort_values("ID")
+    np.testing.assert_allclose(served, submission["Prediction"], atol=1e-5)
+    assert np.std(served) > 0
+
+
+def test_the_served_formula_on_the_stored_oof_scores_is_the_reported_figure(tiny_job, tiny_run):
+    from core.ensembling.mix import served_mix
+    from core.metrics import auc
+
+    for job in (tiny_run, tiny_job):
+        h = read_json(job.run_dir / "ensemble" / "results.json")["headline"]
+        mix = served_mix(h)
+        oof = {s: read_oof(job.run_dir, s).sort_values("row") for s in STAGES}
+        labels = oof["stage1"]["label"].to_numpy()
+        scores = mix({s: oof[s]["pred"].to_numpy() for s in mix.stages})
+        assert h["served_oof_auc"] == pytest.approx(auc(labels, scores), abs=1e-12)
+        page = (job.run_dir / "index.html").read_text(encoding="utf-8")
+        assert f"served ensemble ({h['served']}: {h['served_formula']})" in page
+        assert f"{h['served_oof_auc']:.4f}" in page
+        assert "final out-of-fold AUC, nested" in page and f"{h['oof_auc']:.4f}" in page
+        assert f"final candidate ({h['final']})" in page and f"{h['final_oof_auc']:.4f}" in page

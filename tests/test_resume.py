@@ -1,11 +1,12 @@
 """SIGKILL in the middle of a fold, then the same command again: finished folds are kept as they
-are, the killed fold is redone, nothing half-written ever looks finished.
+are, the killed fold is redone, nothing half-written ever looks finished. (The one kill -9 scenario
+of the step store's claim; tests/test_distributed.py kills a Dask worker, another mechanism.)
 
-The job is ``python -m core.pipeline --only stage1`` on a tiny slice (3 folds, 3 epochs, patience
-3 so every epoch runs, no XLA), in a ``outputs/test-<uuid>`` folder of the repository that is
-removed afterwards (test_pipeline says why not in tmp). It is killed once fold 0 is done and
-fold 1 has saved its first checkpoint (``weights.h5`` without ``done.json``: training is under
-way). The kill takes the
+The job is ``python -m core.pipeline --only stage1`` on a copy of the session's tiny outputs
+(conftest.py) with stage 1 at 3 epochs and patience 3, so its folds are computed anew (every epoch
+runs) while stage 0 is reused; the copy sits in a ``outputs/test-<uuid>-resume`` folder of the
+repository, removed afterwards. It is killed once fold 0 is done and fold 1 has saved its first
+checkpoint (``weights.h5`` without ``done.json``: training is under way). The kill takes the
 runner's process group and the notebook kernel, which jupyter starts in a session of its own:
 together that is what an OOM kill or a lost machine does. Every wait is bounded.
 """
@@ -21,14 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import h5py
 import pandas as pd
 import psutil
 import pytest
-from tiny_run import fold_files, make_tiny_inputs, subprocess_env
+from tiny_run import N_FOLDS, copy_outputs, fold_files, subprocess_env
 
 from core.config import ROOT
 from core.io import read_json
@@ -36,54 +36,31 @@ from core.pipeline.job import resolve_settings, run_pipeline
 
 pytestmark = pytest.mark.slow  # end to end: papermill runs and subprocesses
 
-N_FOLDS, N_TRAIN, N_TEST = 3, 150, 40
+N_TRAIN, N_TEST = 120, 40
 START_TIMEOUT = 240  # s until fold 1 is under way
 FINISH_TIMEOUT = 300  # s for the rerun
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    tiny = make_tiny_inputs(
-        tmp, n_train=N_TRAIN, n_test=N_TEST, extra={"stage1_epochs": 3, "stage1_patience": 3}
-    )
-    outputs = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    settings = dataclasses.replace(tiny.settings, output_dir=outputs)
+    outputs = tiny_run.outputs.with_name(f"{tiny_run.outputs.name}-resume")
+    copy = copy_outputs(tiny_run, outputs)
+    settings = dataclasses.replace(copy.settings, stage1_epochs=3, stage1_patience=3)
     run_dir = outputs / "runs" / "resume"
-    sets = [
-        f"{k}={v!r}"
-        for k, v in settings.changed().items()
-        if k not in ("train_path", "test_path", "output_dir")
-    ]
+    paths = ("train_path", "test_path", "output_dir")
+    sets = [f"{k}={v!r}" for k, v in settings.changed().items() if k not in paths]
     # The command line must rebuild exactly these settings (3 epochs, so fold 1 runs a while).
-    paths = {k: str(getattr(tiny, k)) for k in ("train_path", "test_path")}
-    rebuilt = resolve_settings(None, sets, **paths, output_dir=str(outputs.relative_to(ROOT)))
-    assert rebuilt == settings
-    assert settings.stage1_epochs == 3 and settings.n_folds == N_FOLDS
+    given = {k: str(getattr(settings, k)) for k in paths}
+    assert resolve_settings(None, sets, **given) == settings
     cmd = [
-        sys.executable,
-        "-m",
-        "core.pipeline",
-        "--only",
-        "stage1",
-        "--train-path",
-        str(tiny.train_path),
-        "--test-path",
-        str(tiny.test_path),
+        *(sys.executable, "-m", "core.pipeline", "--only", "stage1"),
+        *("--train-path", given["train_path"], "--test-path", given["test_path"]),
         *[arg for pair in sets for arg in ("--set", pair)],
-        "--output-dir",
-        str(outputs.relative_to(ROOT)),
-        "--run-dir",
-        str(run_dir.relative_to(ROOT)),
+        *("--output-dir", str(outputs.relative_to(ROOT))),
+        *("--run-dir", str(run_dir.relative_to(ROOT))),
     ]
-    yield {
-        "tiny": tiny,
-        "settings": settings,
-        "cmd": cmd,
-        "run_dir": run_dir,
-        "outputs": outputs,
-        "tmp": tmp,
-    }
+    yield {"settings": settings, "cmd": cmd, "run_dir": run_dir, "outputs": outputs, "tmp": tmp}
     shutil.rmtree(outputs, ignore_errors=True)
 
 

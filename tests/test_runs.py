@@ -7,25 +7,20 @@ test makes two real tiny runs with the main job and checks the command and the p
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import browser
 import pytest
-from tiny_run import make_tiny_inputs, subprocess_env
+from tiny_run import subprocess_env
 
 from core.config import CONFIG_FILE, ROOT, ConfigError, Settings
 from core.io import write_csv, write_json
-from core.runs import steps, table
+from core.runs import catalog, commands, compare, steps, table
 from core.runs.folder import record_settings
 from core.runs.report import write_report
 
@@ -74,7 +69,7 @@ def fake_run(out: Path, name: str, inputs: dict, done=(), headline=None, timings
     if headline is not None:
         write_json(run_dir / "ensemble" / "results.json", {"headline": headline, "candidates": []})
         folds = [
-            {"fold": str(k), **{s: fold_auc(settings, s, k) for s in table.STAGES}}
+            {"fold": str(k), **{s: fold_auc(settings, s, k) for s in compare.STAGES}}
             for k in range(settings.n_folds)
         ]
         folds += [
@@ -142,7 +137,7 @@ def three(out, inputs) -> dict[str, Path]:
 
 
 def test_table_orders_runs_and_shows_status_figures_settings_and_time(out, three, capsys):
-    assert table.main(["--output-dir", str(out)]) == 0
+    assert commands.main(["--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert ROWS.findall(printed) == [
         ("run-second", "finished"),  # the best final OOF AUC first
@@ -174,14 +169,14 @@ def inputs_path(three) -> Path:
 
 def test_a_run_whose_inputs_moved_counts_the_steps_it_has(out, three):
     (inputs_path(three)).unlink()
-    [partial] = [r for r in table.collect(out) if r.name == "run-partial"]
+    [partial] = [r for r in catalog.collect(out) if r.name == "run-partial"]
     assert partial.status == "partial: 2 steps present"
 
 
 def test_unreadable_or_missing_config_still_lists_the_run(out, three):
     (three["first"] / CONFIG_FILE).write_text("stage1_lrr: 1\n", encoding="utf-8")
     (out / "runs" / "run-empty").mkdir()
-    found = {r.name: r for r in table.collect(out)}
+    found = {r.name: r for r in catalog.collect(out)}
     assert found["run-first"].finished and found["run-first"].final == 0.9512
     assert found["run-first"].changed[CONFIG_FILE].startswith("unreadable (")
     assert found["run-empty"].status == "partial: 0 steps present"
@@ -191,18 +186,18 @@ def test_unreadable_or_missing_config_still_lists_the_run(out, three):
 def test_a_seed_ensemble_says_how_many_runs_it_blends(out, inputs):
     members = [{"run": f"run-{i}", "train_seed": i} for i in (None, 1, 2)]
     fake_run(out, "run-blend", inputs, (), {**headline(0.97, 0.96, 0.95), "members": members})
-    [blend] = table.collect(out)
+    [blend] = catalog.collect(out)
     assert blend.status == "finished, 3 seeds" and blend.final == 0.97
 
 
 def test_students_and_distilled_copies_have_their_own_columns(out, inputs, three, capsys):
     extras = {"students_oof_auc": 0.9641, "distill_oof_auc": 0.9652}
     fake_run(out, "run-extra", inputs, (), {**headline(0.9655, 0.9633, 0.9632), **extras})
-    assert table.main(["--output-dir", str(out), "--compare", "run-extra", "run-second"]) == 0
+    assert commands.main(["--output-dir", str(out), "--compare", "run-extra", "run-second"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^students OOF AUC\s+0\.9641\s+-$", printed, re.M)
     assert re.search(r"^distilled copies OOF AUC\s+0\.9652\s+-$", printed, re.M)
-    assert table.main(["--output-dir", str(out)]) == 0
+    assert commands.main(["--output-dir", str(out)]) == 0
     [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run-extra")]
     assert re.search(r"finished\s+0\.9655\s+0\.9633\s+0\.9632\s+0\.9641\s+0\.9652\s", row)
     html = (out / "index.html").read_text(encoding="utf-8")
@@ -211,7 +206,7 @@ def test_students_and_distilled_copies_have_their_own_columns(out, inputs, three
 
 
 def test_no_runs_yet(out, capsys):
-    assert table.main(["--output-dir", str(out)]) == 0
+    assert commands.main(["--output-dir", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"no runs under {out / 'runs'} yet")
     assert "No runs yet" in (out / "index.html").read_text(encoding="utf-8")
 
@@ -240,7 +235,8 @@ def test_a_report_outside_the_runs_folder_has_no_table_to_link(out):
 
 def test_compare_shows_differing_settings_fold_auc_and_shared_steps(out, three, capsys):
     assert (
-        table.main(["--output-dir", str(out), "--compare", "run-first", str(three["second"])]) == 0
+        commands.main(["--output-dir", str(out), "--compare", "run-first", str(three["second"])])
+        == 0
     )
     printed = capsys.readouterr().out
     assert re.search(r"^  stage2_lr\s+0\.0001\s+0\.001$", printed, re.M)
@@ -263,8 +259,8 @@ def test_compare_shows_differing_settings_fold_auc_and_shared_steps(out, three, 
 
 
 def test_compare_before_the_ensemble_reads_the_folds_done(out, three):
-    a, b = (table.read_run(three[k], out) for k in ("partial", "first"))
-    c = table.compare(a, b)
+    a, b = (catalog.read_run(three[k], out) for k in ("partial", "first"))
+    c = compare.compare(a, b)
     assert [f["fold"] for f in c.folds] == ["0", "1", "mean", "oof"]
     assert c.folds[0]["stage1"] == (0.9, 0.9) and c.folds[1]["stage1"] == (None, 0.91)
     assert ("stage0_epochs", "0", "3") in c.settings
@@ -274,7 +270,7 @@ def test_compare_before_the_ensemble_reads_the_folds_done(out, three):
 
 def test_compare_an_unknown_run_names_the_runs_there(out, three):
     with pytest.raises(ConfigError) as info:
-        table.main(["--output-dir", str(out), "--compare", "run-first", "run-nope"])
+        commands.main(["--output-dir", str(out), "--compare", "run-first", "run-nope"])
     message = str(info.value)
     assert message.startswith("--compare run-nope: no run of that name or path under ")
     assert message.endswith("runs there: run-first, run-partial, run-second")
@@ -329,50 +325,32 @@ def test_page_sorts_by_a_clicked_column_in_a_browser(out, three, tmp_path):
 # -- real runs ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def repo_outputs():
-    """``outputs/test-<uuid>`` in the repository (as test_pipeline's runs), deleted afterwards."""
-    path = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_two_real_tiny_runs_side_by_side(tmp_path, repo_outputs, monkeypatch):
-    """Two tiny main jobs differing only in stage2_lr: the second reuses stage 0, the EDA and
-    stage 1. The table lists both, the comparison names those steps shared, and the pages load
-    in Chromium with every link resolving (screenshots kept in tmp_path)."""
-    from core.pipeline.job import run_pipeline
-
-    monkeypatch.setenv("PATH", subprocess_env()["PATH"])  # this venv's kernel and papermill
-    tiny = make_tiny_inputs(tmp_path / "tiny")
-    first = dataclasses.replace(tiny.settings, output_dir=repo_outputs)
-    second = dataclasses.replace(first, stage2_lr=3e-3)
-    with contextlib.redirect_stdout(io.StringIO()):
-        a = run_pipeline(first)
-        assert (repo_outputs / "index.html").is_file()  # the main job refreshed the table
-        b = run_pipeline(second)
-
-    printed = command("--output-dir", repo_outputs)
-    compared = command("--output-dir", repo_outputs, "--compare", a.name, b.name)
+def test_two_real_tiny_runs_side_by_side(tiny_run, tiny_variant, tmp_path):
+    """The session's tiny default run and its stage-2 variant (conftest.py): the second reused
+    stage 0, the EDA and stage 1. The table lists both, the comparison names those steps shared,
+    and the pages load in Chromium with every link resolving (screenshots kept in tmp_path)."""
+    outputs, a, b = tiny_run.outputs, tiny_run.run_dir, tiny_variant.run_dir
+    assert (outputs / "index.html").is_file()  # the main job refreshed the table
+    printed = command("--output-dir", outputs)
+    compared = command("--output-dir", outputs, "--compare", a.name, b.name)
     (tmp_path / "runs.txt").write_text(printed + "\n\n" + compared, encoding="utf-8")
-    assert ROWS.findall(printed) == sorted(
-        [(a.name, "finished"), (b.name, "finished")],
-        key=lambda row: (
-            -table.read_run(repo_outputs / "runs" / row[0], repo_outputs).final,
-            row[0],
-        ),
-    )
+    rows = dict(ROWS.findall(printed))
+    assert rows[a.name] == rows[b.name] == "finished"
     # Stage 0, the EDA and stage 1 reused: 5 steps.
-    assert re.search(rf"^{b.name}\s+finished\s.*\s5\s.*stage2_lr=0\.003 ", printed, re.M)
-    assert re.search(r"^  stage2_lr\s+0\.001\s+0\.003$", compared, re.M)
+    header, line = (
+        next(x for x in printed.splitlines() if x.startswith(start)) for start in ("run ", b.name)
+    )
+    cells = dict(zip(re.split(r"\s{2,}", header), re.split(r"\s{2,}", line), strict=False))
+    assert cells["reused"] == "5", line  # (its stage2_lr, 1e-4, is the default's: not listed)
+    assert re.search(r"^  stage2_lr\s+0\.001\s+0\.0001$", compared, re.M)
     assert "steps: 5 shared, 3 only in A, 3 only in B" in compared
     shared = re.search(r"^  shared\s+(.*)$", compared, re.M).group(1)
     assert shared == "stage0, eda, stage1-fold0, stage1-fold1, stage1-fold2"
     for line in ("0", "1", "2", "oof"):  # stage 1 is one stored step: the same AUC both sides
         s1a, s1b = re.search(rf"^  {line}\s+(\S+)\s+(\S+)", compared, re.M).groups()
         assert s1a == s1b != "-"
-    check_pages(repo_outputs, a, b, tmp_path)
+    check_pages(outputs, a, b, tmp_path)
 
 
 def command(*args) -> str:

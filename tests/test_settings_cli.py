@@ -1,4 +1,5 @@
-"""Bad settings are refused before any step runs: the main job's command line and a notebook.
+"""Bad settings are refused before any step runs: the main job's command line (a notebook's first
+cell: tests/test_notebook_start.py).
 
 Each case runs the real command and checks the exit code and the message naming the setting;
 nothing may be written under the output folder.
@@ -65,31 +66,3 @@ def test_help_names_the_module_as_the_program(tmp_path):
     proc = pipeline(tmp_path, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m core.pipeline")
     assert "--config FILE" in proc.stdout
-
-
-@pytest.mark.slow
-def test_a_notebook_refuses_a_bad_setting_in_its_first_cell(tmp_path):
-    """papermill with a bad setting stops in the first code cell, naming it; nothing trained."""
-    out = tmp_path / "out.ipynb"
-    cmd = [
-        str(Path(sys.executable).parent / "papermill"),
-        "notebooks/02_cv.ipynb",
-        str(out),
-        "-p",
-        "fold",
-        "0",
-        "-p",
-        "stage2_lr",
-        "5",
-        "-p",
-        "output_dir",
-        str(tmp_path / "o"),
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode != 0
-    assert "ConfigError" in proc.stderr and "setting stage2_lr=5" in proc.stderr, proc.stderr[
-        -2000:
-    ]
-    assert not (tmp_path / "o").exists()

@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_VOCAB
-from fakes import write_random_bert_dir
+from fakes import TINY_VOCAB, write_random_bert_dir
 from tiny_run import TEST, TRAIN, first_rows
 
-from core.config import FIELDS, NO_RESULT, PATHS, Settings
+from core.config import FIELDS, Settings
+from core.ensembling.mix import Mix
 from core.runs import steps
 from core.runs.folder import RunMismatchError, default_run_dir, identity, run_folder
+
+AMX = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def settings(tmp_path_factory) -> Settings:
         bert_dir=folder / "bert",
         output_dir=folder / "outputs",
         n_folds=3,
+        precision="float32",  # the same keys on every host (auto: tests/test_precision.py)
     )
 
 
@@ -41,37 +44,163 @@ def keys(settings: Settings) -> dict[str, str]:
 
 # -- keys -------------------------------------------------------------------------------------
 
+TEACHER = Mix.blend("stage1", "stage2", 0.5)  # the distilled model's, for its key
 
-def test_a_stage2_setting_keys_only_stage2(settings):
-    before, after = keys(settings), keys(dataclasses.replace(settings, stage2_lr=5e-5))
+
+def all_keys(settings: Settings) -> dict[str, str]:
+    """Every stored step of a run with the students and distillation on (the distilled model
+    taught by ``TEACHER``)."""
+    on = dataclasses.replace(settings, students_enabled=True, distill_enabled=True)
+    return {**keys(on), "distilled": steps.ref(on, steps.DISTILLED, teacher=TEACHER).key}
+
+
+def folds(section: str) -> set[str]:
+    return {f"{section}-fold{k}" for k in range(3)}
+
+
+S0, EDA, D = {"stage0"}, {"eda"}, {"distilled"}
+S1, S2, ST, DC = folds("stage1"), folds("stage2"), folds("students"), folds("distill")
+AFTER_S1 = S1 | S2 | ST | DC | D  # what stage 1 teaches, and what is taught by that
+AFTER_S0 = S0 | AFTER_S1
+# Each setting of a run (students and distillation on): another value, and the steps whose key
+# that value must change (every other step's key must stay). A setting missing here fails
+# test_the_table_holds_every_setting: classify it before it can be reused wrongly.
+KEYS = {
+    "maxlen": (16, AFTER_S0 | EDA),
+    "seed": (7, AFTER_S0),  # the split, and stage 0's seed unless stage0_seed
+    "train_seed": (1, AFTER_S1),
+    "predict_batch_size": (64, AFTER_S1),  # its padding moves predictions' last bits
+    "precision": ("bfloat16", AFTER_S0),
+    "stage0_epochs": (2, AFTER_S0),
+    "stage0_lr": (2e-4, AFTER_S0),
+    "stage0_batch_size": (16, AFTER_S0),
+    "stage0_mask_rate": (0.2, AFTER_S0),
+    "stage0_jit_compile": (False, AFTER_S0),
+    "stage0_seed": (7, AFTER_S0),
+    "stage1_epochs": (4, AFTER_S1),
+    "stage1_patience": (2, AFTER_S1),
+    "stage1_batch_size": (16, AFTER_S1),
+    "stage1_lr": (3e-5, AFTER_S1),
+    "stage1_schedule": ("constant", AFTER_S1),
+    "stage1_warmup": (0.1, AFTER_S1),
+    "stage1_layer_decay": (0.8, AFTER_S1),
+    "stage1_group_by_length": (False, AFTER_S1),
+    "stage1_pad_multiple": (8, AFTER_S1),
+    "stage1_jit_compile": (False, AFTER_S1),
+    "stage1_strategy": ("mirrored", AFTER_S1),
+    "stage2_loss": ("bce", S2 | D),
+    "stage2_lr": (5e-5, S2 | D),
+    "stage2_epochs": (2, S2 | D),
+    "stage2_patience": (2, S2 | D),
+    "stage2_batch_size": (32, S2 | D),
+    "students_target": ("hard", ST),
+    "students_threshold": (0.3, set()),  # soft targets (the default): it thresholds none
+    "students_weight": (0.5, ST),
+    "students_epochs": (2, ST),
+    "students_lr": (1e-4, ST),
+    "distill_label_weight": (0.2, DC | D),
+    "distill_layers": (1, DC | D),
+    "distill_epochs": (2, DC | D),
+    "distill_lr": (1e-4, DC | D),
+    "blend_seeds": ([1], set()),  # a seed ensemble: other runs, no step of this one
+    "blend_runs": (["run-x"], set()),
+}
+# Settings the table does not change by value, and the test that covers each.
+ELSEWHERE = {
+    "train_path": "test_the_fold_split_and_data_contents_are_keyed (contents, not paths)",
+    "test_path": "test_the_fold_split_and_data_contents_are_keyed",
+    "bert_dir": "test_auto_is_keyed_as_what_it_computes_in (weights_sha256), test_hf_convert",
+    "output_dir": "no key: where the store is",
+    "n_folds": "test_the_fold_split_and_data_contents_are_keyed (other fold labels)",
+    "students_enabled": "test_students.py: off keeps every key, on adds its folds",
+    "distill_enabled": "test_distill.py: off is the run it was, on adds its steps only",
+}
+
+
+def test_the_table_holds_every_setting():
+    assert set(KEYS) | set(ELSEWHERE) == set(FIELDS), set(FIELDS) ^ (set(KEYS) | set(ELSEWHERE))
+    assert not set(KEYS) & set(ELSEWHERE)
+
+
+@pytest.mark.parametrize("name", KEYS)
+def test_a_setting_changes_exactly_the_keys_that_read_it(settings, name):
+    value, expected = KEYS[name]
+    assert getattr(settings, name) != value
+    before, after = all_keys(settings), all_keys(dataclasses.replace(settings, **{name: value}))
+    assert set(before) == set(after)
     changed = {label for label in before if before[label] != after[label]}
-    assert changed == {f"stage2-fold{k}" for k in range(3)}
+    assert changed == expected, name
+    on = dataclasses.replace(settings, students_enabled=True, distill_enabled=True)
+    moved = identity(on) != identity(dataclasses.replace(on, **{name: value}))
+    assert moved == (bool(expected) or name.startswith("blend_")), name
 
 
-def test_a_stage1_setting_keys_stage1_and_what_follows(settings):
-    before, after = keys(settings), keys(dataclasses.replace(settings, stage1_lr=3e-5))
-    changed = {label for label in before if before[label] != after[label]}
-    assert changed == {f"stage{s}-fold{k}" for s in (1, 2) for k in range(3)}
+def test_a_hard_target_threshold_keys_the_students(settings):
+    hard = dataclasses.replace(settings, students_target="hard")
+    before, after = all_keys(hard), all_keys(dataclasses.replace(hard, students_threshold=0.3))
+    assert {label for label in before if before[label] != after[label]} == ST
+
+
+OFF = {  # a section that is off (its switch): another value of each of its other settings
+    "stage0": ({"stage0_epochs": 0}, KEYS),
+    "students": ({"students_enabled": False}, KEYS),
+    "distill": ({"distill_enabled": False}, KEYS),
+}
+
+
+@pytest.mark.parametrize("section", OFF)
+def test_a_section_that_is_off_keys_none_of_its_settings(settings, section):
+    from core.config import SWITCHES
+
+    switch, table = OFF[section]
+    on = dataclasses.replace(settings, students_enabled=True, distill_enabled=True)
+    off = dataclasses.replace(on, **switch)
+    names = [
+        n for n, f in FIELDS.items() if f.metadata["section"] == section and n != SWITCHES[section]
+    ]
+    assert names
+    for name in names:
+        other = dataclasses.replace(off, **{name: table[name][0]})
+        assert keys(other) == keys(off), name
+        assert identity(other) == identity(off) and default_run_dir(other) == default_run_dir(off)
 
 
 def test_a_training_seed_shares_stage0_and_eda(settings):
     before, after = keys(settings), keys(dataclasses.replace(settings, train_seed=1))
     assert before["stage0"] == after["stage0"] and before["eda"] == after["eda"]
-    assert all(before[f"stage1-fold{k}"] != after[f"stage1-fold{k}"] for k in range(3))
     # The seed of the split is the default training seed: naming it keeps every key.
     assert keys(dataclasses.replace(settings, train_seed=settings.seed)) == before
 
 
-def test_stage0_seed_keys_stage0_and_everything_after(settings):
-    before, after = keys(settings), keys(dataclasses.replace(settings, stage0_seed=7))
-    assert before["eda"] == after["eda"]
-    assert all(before[k] != after[k] for k in before if k != "eda")
+def test_the_distilled_model_is_keyed_by_the_ensemble_it_learns_from(settings):
+    on = dataclasses.replace(settings, distill_enabled=True)
+
+    def key(teacher, s=on):
+        return steps.ref(s, steps.DISTILLED, teacher=teacher).key
+
+    assert key(TEACHER) != key(Mix.blend("stage1", "stage2", 0.3))  # another served mix
+    assert key(TEACHER) != key(Mix.of({"stage1": 1.0}))
+    # Stage 2 keys it only when the mix holds stage 2.
+    s2 = dataclasses.replace(on, stage2_lr=5e-5)
+    alone = Mix.of({"stage1": 1.0})
+    assert key(alone) == key(alone, s2) and key(TEACHER) != key(TEACHER, s2)
 
 
-def test_a_setting_that_changes_no_result_is_in_no_key_and_no_run_identity(settings):
-    other = dataclasses.replace(settings, predict_batch_size=8)
-    assert keys(other) == keys(settings)
-    assert default_run_dir(other) == default_run_dir(settings)
+def test_auto_and_an_explicit_precision_are_one_key_only_when_they_compute_alike(
+    settings, monkeypatch
+):
+    """On a CPU with bf16, ``auto`` computes in bfloat16 without XLA; an explicit bfloat16 keeps
+    XLA on: another computation, another key. With XLA off too, it is ``auto``'s."""
+    import core.model.precision as precision
+
+    monkeypatch.setattr(precision, "detect", lambda: precision.Hardware(cpu_flags=AMX))
+    settings = dataclasses.replace(settings, precision="auto")
+    auto = keys(settings)
+    explicit = dataclasses.replace(settings, precision="bfloat16")
+    assert auto["stage0"] != keys(explicit)["stage0"]
+    same = dataclasses.replace(explicit, stage0_jit_compile=False, stage1_jit_compile=False)
+    assert keys(same) == auto and identity(same) == identity(settings)
+    assert steps.recipe(settings, "stage1", 0)["jit_compile"] is False  # the effective compiler
 
 
 def test_the_fold_split_and_data_contents_are_keyed(settings, tmp_path):
@@ -93,33 +222,6 @@ def test_stage0_off_keys_stage1_by_the_starting_weights(settings):
     off = dataclasses.replace(settings, stage0_epochs=0)
     assert "stage0" not in keys(off)
     assert steps.recipe(off, "stage1", 0)["encoder"] == steps.inputs(off)["bert"]
-
-
-def test_every_setting_is_keyed_somewhere_or_declared_result_free():
-    """A new setting must be read by some key (its section's, or every step's for data
-    settings) or be declared to change no result: otherwise a step would be reused wrongly."""
-    sections = {f.metadata["section"] for f in FIELDS.values()}
-    assert sections == {"data", "stage0", "stage1", "stage2", "students", "distill", "ensemble"}
-    s = Settings()
-    recipe_names = set()
-    for section in ("stage0", "stage1"):
-        recipe_names |= set(steps._section(s, section)) | set(steps._common(s))
-    # The students' step keys its settings resolved (students_enabled decides whether it exists).
-    student_names = set(steps.recipe(s, "students", 0)) | {"enabled"}
-    distill_names = set(steps.recipe(s, "distill", 0)) | {"enabled"}  # likewise
-    for name, f in FIELDS.items():
-        if name in PATHS or name in NO_RESULT or f.metadata["section"] == "ensemble":
-            continue
-        short = name.split("_", 1)[1] if f.metadata["section"] != "data" else name
-        if f.metadata["section"] == "students":
-            assert short in student_names, name
-            continue
-        if f.metadata["section"] == "distill":
-            assert short in distill_names, name
-            continue
-        keyed = short in recipe_names or name in steps.SPLIT or name in steps.LATER
-        keyed = keyed or short in steps._section(s, "stage2")
-        assert keyed, name
 
 
 # -- run identity (#28: a run folder of other inputs is refused) --------------------------------

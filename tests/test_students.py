@@ -13,18 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import TINY_VOCAB
-from fakes import write_random_bert_dir
+from fakes import TINY_VOCAB, write_random_bert_dir
 from tiny_run import TEST, TRAIN, first_rows
 
 from core.config import ConfigError, Settings, from_values, read_config
-from core.ensembling.candidates import (
-    candidates,
-    results_table,
-    stage_blend,
-    with_students,
-)
+from core.ensembling.candidates import candidates, fold_mean, results_table, stage_blend
 from core.ensembling.fold_outputs import StagePredictions
+from core.ensembling.mix import served_mix
 from core.metrics import auc
 from core.model.losses import bce, weighted_bce
 from core.pipeline.plan import graph, plan, upstream
@@ -145,7 +140,16 @@ def test_a_students_key_is_stage_1_folds_key_and_the_students_settings(settings)
     on = dataclasses.replace(settings, students_enabled=True)
     recipe = steps.recipe(on, "students", 1)
     assert recipe["stage1"] == steps.ref(on, "stage1", 1).key
-    assert set(recipe) == {"step", "stage1", "target", "threshold", "weight", "epochs", "lr"}
+    assert set(recipe) == {
+        "step",
+        "stage1",
+        "target",
+        "weight",
+        "epochs",
+        "lr",
+    }  # soft: no threshold
+    hard = steps.recipe(dataclasses.replace(on, students_target="hard"), "students", 1)
+    assert hard["threshold"] == on.students_threshold
     before = keys(on)
 
     def changed(**change):
@@ -272,6 +276,12 @@ def three_stages(labels, seed=3, scored=None):
     return [stage(name, p, labels, folds, test) for name, p in named], folds
 
 
+def students_candidates(s1, s2, st) -> dict:
+    """The candidates the students add to stages 1 and 2's four."""
+    every = candidates({s.stage: s for s in (s1, s2, st)})
+    return {name: b for name, b in every.items() if "students" in name}
+
+
 def test_student_blends_choose_fold_ks_weight_without_fold_ks_labels():
     labels = np.random.default_rng(0).integers(0, 2, 1000)
     (s1, s2, st), folds = three_stages(labels)
@@ -279,43 +289,38 @@ def test_student_blends_choose_fold_ks_weight_without_fold_ks_labels():
     flipped = labels.copy()
     flipped[folds == k] = 1 - flipped[folds == k]
     (f1, f2, ft), _ = three_stages(flipped, scored=labels)  # the same scores, other labels
-    before, after = with_students(s1, s2, st), with_students(f1, f2, ft)
+    before, after = students_candidates(s1, s2, st), students_candidates(f1, f2, ft)
     assert list(before) == [
         "students fold mean",
         "weighted blend of stage1+students",
         "weighted blend of stage2+students",
-        "rank average of stage1+stage2+students",
+        "mean of stage1+stage2+students",
     ]
     moved = False
     for name in ("weighted blend of stage1+students", "weighted blend of stage2+students"):
         b, a = before[name], after[name]
-        assert b.fitted and a.fold_weights[k] == b.fold_weights[k], name
+        assert b.fitted and a.fold_mixes[k] == b.fold_mixes[k], name
         assert np.array_equal(a.oof[folds == k], b.oof[folds == k]), name
         # each fold's weight is stage_blend's nested choice
-        ref = stage_blend(
-            s1.oof["pred"] if "stage1" in name else s2.oof["pred"], st.oof["pred"], labels, folds
-        )
-        assert b.fold_weights == ref.fold_weights
-        moved |= a.weight != b.weight or any(
-            a.fold_weights[j] != b.fold_weights[j] for j in range(1, 5)
-        )
+        ref = stage_blend(fold_mean(s1 if "stage1" in name else s2), fold_mean(st), labels, folds)
+        assert b.fold_mixes == ref.fold_mixes
+        moved |= a.mix != b.mix or any(a.fold_mixes[j] != b.fold_mixes[j] for j in range(1, 5))
     assert moved  # not vacuous: the weights that do see fold k's labels move
 
 
 def test_the_results_table_holds_the_students_beside_both_stages():
     labels = np.random.default_rng(1).integers(0, 2, 500)
     (s1, s2, st), folds = three_stages(labels, seed=5)
-    blends = {**candidates(s1, s2), **with_students(s1, s2, st)}
+    blends = candidates({s.stage: s for s in (s1, s2, st)})
     table = results_table(blends, labels, folds).set_index("candidate")
     assert len(table) == 8
     expected = auc(labels, st.oof["pred"].to_numpy())
     assert table.loc["students fold mean", "oof_auc"] == pytest.approx(expected)
-    assert pd.isna(table.loc["students fold mean", "weight"])  # no stage-1/stage-2 mix
+    assert table.loc["students fold mean", "mix"] == "1·students"
     assert table.loc["weighted blend of stage1+students", "fitted"]
 
 
 def test_serving_serves_stages_1_and_2_of_a_final_that_blends_the_students(tmp_path):
-    from core.ensembling.ensemble import served_stage1_weight
     from core.io import write_json
     from core.runs.folder import served_note
 
@@ -323,13 +328,12 @@ def test_serving_serves_stages_1_and_2_of_a_final_that_blends_the_students(tmp_p
         "final": "weighted blend of stage1+students",
         "final_stages": ["stage1", "students"],
         "oof_auc": 0.97,
-        "stage1_weight": 0.3,  # stage 1's weight against the students: not a serving mix
         "served": "stage1 fold mean",
         "served_oof_auc": 0.96,
-        "served_stage1_weight": 1.0,
+        "served_mix": {"stage1": 1.0},
     }
     write_json(tmp_path / "ensemble" / "results.json", {"headline": headline})
-    assert served_stage1_weight(headline) == 1.0
+    assert served_mix(headline).as_dict() == {"stage1": 1.0}
     note = served_note(tmp_path)
     assert "blends students" in note and "stage1 fold mean (OOF AUC 0.9600)" in note
     del headline["final_stages"]

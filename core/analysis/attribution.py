@@ -14,8 +14,8 @@ the model never saw it inside a sentence. ``[CLS]`` and ``[SEP]`` are the same a
 path, so their credit is exactly 0. The explained quantity is the logit (the sigmoid's input):
 unlike the probability it does not saturate, so credits stay visible on confident sentences.
 
-``Explainer`` does this for a finished run's ensemble: the explained logit is the ensemble's mix
-of its fold models' logits (with the run's stage weight), integrated gradients being linear.
+``Explainer`` does this for a finished run's ensemble: the explained logit is the served mix of
+its fold models' logits (core.ensembling.mix), integrated gradients being linear.
 """
 
 from __future__ import annotations
@@ -134,22 +134,22 @@ class Explainer:
     """A finished run's ensemble as a scorer that also explains: ``explain(text)``.
 
     The probability is the one ``core.serving.predict.score`` gives (per stage the mean of the fold
-    models' probabilities, mixed with the run's stage weight); the credits explain the same mix
-    of the fold models' logits. A stage of weight 0 is skipped. Every fold's weights are read
+    models' probabilities, mixed by the run's served mix); the credits explain the same mix of
+    the fold models' logits. A stage the mix leaves out is skipped. Every fold's weights are read
     once and kept in memory (one copy of the encoder per fold), so scoring a sentence is quick.
     """
 
     def __init__(self, run_dir: str | Path, steps: int = 64):
         from core.data.tokenizer import CharTokenizer, load_vocab
+        from core.ensembling.mix import SERVED_STAGES, served_mix
         from core.io import read_json
         from core.model.classifier import HEAD_LAYERS, build_head_model, build_model
-        from core.runs.folder import fold_dir
+        from core.runs.steps import fold_dir
 
         run_dir = Path(run_dir)
         run = read_json(run_dir / "run.json")
-        weight = read_json(run_dir / "ensemble" / "results.json")["headline"].get("stage1_weight")
-        weight = 0.5 if weight is None else float(weight)  # as core.serving.predict.score
-        self.stage_weights = (weight, 1 - weight)
+        mix = served_mix(read_json(run_dir / "ensemble" / "results.json")["headline"])
+        self.stage_weights = tuple(mix.as_dict().get(s, 0.0) for s in SERVED_STAGES)
         bert_dir = Path(run["bert_dir"])
         self.vocab = load_vocab(bert_dir)
         self.tokenizer = CharTokenizer(self.vocab, run["maxlen"])

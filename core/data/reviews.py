@@ -25,6 +25,9 @@ ID_COLUMNS = ("id", "ID", "Id")  # a CSV's optional id column
 # The vocabulary has none of them: each would become [UNK], and core.serving.predict would echo it into a
 # CSV. CR never reaches the check (CRLF is converted, a lone CR refused first).
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Within one text (a row, a command-line sentence) a line break is one of them too: a text is one
+# line, and a sentence holding LF would be scored as one but read back from a file as two.
+TEXT_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class DataError(ValueError):
@@ -142,12 +145,14 @@ def _read_text(path: Path) -> str:
 
 
 def control_problem(text: str) -> str | None:
-    """What is wrong with ``text`` if it holds a control character (other than tab and LF)."""
-    found = CONTROL.search(text)
+    """What is wrong with ``text`` (one row or sentence) if it holds a control character
+    (anything but tab, a line break included)."""
+    found = TEXT_CONTROL.search(text)
     if found is None:
         return None
+    name = " (a line break)" if found.group() in "\n\r" else ""
     return (
-        f"expected text without control characters, found U+{ord(found.group()):04X} in "
+        f"expected text without control characters, found U+{ord(found.group()):04X}{name} in "
         f"{_snip(text)}"
     )
 
@@ -305,6 +310,8 @@ def _read_csv(path: Path, text: str, labelled: bool, labelled_hint: str = "") ->
                 no,
                 f"expected a non-empty 'content', found {found} — add the text or remove the row",
             )
+        if problem := control_problem(body):  # a quoted field may hold a line break
+            raise _fail(path, no, f"{problem} — remove it")
         if labelled:
             label = record[col["label"]].strip()
             if label not in LABELS:

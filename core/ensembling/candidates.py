@@ -1,11 +1,16 @@
-"""The ensemble's candidates: each stage's fold mean, rank averages and a weighted blend of the
-two stages (and, with the students, blends with them), each scored on out-of-fold rows without
-leakage, and the final choice.
+"""The ensemble's candidates: each stage's fold mean, their mean and a weighted blend of two stages
+(and, with an extra folded stage, blends with it), each scored on out-of-fold rows without
+leakage, and the final choice, nested the same way.
 
-Leakage rule: nothing fitted (a blend weight, an F1 threshold) may use the labels of the rows it
-is scored on. Every fitted quantity is therefore reported by nested selection: for each fold k it
-is chosen on the OOF rows of the other folds and applied to fold k's rows. The value used for the
-test predictions is chosen on all OOF rows; its OOF score is in-sample and labelled as such.
+Every candidate of a run is a ``core.ensembling.mix.Mix`` of its stages' fold means, in
+probability space: the formula that makes its submission is the one that scores a new sentence
+and its out-of-fold rows.
+
+Leakage rule: nothing fitted (a blend weight, an F1 threshold, the choice of the final
+candidate) may use the labels of the rows it is scored on. Every fitted quantity is therefore
+reported by nested selection: for each fold k it is chosen on the OOF rows of the other folds and
+applied to fold k's rows. The value used for the test predictions is chosen on all OOF rows; its
+OOF score is in-sample and labelled as such.
 
 Nothing here writes files; core.ensembling.ensemble (the ensemble step) saves the tables.
 """
@@ -21,11 +26,12 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from core.ensembling.fold_outputs import StagePredictions, load_runs
+from core.ensembling.mix import Mix
 from core.metrics import auc, best_f1
 
 # Weight of the first stage in ``w*a + (1-w)*b``: 0, 0.05, ..., 1 (rounded so 0.35 prints as 0.35).
 WEIGHT_GRID: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
-_AUC_TIE = 1e-12  # AUCs closer than this count as equal when picking a weight
+_AUC_TIE = 1e-12  # AUCs closer than this count as equal when picking a weight or a candidate
 
 
 @dataclass
@@ -34,24 +40,29 @@ class Blend:
 
     ``oof`` is the honest OOF score: for a fitted blend, fold k's rows are scored with the weight
     chosen without fold k. ``oof_in_sample`` uses the weight chosen on all OOF rows (the one
-    applied to ``test``). ``fold_scores[i]`` scores every OOF row with the weight chosen without
-    the i-th fold (sorted fold ids), so a threshold can be nested inside the same selection.
-    ``weight`` is the weight of the first stage (fixed for unfitted candidates).
+    applied to ``test``: ``mix`` applied to the stages' OOF scores). ``fold_scores[i]`` scores
+    every OOF row with the weight chosen without the i-th fold (sorted fold ids), so a threshold
+    or the final choice can be nested inside the same selection. ``mix`` is the formula of the
+    test predictions (None for a rank average of several runs, which has no per-sentence form).
     """
 
     name: str
     oof: np.ndarray
     test: np.ndarray | None
-    weight: float | None = None
+    mix: Mix | None = None
     fitted: bool = False
     oof_in_sample: np.ndarray | None = None
-    fold_weights: dict[int, float] | None = None
+    fold_mixes: dict[int, Mix] | None = None
     fold_scores: np.ndarray | None = None
     test_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.oof_in_sample is None:
             self.oof_in_sample = self.oof
+
+    def scores_without(self, i: int) -> np.ndarray:
+        """Every OOF row scored as chosen without the i-th fold (unfitted: ``oof``)."""
+        return self.oof if self.fold_scores is None else self.fold_scores[i]
 
 
 @dataclass
@@ -63,6 +74,17 @@ class F1Result:
     f1_in_sample: float
     threshold: float
     fold_thresholds: dict[int, float]
+
+
+@dataclass
+class NestedChoice:
+    """The final choice nested in the folds: ``picks[k]`` is the candidate chosen without fold
+    k's labels (best AUC on the other folds' rows, each candidate as chosen without fold k), and
+    ``oof`` scores fold k's rows with it; ``oof_auc`` is the honest figure of choosing."""
+
+    picks: dict[int, str]
+    oof: np.ndarray
+    oof_auc: float
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -79,6 +101,8 @@ def _same_rows(stages: Mapping[str, StagePredictions]) -> tuple[np.ndarray, np.n
                     f"stages {first_name} and {name} disagree on OOF column {col!r}; "
                     "they must come from the same folds.csv"
                 )
+        if not np.array_equal(first.test["id"].to_numpy(), s.test["id"].to_numpy()):
+            raise ValueError(f"{first_name} and {name} predict different test ids")
     return first.oof["label"].to_numpy(), first.oof["fold"].to_numpy()
 
 
@@ -122,7 +146,22 @@ def fold_mean(stage: StagePredictions, name: str | None = None) -> Blend:
         name=name or f"{stage.stage} fold mean",
         oof=stage.oof["pred"].to_numpy(dtype=float),
         test=stage.test[stage.fold_columns].mean(axis=1).to_numpy(),
+        mix=Mix.of({stage.stage: 1.0}),
         test_ids=stage.test["id"].to_numpy(),
+    )
+
+
+def mean_blend(means: Mapping[str, Blend]) -> Blend:
+    """The equal mix of the stages' fold means (``means``: stage -> its ``fold_mean``): nothing
+    fitted."""
+    mix = Mix.mean(list(means))
+    first = next(iter(means.values()))
+    return Blend(
+        name=f"mean of {'+'.join(means)}",
+        oof=mix({s: m.oof for s, m in means.items()}),
+        test=mix({s: m.test for s, m in means.items()}),
+        mix=mix,
+        test_ids=first.test_ids,
     )
 
 
@@ -146,53 +185,45 @@ def _pick_weight(a: np.ndarray, b: np.ndarray, labels: np.ndarray, grid: Sequenc
 
 
 def stage_blend(
-    oof_a,
-    oof_b,
-    labels,
-    folds,
-    test_a=None,
-    test_b=None,
-    grid: Sequence[float] = WEIGHT_GRID,
-    name: str = "weighted stage blend",
+    a: Blend, b: Blend, labels, folds, grid: Sequence[float] = WEIGHT_GRID, name: str | None = None
 ) -> Blend:
-    """``w*rank(a) + (1-w)*rank(b)`` with ``w`` chosen on the grid by OOF AUC, nested in the folds.
+    """``w*a + (1-w)*b`` of two stages' fold means (``fold_mean``), ``w`` chosen on the grid by
+    OOF AUC, nested in the folds: fold k's OOF rows are scored with the weight chosen on the
+    other folds' rows only; the test is scored with the weight chosen on all OOF rows.
 
-    Blends ranks, not probabilities: AUC depends only on order, and the two stages' scores live
-    on different scales (the soft-F1 head of stage 2 pushes its outputs towards 0/1), so a mix of
-    raw probabilities would let the wider-spread stage dominate whatever ``w`` says. Ranks are
-    computed once over all OOF rows and once over the test rows; they use no labels.
-
-    Fold k's OOF rows are scored with the weight chosen on the other folds' rows only; the test
-    is scored with the weight chosen on all OOF rows.
+    Mixes probabilities, as serving does: the grid's weight absorbs the two stages' different
+    spreads (the one it picks is the best mix of these scales, for a whole file as for one
+    sentence).
     """
     labels, folds = np.asarray(labels), np.asarray(folds)
-    ra, rb = rank_average([oof_a]), rank_average([oof_b])
-    if not (ra.shape == rb.shape == labels.shape == folds.shape):
-        raise ValueError("oof_a, oof_b, labels and folds must have the same length")
+    (sa,), (sb,) = a.mix.stages, b.mix.stages
+    if not (a.oof.shape == b.oof.shape == labels.shape == folds.shape):
+        raise ValueError("a, b, labels and folds must have the same length")
     fold_ids = np.unique(folds)
     if fold_ids.size < 2:
         raise ValueError("nested weight selection needs at least two folds")
-    honest = np.empty_like(ra)
-    fold_weights, fold_scores = {}, np.empty((fold_ids.size, ra.size))
+    honest = np.empty_like(a.oof)
+    fold_mixes, fold_scores = {}, np.empty((fold_ids.size, a.oof.size))
     for i, k in enumerate(fold_ids):
         train = folds != k  # fold k's labels are never looked at for fold k's weight
-        w = _pick_weight(ra[train], rb[train], labels[train], grid)
-        fold_weights[int(k)] = w
-        fold_scores[i] = w * ra + (1 - w) * rb
+        w = _pick_weight(a.oof[train], b.oof[train], labels[train], grid)
+        fold_mixes[int(k)] = Mix.blend(sa, sb, w)
+        fold_scores[i] = w * a.oof + (1 - w) * b.oof
         honest[~train] = fold_scores[i][~train]
-    w_all = _pick_weight(ra, rb, labels, grid)
-    test = None
-    if test_a is not None and test_b is not None:
-        test = w_all * rank_average([test_a]) + (1 - w_all) * rank_average([test_b])
+    w_all = _pick_weight(a.oof, b.oof, labels, grid)
+    mix = Mix.blend(sa, sb, w_all)
+    scores = {sa: a.oof, sb: b.oof}
+    test = None if a.test is None or b.test is None else mix({sa: a.test, sb: b.test})
     return Blend(
-        name=name,
+        name=name or f"weighted blend of {sa}+{sb}",
         oof=honest,
         test=test,
-        weight=w_all,
+        mix=mix,
         fitted=True,
-        oof_in_sample=w_all * ra + (1 - w_all) * rb,
-        fold_weights=fold_weights,
+        oof_in_sample=mix(scores),
+        fold_mixes=fold_mixes,
         fold_scores=fold_scores,
+        test_ids=a.test_ids,
     )
 
 
@@ -236,77 +267,21 @@ def _diagonal(per_fold: np.ndarray, folds: np.ndarray, fold_ids: np.ndarray) -> 
 
 
 def candidates(
-    stage_a: StagePredictions,
-    stage_b: StagePredictions,
-    grid: Sequence[float] = WEIGHT_GRID,
+    stages: Mapping[str, StagePredictions], grid: Sequence[float] = WEIGHT_GRID
 ) -> dict[str, Blend]:
-    """The four candidates: each stage's fold mean, their rank average, and the weighted blend."""
-    labels, folds = _same_rows({stage_a.stage: stage_a, stage_b.stage: stage_b})
-    if not np.array_equal(stage_a.test["id"].to_numpy(), stage_b.test["id"].to_numpy()):
-        raise ValueError(f"{stage_a.stage} and {stage_b.stage} predict different test ids")
-    mean_a, mean_b = fold_mean(stage_a), fold_mean(stage_b)
-    mean_a.weight, mean_b.weight = 1.0, 0.0
-    ids = mean_a.test_ids
-    rank = Blend(
-        name=f"rank average of {stage_a.stage}+{stage_b.stage}",
-        oof=rank_average([mean_a.oof, mean_b.oof]),
-        test=rank_average([mean_a.test, mean_b.test]),
-        weight=0.5,
-        test_ids=ids,
-    )
-    blend = stage_blend(
-        mean_a.oof,
-        mean_b.oof,
-        labels,
-        folds,
-        mean_a.test,
-        mean_b.test,
-        grid,
-        name=f"weighted blend of {stage_a.stage}+{stage_b.stage}",
-    )
-    blend.test_ids = ids
-    return {b.name: b for b in (mean_a, mean_b, rank, blend)}
-
-
-def with_students(
-    stage1: StagePredictions,
-    stage2: StagePredictions,
-    students: StagePredictions,
-    grid: Sequence[float] = WEIGHT_GRID,
-) -> dict[str, Blend]:
-    """The students as another stage: their fold mean, the weighted blend of each stage with
-    them (the weight for fold k chosen on the other folds only, as in ``stage_blend``), and the
-    rank average of all three stages. ``weight`` is the weight of the stage named first."""
-    labels, folds = _same_rows({s.stage: s for s in (stage1, stage2, students)})
-    for other in (stage1, stage2):
-        if not np.array_equal(other.test["id"].to_numpy(), students.test["id"].to_numpy()):
-            raise ValueError(f"{other.stage} and {students.stage} predict different test ids")
-    means = {s.stage: fold_mean(s) for s in (stage1, stage2, students)}
-    own = means[students.stage]  # weight None: not a mix of stage 1 and stage 2
-    ids = own.test_ids
-    out = [own]
-    for name in (stage1.stage, stage2.stage):
-        blend = stage_blend(
-            means[name].oof,
-            own.oof,
-            labels,
-            folds,
-            means[name].test,
-            own.test,
-            grid,
-            name=f"weighted blend of {name}+{students.stage}",
-        )
-        blend.test_ids = ids
-        out.append(blend)
-    everything = "+".join(means)
-    out.append(
-        Blend(
-            name=f"rank average of {everything}",
-            oof=rank_average([m.oof for m in means.values()]),
-            test=rank_average([m.test for m in means.values()]),
-            test_ids=ids,
-        )
-    )
+    """Stage 1 and stage 2 (the first two of ``stages``): each fold mean, their mean and their
+    weighted blend; each further stage (the students, the distilled copies): its fold mean, its
+    weighted blend with each of the first two, and the mean of the three."""
+    labels, folds = _same_rows(stages)
+    means = {s: fold_mean(p) for s, p in stages.items()}
+    first, second, *extra = means
+    out = [means[first], means[second]]
+    out.append(mean_blend({s: means[s] for s in (first, second)}))
+    out.append(stage_blend(means[first], means[second], labels, folds, grid))
+    for x in extra:
+        out.append(means[x])
+        out += [stage_blend(means[s], means[x], labels, folds, grid) for s in (first, second)]
+        out.append(mean_blend({s: means[s] for s in (first, second, x)}))
     return {b.name: b for b in out}
 
 
@@ -314,9 +289,10 @@ def results_table(blends: Mapping[str, Blend], labels, folds) -> pd.DataFrame:
     """One row per candidate, honest figures first.
 
     ``oof_auc``: honest OOF AUC (nested for fitted blends); ``f1``: F1 at the nested threshold;
-    ``*_in_sample``: the same with the weight/threshold fitted on all OOF rows (optimistic);
-    ``weight``: weight of the first stage (chosen on all OOF rows if ``fitted``, else fixed);
-    ``fold_weights``: the weight applied to each fold's rows.
+    ``*_in_sample``: the same with the weight/threshold fitted on all OOF rows (optimistic: for a
+    mix, its formula on the stages' OOF scores); ``mix``: the stage weights of the test scores
+    (chosen on all OOF rows if ``fitted``, else fixed); ``fold_mixes``: the weights applied to
+    each fold's rows.
     """
     labels, folds = np.asarray(labels), np.asarray(folds)
     rows = []
@@ -325,17 +301,18 @@ def results_table(blends: Mapping[str, Blend], labels, folds) -> pd.DataFrame:
         # The in-sample threshold is the one that goes with the test scores: fitted on the
         # scores made with the all-OOF weight.
         f1_in, threshold = best_f1(labels, b.oof_in_sample)
+        fold_mixes = None if b.fold_mixes is None else {k: str(m) for k, m in b.fold_mixes.items()}
         rows.append(
             {
                 "candidate": name,
                 "oof_auc": auc(labels, b.oof),
                 "f1": f1.f1,
-                "weight": b.weight,
+                "mix": None if b.mix is None else str(b.mix),
                 "fitted": b.fitted,
                 "oof_auc_in_sample": auc(labels, b.oof_in_sample),
                 "f1_in_sample": f1_in,
                 "threshold": threshold,
-                "fold_weights": None if b.fold_weights is None else dict(b.fold_weights),
+                "fold_mixes": fold_mixes,
             }
         )
     return pd.DataFrame(rows)
@@ -347,6 +324,27 @@ def choose_final(table: pd.DataFrame) -> str:
     if scores.isna().all():
         raise ValueError("no candidate has an OOF AUC (do the labels hold both classes?)")
     return str(table.loc[scores.idxmax(), "candidate"])
+
+
+def nested_choice(blends: Mapping[str, Blend], labels, folds) -> NestedChoice:
+    """The final choice, nested like every fitted quantity: for each fold k, the candidate with
+    the best AUC on the other folds' rows, every candidate scored as chosen without fold k
+    (``Blend.scores_without``: a blend's weight picked without fold k); fold k's rows are then
+    scored by that candidate. Ties go to the earliest candidate, as in ``choose_final``."""
+    labels, folds = np.asarray(labels), np.asarray(folds)
+    out, picks = np.empty(labels.size), {}
+    for i, k in enumerate(np.unique(folds)):
+        held = folds == k
+        best, best_auc = None, -np.inf
+        for name, b in blends.items():
+            value = _rank_auc(labels[~held], b.scores_without(i)[~held])
+            if value > best_auc + _AUC_TIE:
+                best, best_auc = name, value
+        if best is None:
+            raise ValueError("no candidate has an OOF AUC (do the labels hold both classes?)")
+        picks[int(k)] = best
+        out[held] = blends[best].scores_without(i)[held]
+    return NestedChoice(picks, out, auc(labels, out))
 
 
 def rank_blend(stages: Sequence[StagePredictions]) -> Blend:

@@ -12,7 +12,11 @@ import pandas as pd
 
 from core.config import CONFIG_FILE, Settings
 from core.io import examples as _examples
-from core.runs.folder import fold_command, fold_dir, run_settings
+from core.runs import steps
+from core.runs.folder import fold_command, run_settings
+from core.runs.steps import fold_dir
+
+READ = ("done.json", "oof.csv", "test.csv")  # what the ensemble reads of a fold
 
 
 class MissingOutputsError(FileNotFoundError):
@@ -73,13 +77,17 @@ def check_done(run_dir: Path, stage: str, n_folds: int, settings: Settings | Non
     fold_dirs = [fold_dir(run_dir, stage, k) for k in range(n_folds)]
     missing, reasons = [], []
     for k, d in enumerate(fold_dirs):
-        absent = [n for n in ("done.json", "oof.csv", "test.csv") if not (d / n).exists()]
+        absent = [n for n in READ if not (d / n).exists()]
         if absent:
             missing.append(k)
             # done.json is written last, so without it the fold is unfinished; with it but
             # without the CSVs the folder was damaged after the fact — rerunning fixes both.
             damaged = "done.json" not in absent
             reasons.append(f" ({', '.join(absent)} missing despite done.json)" if damaged else "")
+        elif (damage := steps.check(d, only=READ)) is not None:
+            # A file cut short or changed since the step recorded it: its claim redoes it.
+            missing.append(k)
+            reasons.append(f" ({damage}: damaged since it was made)")
     if missing:
         settings = settings or (
             run_settings(run_dir) if (run_dir / CONFIG_FILE).exists() else Settings()

@@ -131,6 +131,24 @@ def choose(setting: str, jit_compile: bool, hardware: Hardware | None = None) ->
     return Choice(setting, "float32", jit_compile, f"auto: {why}")
 
 
+def effective(settings):
+    """``settings`` as they compute on this machine: ``precision`` resolved (``auto``: what
+    ``choose`` picks here) and each stage's XLA switch as that choice leaves it (``auto`` turns
+    XLA off where a CPU computes in bfloat16). Settings that compute alike are then equal: step
+    keys and run identities hold these, and a distributed run's client passes them to every step
+    (its workers need not share its hardware)."""
+    import dataclasses
+
+    stage0 = choose(settings.precision, settings.stage0_jit_compile)
+    stage1 = choose(settings.precision, settings.stage1_jit_compile)
+    return dataclasses.replace(
+        settings,
+        precision=stage1.precision,
+        stage0_jit_compile=stage0.jit_compile,
+        stage1_jit_compile=stage1.jit_compile,
+    )
+
+
 def record(setting: str) -> dict:
     """``choose(setting, ...).record()`` for a run's run.json (the compiler is per stage)."""
     return choose(setting, False).record()

@@ -20,8 +20,11 @@ Stopping the client (Ctrl-C) cancels its tasks, and a cancelled task stops its n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import socket
 import subprocess
 import time
 import uuid
@@ -30,17 +33,23 @@ from core.config import ConfigError
 from core.io import read_json, write_json
 from core.pipeline import step_process
 from core.pipeline.execute import link_reused, record_time, skip_done
-from core.pipeline.plan import Step, parameters
+from core.pipeline.plan import Task, parameters
 
 log = logging.getLogger("pipeline")
 
 TOPIC = "recsent-step"  # a worker tells the clients when it starts a step
-CONNECT_TIMEOUT = "20s"  # for --scheduler: a wrong address fails in this time, not Dask's 30 s
+CONNECT_TIMEOUT = "20s"  # for --scheduler, once check_scheduler found a scheduler there
+PROBE_SECONDS = 3  # check_scheduler's wait for an answer
+SCHEMES = ("tcp", "tls", "ws", "wss")  # Dask's transports over TCP, which check_scheduler tries
+OTHER_SCHEMES = ("inproc", "ucx")  # Dask's others (inproc: a cluster in this process)
+EXPECTED_ADDRESS = "expected tcp://HOST:PORT of a running Dask scheduler (dask scheduler prints it)"
 TASKS_FILE = "tasks.json"  # per run folder: {step: {worker, start, end, seconds}}
 
 
 def gpu_ids() -> list[str]:
     """The GPUs as CUDA_VISIBLE_DEVICES ids: those it names already, else nvidia-smi's."""
+    # dask-cuda's LocalCUDACluster would do this and local_cluster's pinning, but every release
+    # pins an older dask/distributed than ours (docs/scaling.md, GPUs).
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and not d.strip()[0] == "-"]
@@ -80,11 +89,69 @@ def local_cluster(n: int, gpus: list[str]):
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
 
 
+def scheduler_host(address: str) -> tuple[str, str, int] | None:
+    """``--scheduler ADDRESS`` as Dask reads it (``[SCHEME://]HOST:PORT``, tcp by default): its
+    scheme, host and port; None for Dask's transports that are not TCP (OTHER_SCHEMES), which
+    only Dask can try; a ConfigError for anything else."""
+    scheme, sep, where = address.partition("://")
+    if not sep:
+        scheme, where = "tcp", address
+    if scheme in OTHER_SCHEMES:
+        return None
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:/\[\]\s]+):(\d{1,5})", where)
+    if scheme not in SCHEMES or found is None or not 0 < int(found[2] or found[4]) < 65536:
+        raise ConfigError(f"--scheduler {address}: {EXPECTED_ADDRESS}, e.g. tcp://10.0.0.5:8786")
+    return scheme, found[1] or found[3], int(found[2] or found[4])
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse an address where no Dask scheduler answers within seconds, before anything is
+    written (Dask would try for CONNECT_TIMEOUT, and wait forever on a port that answers but
+    stays silent). Over plain tcp a scheduler speaks first (its handshake): that is awaited too.
+    Imports no Dask."""
+    parsed = scheduler_host(address)
+    if parsed is None:
+        return
+    scheme, host, port = parsed
+    try:
+        conn = socket.create_connection((host, port), timeout=PROBE_SECONDS)
+    except ConnectionRefusedError:
+        why = "nothing listens there (connection refused)"
+    except socket.gaierror:
+        why = f"no host is named {host}"
+    except TimeoutError:
+        why = f"no answer in {PROBE_SECONDS} s"
+    except OSError as e:
+        why = f"cannot connect ({e.strerror or e})"
+    else:
+        with conn:
+            try:
+                greeted = scheme != "tcp" or conn.recv(1) != b""
+            except OSError:
+                greeted = False
+        if greeted:
+            return
+        why = f"something answers there, but no Dask scheduler (no handshake in {PROBE_SECONDS} s)"
+    raise ConfigError(f"--scheduler {address}: {why}; {EXPECTED_ADDRESS}")
+
+
 def connect(address: str):
+    """A client of the scheduler at ``address`` (checked by check_scheduler)."""
     from distributed import Client
 
+    class Closing(Client):
+        # A client that fails to start still holds its loop; left to __del__, closing it waits
+        # 2 * CONNECT_TIMEOUT and prints a TimeoutError traceback.
+        def __init__(self, *args, **kwargs):
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.close(timeout=1)
+                raise
+
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        return Closing(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise ConfigError(f"--scheduler {address}: no Dask scheduler answered ({e})") from None
 
@@ -95,14 +162,14 @@ def where(name, address: str) -> str:
     return host if str(name) in (address, host) else f"{name} ({host})"
 
 
-def run_task(step: Step, params: dict, client: str, *_after) -> dict:
+def run_task(step: Task, params: dict, client: str, *_after) -> dict:
     """On a worker: run one step (``_after``: the results of the steps it waited for)."""
     from distributed import get_worker
 
     worker = get_worker()
     key, at = worker.get_current_task(), where(worker.name, worker.address)
     if step.done:  # a copy of a step made meanwhile (a seed member's stage 0), or by another job
-        if step.stored is not None:
+        if step.target is not None:
             link_reused(step)
         return {"worker": at, "reused": True}
     worker.log_event(TOPIC, {"client": client, "step": step.label, "at": at})
@@ -120,7 +187,7 @@ def _cancelled(worker, key) -> bool:
 class Progress:
     """The client's view: one line when a step starts (which worker) and when it ends (how long)."""
 
-    def __init__(self, chosen: list[Step], client: str):
+    def __init__(self, chosen: list[Task], client: str):
         self.chosen, self.client = chosen, client
         self.index = {s.label: i for i, s in enumerate(chosen, 1)}
         self.running: dict[str, str] = {}  # step -> the worker it last started on
@@ -139,13 +206,13 @@ class Progress:
         log.info("%s: %s started on %s%s", self.head(label), notebook, at, again)
         self.running[label] = at
 
-    def finished(self, step: Step, result: dict) -> None:
+    def finished(self, step: Task, result: dict) -> None:
         self.running.pop(step.label, None)
         if result.get("reused"):
             log.info(
                 "%s: complete, skipped (stored as steps/%s)",
                 self.head(step.label),
-                step.stored.name,
+                step.target.name,
             )
             return
         head, at, seconds = self.head(step.label), result["worker"], result["seconds"]
@@ -156,7 +223,7 @@ class Progress:
         tasks[step.own_label] = {k: result[k] for k in ("worker", "start", "end", "seconds")}
         write_json(path, tasks)
 
-    def failed(self, step: Step, error: BaseException) -> None:
+    def failed(self, step: Task, error: BaseException) -> None:
         at = self.running.pop(step.label, None)
         if at is None:
             log.info("%s: not run (%s)", self.head(step.label), _first_line(error))
@@ -170,7 +237,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def run_graph(
-    chosen: list[Step], deps: list[list[int]], workers: int | None, scheduler: str | None
+    chosen: list[Task], deps: list[list[int]], workers: int | None, scheduler: str | None
 ) -> None:
     """Run every step of ``chosen`` not yet complete as a task that waits for ``deps``; raise the
     first error once no task is left running."""

@@ -13,7 +13,7 @@ from core import cli
 from core.config import ROOT, Settings, show
 from core.io import atomic_path, atomic_symlink, read_json, write_json, write_text
 from core.noise import KernelOutput, NoiseFilter, clean_notebook
-from core.pipeline.plan import Step, notebook_path
+from core.pipeline.plan import Task, notebook_path
 from core.runs import steps
 
 log = logging.getLogger("pipeline")
@@ -24,7 +24,7 @@ class NotebookError(RuntimeError):
     then where the executed notebook was saved."""
 
 
-def execute(step: Step, params: dict) -> Path:
+def execute(step: Task, params: dict) -> Path:
     """Run one notebook with papermill (kernel cwd = repo root), then render it to HTML."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -76,41 +76,51 @@ def write_index(run_dir: Path, settings: Settings, timings: dict) -> Path:
     return write_report(run_dir, settings, timings)
 
 
-def keep_notebook(step: Step) -> None:
+def keep_notebook(step: Task) -> None:
     """A stored step keeps the executed notebook that made it, for the runs that reuse it."""
     made = notebook_path(step)
-    if step.stored is None or not made.is_file():
+    if step.target is None or not made.is_file():
         return
     for suffix in (".ipynb", ".html"):
-        src, dst = made.with_suffix(suffix), step.stored.dir / f"notebook{suffix}"
+        src, dst = made.with_suffix(suffix), step.target.dir / f"notebook{suffix}"
         if src.is_file() and not dst.exists():
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
 
 
-def link_reused(step: Step) -> None:
+def link_reused(step: Task) -> None:
     """Link a stored step made elsewhere into the step's run, with the notebook that made it."""
-    steps.link(step.run_dir, step.stored)
+    steps.link(step.run_dir, step.target)
     made = notebook_path(step)
     for suffix in (".ipynb", ".html"):
-        src, dst = step.stored.dir / f"notebook{suffix}", made.with_suffix(suffix)
+        src, dst = step.target.dir / f"notebook{suffix}", made.with_suffix(suffix)
         if src.is_file() and not dst.exists():
             atomic_symlink(os.path.relpath(src, dst.parent), dst)
 
 
-def skip_done(step: Step, i: int, n: int) -> bool:
-    """Whether ``step`` is complete (then linked into its run if stored elsewhere), saying so."""
+def skip_done(step: Task, i: int, n: int) -> bool:
+    """Whether ``step`` is complete (then linked into its run if stored elsewhere), saying so.
+
+    A stored step is checked first, under its lock (``core.runs.steps.vet``): one whose files
+    differ from their record is emptied, said in one line, and not skipped: it is computed
+    again."""
     if not step.done:
         return False
-    where = ""
-    if step.stored is not None:
-        link_reused(step)
-        where = f" (stored as steps/{step.stored.name})"
+    where, target = "", step.target
+    if target is not None:
+        with steps.locked(target, "another process is using it; waiting"):
+            damage = steps.vet(target)
+            if damage is None:
+                link_reused(step)  # under the lock: gc never removes a step being linked
+        if damage is not None:
+            log.info("[%d/%d] %s: %s: recomputing", i, n, step.label, damage)
+            return False
+        where = f" (stored as steps/{target.name})"
     log.info("[%d/%d] %s: complete, skipped%s", i, n, step.label, where)
     return True
 
 
-def record_time(step: Step, seconds: float) -> None:
+def record_time(step: Task, seconds: float) -> None:
     """Add a step's wall time to its run's ``timings.json`` and rewrite the run's report."""
     timings = read_timings(step.run_dir)
     timings[step.own_label] = round(seconds, 1)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -31,7 +33,8 @@ from pathlib import Path
 from core import cli
 from core.config import NOTEBOOKS, ConfigError, Settings, from_values, read_config, show
 from core.data.reviews import read_labelled, read_unlabelled
-from core.io import read_json
+from core.io import check_writable, read_json
+from core.model.precision import effective
 from core.pipeline.execute import (
     execute,
     keep_notebook,
@@ -41,11 +44,14 @@ from core.pipeline.execute import (
     skip_done,
     write_index,
 )
-from core.pipeline.plan import Step, graph, parameters, plan, select
+from core.pipeline.plan import Task, graph, parameters, plan, select
 from core.runs.folder import (
     check_blend_runs,
+    clear_failed,
     default_run_dir,
+    mark_failed,
     open_run,
+    read_failed,
     record_settings,
     run_folder,
 )
@@ -56,8 +62,11 @@ log = logging.getLogger("pipeline")
 
 def check_inputs(settings: Settings, only: str | None = None, folds=None) -> None:
     """Everything a run will need, checked before its first step: the data files parse, the
-    encoder folder is complete, the fold list and step exist. Raises the error naming it."""
-    from core.weights.google_ckpt import check_bert_dir
+    encoder folder is complete and its files are those its manifest recorded (sizes and
+    sha256), the fold list and step exist. Raises the error naming it.
+    A Hugging Face ``bert_dir`` becomes its converted Google folder here, in ``settings``."""
+    from core.weights import check_bert_dir, google_dir
+    from core.weights.google_ckpt import check_weights
 
     if only is not None and only not in NOTEBOOKS:
         raise ConfigError(f"--only {only}: expected one of {', '.join(NOTEBOOKS)}")
@@ -72,10 +81,12 @@ def check_inputs(settings: Settings, only: str | None = None, folds=None) -> Non
             "--set distill_enabled=True or --config configs/distill.yaml"
         )
     for fold in folds or ():
-        settings.check_fold(fold)
+        settings.check_fold(fold, "--folds 0,1")
     read_labelled(settings.train_path)
     read_unlabelled(settings.test_path)
+    settings.bert_dir = google_dir(settings.bert_dir)  # every later reader gets Google's layout
     check_bert_dir(settings.bert_dir, read_checkpoint=False)
+    check_weights(settings.bert_dir)  # a damaged encoder, before stage 0 finds it in a run
 
 
 def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> None:
@@ -83,18 +94,25 @@ def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> Non
     ids = read_labelled(settings.train_path).ids
     for s, d in [(settings, run_dir), *((m, default_run_dir(m)) for m in members)]:
         d.mkdir(parents=True, exist_ok=True)
-        record_settings(d, s)  # a resumed run, or a --run-dir used before: same settings
+        # a resumed run, or a --run-dir used before: same settings
+        record_settings(d, s, "--run-dir")
         open_run(d, s, ids)
 
 
-def run_in_order(chosen: list[Step]) -> None:
-    """The default: each step not yet complete, one after another, in this process."""
+def run_in_order(chosen: list[Task]) -> None:
+    """The default: each step not yet complete, one after another, in this process. A step that
+    fails marks its run folder failed (``core.runs.folder.mark_failed``) before the error goes
+    on."""
     for i, step in enumerate(chosen, 1):
         if skip_done(step, i, len(chosen)):
             continue
         log.info("[%d/%d] %s: %s", i, len(chosen), step.label, step.notebook)
         start = time.time()
-        execute(step, parameters(step))
+        try:
+            execute(step, parameters(step))
+        except Exception as e:
+            mark_failed(step.run_dir, step.own_label, e)
+            raise
         keep_notebook(step)
         record_time(step, time.time() - start)
 
@@ -109,28 +127,46 @@ def run_pipeline(
 ) -> Path:
     """Execute every step not yet complete; return the run folder.
 
-    Everything is checked before the first step (settings, inputs, folds). ``only`` and
-    ``folds`` pick a part of the run (e.g. stage1 fold 3), so folds can run as separate jobs,
-    on separate machines sharing ``outputs/``, and be ensembled afterwards. ``workers`` (a
-    cluster of that many processes here) or ``scheduler`` (a running cluster's address) run
-    independent steps at once (``core.pipeline.distributed``); by default they run one after
-    another.
+    Everything is checked before the first step (settings, inputs, folds, that the output
+    folder takes a write, that ``scheduler`` answers). ``only`` and ``folds`` pick a part of
+    the run (e.g. stage1 fold 3), so folds can run as separate jobs, on separate machines
+    sharing ``outputs/``, and be ensembled afterwards. ``workers`` (a cluster of that many
+    processes here) or ``scheduler`` (a running cluster's address) run independent steps at
+    once (``core.pipeline.distributed``); by default they run one after another.
     """
     check_inputs(settings, only, folds)
+    check_writable(settings.output_dir)  # a read-only or full disk, before any folder is made
+    if scheduler is not None:
+        from core.pipeline.distributed import check_scheduler  # no Dask: a socket
+
+        check_scheduler(scheduler)
     check_blend_runs(settings)
     run_dir = run_folder(settings, run_dir, "--run-dir")  # refuses a folder of other inputs
     members = settings.members()
     for m in members:
         run_folder(m)
-    open_runs(settings, run_dir, members)
-    chosen = select(plan(settings, run_dir), only, folds)
-    if workers is None and scheduler is None:
-        run_in_order(chosen)
-    else:
-        from core.pipeline.distributed import run_graph  # Dask is imported on this path only
+    chosen = select(plan(settings, run_dir), only, folds)  # before any folder: it can fail
+    open_runs(settings, run_dir, members)  # the first folder the run makes
+    start = time.time()
+    try:
+        if workers is None and scheduler is None:
+            run_in_order(chosen)
+        else:
+            from core.pipeline.distributed import run_graph  # Dask is imported on this path only
 
-        run_graph(chosen, graph(chosen), workers, scheduler)
+            # auto resolved here, once: every worker computes what this machine's settings mean.
+            chosen = [dataclasses.replace(s, settings=effective(s.settings)) for s in chosen]
+            run_graph(chosen, graph(chosen), workers, scheduler)
+    except Exception as e:
+        marked = read_failed(run_dir)
+        if marked is None or marked.get("when", 0) < start:  # not by one of its own steps
+            mark_failed(run_dir, None, e)  # a seed member's step, a step on a cluster
+        with contextlib.suppress(Exception):  # the table shows it; never hides the error itself
+            write_table(settings.output_dir)
+        raise
+    whole = None if only is None and folds is None else [s.own_label for s in chosen]
     for s, d in [*((m, default_run_dir(m)) for m in members), (settings, run_dir)]:
+        clear_failed(d, whole)  # what had failed has now run through
         write_index(d, s, read_timings(d))
     write_table(settings.output_dir)  # refresh the runs table, outputs/index.html
     return run_dir

@@ -7,22 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import NOTEBOOKS, Settings, show
+from core.ensembling.mix import run_mix
 from core.runs import steps
 from core.runs.folder import default_run_dir
-
-# The file a run-level step writes last (stored steps have theirs in core.runs.steps.MARKERS).
-RUN_MARKERS = {
-    "ensemble": "ensemble/results.json",
-    "distilled": "distilled/done.json",
-    "errors": "errors/errors.json",
-}
+from core.runs.steps import RUN_MARKERS
 
 
 @dataclass(frozen=True)
-class Step:
+class Task:
     """One notebook run of the plan: its step (a key of NOTEBOOKS), its fold if it has one, the
     run it belongs to (a seed ensemble's other runs have their own), and the stored step it
-    makes (None for the run's own ensemble and error analysis)."""
+    makes when its key is known beforehand (``target``: the distilled model's too; None for the
+    run's own ensemble and error analysis)."""
 
     section: str
     fold: int | None
@@ -45,19 +41,29 @@ class Step:
         return NOTEBOOKS[self.section]
 
     @property
+    def target(self) -> steps.Step | None:
+        """The stored step this makes: ``stored``, or the distilled model's, which is keyed by
+        the served mix of its run's ensemble (None until that has run)."""
+        if self.section == steps.DISTILLED:
+            mix = run_mix(self.run_dir)
+            return None if mix is None else steps.ref(self.settings, self.section, teacher=mix)
+        return self.stored
+
+    @property
     def done(self) -> bool:
-        if self.stored is not None:
-            return self.stored.done()
-        return (self.run_dir / RUN_MARKERS[self.section]).is_file()
+        target = self.target
+        if target is not None:
+            return target.done()
+        return self.section in RUN_MARKERS and (self.run_dir / RUN_MARKERS[self.section]).is_file()
 
 
-def _run_steps(settings: Settings, run_dir: Path, member: int | None = None) -> list[Step]:
+def _run_steps(settings: Settings, run_dir: Path, member: int | None = None) -> list[Task]:
     return [
-        Step(st.section, st.fold, settings, run_dir, st, member) for st in steps.run_steps(settings)
+        Task(st.section, st.fold, settings, run_dir, st, member) for st in steps.run_steps(settings)
     ]
 
 
-def plan(settings: Settings, run_dir: Path) -> list[Step]:
+def plan(settings: Settings, run_dir: Path) -> list[Task]:
     """Every step of a run, in order: stage 0 (unless off), EDA, stage 1 and stage 2 per fold,
     the students and the distilled model's in-fold copies per fold (each when on), each other run
     of a seed ensemble (its folds and ensemble), the ensemble, the distilled model (when on), the
@@ -66,15 +72,15 @@ def plan(settings: Settings, run_dir: Path) -> list[Step]:
     for m in settings.members():
         m_dir = default_run_dir(m)
         out += _run_steps(m, m_dir, m.train_seed)
-        out.append(Step("ensemble", None, m, m_dir, None, m.train_seed))
-    out.append(Step("ensemble", None, settings, run_dir))
+        out.append(Task("ensemble", None, m, m_dir, None, m.train_seed))
+    out.append(Task("ensemble", None, settings, run_dir))
     if settings.distill_enabled:  # taught by the ensemble, so after it
-        out.append(Step("distilled", None, settings, run_dir))
-    out.append(Step("errors", None, settings, run_dir))  # analysis of the blend
+        out.append(Task("distilled", None, settings, run_dir))
+    out.append(Task("errors", None, settings, run_dir))  # analysis of the blend
     return out
 
 
-def upstream(step: Step) -> list[steps.Step]:
+def upstream(step: Task) -> list[steps.Step]:
     """The stored steps a step reads: stage 0 for a stage-1 fold, stage-1 fold k for stage 2, for
     fold k's student and for fold k's distilled copy (their teacher; stage 0, which they start
     from too, comes first)."""
@@ -86,7 +92,7 @@ def upstream(step: Step) -> list[steps.Step]:
     return []
 
 
-def graph(chosen: list[Step]) -> list[list[int]]:
+def graph(chosen: list[Task]) -> list[list[int]]:
     """For each step of ``chosen`` (plan order), the indices of the earlier steps it waits for.
 
     A stored step waits for what it reads (``upstream``) and for an earlier copy of itself (a
@@ -109,7 +115,7 @@ def graph(chosen: list[Step]) -> list[list[int]]:
     return out
 
 
-def parameters(step: Step) -> dict:
+def parameters(step: Task) -> dict:
     """What papermill passes: the settings that differ from the notebooks' defaults (which are
     core.config's), the run folder and the fold. The same notebook run by hand with the run's
     config.yaml (-f) and this fold does exactly the same."""
@@ -121,7 +127,7 @@ def parameters(step: Step) -> dict:
     return params
 
 
-def select(plan_steps: list[Step], only: str | None, folds: list[int] | None) -> list[Step]:
+def select(plan_steps: list[Task], only: str | None, folds: list[int] | None) -> list[Task]:
     """The steps of ``only`` and ``folds``; a part that fine-tunes needs the run's stage 0 first."""
     chosen = [
         s
@@ -136,6 +142,6 @@ def select(plan_steps: list[Step], only: str | None, folds: list[int] | None) ->
     return chosen
 
 
-def notebook_path(step: Step) -> Path:
+def notebook_path(step: Task) -> Path:
     """Where the run keeps a step's executed notebook."""
     return step.run_dir / "notebooks" / f"{Path(step.notebook).stem}-{step.own_label}.ipynb"

@@ -1,6 +1,6 @@
-"""``python -m core.runs``: the runs table and ``--compare A B`` (core.runs.table)."""
+"""``python -m core.runs``: the runs table and its commands (core.runs.commands)."""
 
 from core import cli
-from core.runs.table import main
+from core.runs.commands import main
 
 cli.run(main)

@@ -7,8 +7,10 @@ resumed fold checks it still is, so results of different data or settings never 
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import platform
 import shlex
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,7 @@ from sklearn.model_selection import KFold
 from core import hashing
 from core.config import (
     CONFIG_FILE,
-    NO_RESULT,
     NOTEBOOKS,
-    PATHS,
     ConfigError,
     Settings,
     config_text,
@@ -35,6 +35,8 @@ from core.weights.google_ckpt import BertDirError, weights_sha256
 PACKAGES = ("tensorflow", "tf-keras", "keras-bert", "keras-self-attention", "numpy", "scikit-learn")
 # What makes two runs the same run: anything here differing means the old results do not apply.
 IDENTITY = ("train_sha256", "test_sha256", "n_rows", "n_folds", "seed", "maxlen", "bert_sha256")
+# In a run folder: the step that stopped the run's last main job, why and when (``mark_failed``).
+FAILED = "failed.json"
 
 
 class RunMismatchError(RuntimeError):
@@ -45,17 +47,15 @@ class MissingStageError(FileNotFoundError):
     """A stage needs the outputs of an earlier one that are not there yet."""
 
 
-def fold_dir(run_dir: str | Path, stage: str, fold: int) -> Path:
-    """A fold's folder: the one place its layout is spelt."""
-    return Path(run_dir) / stage / f"fold{fold}"
-
-
 def identity(settings: Settings) -> dict:
-    """What a run is: every setting that changes a result (seeds resolved) and the contents of
-    its train, test and weight files, not their paths (the same files elsewhere: the same run)."""
-    values = {k: steps.resolved(k, v) for k, v in settings.values().items() if steps.keyed(k, v)}
+    """What a run is: every setting that changes a result, at its effective value
+    (``core.runs.steps.key_values``: seeds resolved, none of a section that is off) and the
+    contents of its train, test and weight files, not their paths (the same files elsewhere: the
+    same run)."""
+    values = steps.key_values(settings)
     values["train_seed"] = settings.training_seed
-    values["stage0_seed"] = settings.stage0_seed_value
+    if settings.uses_stage0:
+        values["stage0_seed"] = settings.stage0_seed_value
     values["blend_runs"] = [blend_run_dir(settings, name).name for name in settings.blend_runs]
     data = steps.inputs(settings)
     values.update(train_sha256=data["train"], test_sha256=data["test"], bert_sha256=data["bert"])
@@ -103,14 +103,17 @@ def run_folder(
     settings: Settings, run_dir: str | Path | None = None, name: str = "parameter run_dir"
 ) -> Path:
     """The run folder (None: ``default_run_dir``), checked to hold no other run's results:
-    a folder that records another identity is a RunMismatchError naming what differs."""
+    a folder that records another identity is a RunMismatchError naming what differs. ``name``
+    is how the user passed ``run_dir``: a command-line option (``--run-dir``) or a notebook's
+    parameter."""
     path = default_run_dir(settings) if run_dir is None else settings.run_path(run_dir, name)
-    check_identity(path, settings)
+    check_identity(path, settings, name if name.startswith("--") else "-p run_dir")
     return path
 
 
-def check_identity(run_dir: Path, settings: Settings) -> None:
-    """Refuse a run folder whose ``run.json`` records other settings or input files."""
+def check_identity(run_dir: Path, settings: Settings, option: str = "-p run_dir") -> None:
+    """Refuse a run folder whose ``run.json`` records other settings or input files (``option``
+    passes another folder, for the message)."""
     record = Path(run_dir) / "run.json"
     if not record.is_file():
         return
@@ -121,7 +124,7 @@ def check_identity(run_dir: Path, settings: Settings) -> None:
             "delete that run folder and run again"
         )
     wanted = identity(settings)
-    check_same(record, saved, wanted, sorted(set(saved) | set(wanted)))
+    check_same(record, saved, wanted, sorted(set(saved) | set(wanted)), option)
 
 
 def check_encoder(run_dir: Path) -> Path:
@@ -241,8 +244,10 @@ def open_stage(stage_dir: Path, params: dict) -> None:
         write_json(path, params)
 
 
-def check_same(path: Path, saved: dict, current: dict, keys) -> None:
-    """Raise RunMismatchError listing every key in ``keys`` whose value changed."""
+def check_same(path: Path, saved: dict, current: dict, keys, option: str = "-p run_dir") -> None:
+    """Raise RunMismatchError listing every key in ``keys`` whose value changed; its fix passes
+    another run folder with ``option`` (a notebook's ``-p run_dir``, the main job's
+    ``--run-dir``)."""
     changed = [k for k in keys if saved.get(k) != _plain(current.get(k))]
     if changed:
         diffs = "; ".join(
@@ -250,7 +255,7 @@ def check_same(path: Path, saved: dict, current: dict, keys) -> None:
         )
         raise RunMismatchError(
             f"{path} belongs to a run made differently ({diffs}). Results must not mix: pass a new "
-            "run_dir (e.g. -p run_dir outputs/runs/<new name>) or delete that folder to start over"
+            f"run_dir (e.g. {option} outputs/runs/<new name>) or delete that folder to start over"
         )
 
 
@@ -270,17 +275,20 @@ def _version(name: str) -> str | None:
         return None
 
 
-def record_settings(run_dir: Path, settings: Settings) -> Path:
+def record_settings(run_dir: Path, settings: Settings, option: str = "-p run_dir") -> Path:
     """Write ``<run>/config.yaml`` (the settings that differ from the defaults), or check that the
-    folder's recorded settings are these: one folder holds one configuration."""
+    folder holds a run of these settings: one folder holds one configuration (``option``: as in
+    ``check_same``). Settings that compute alike are one configuration (the identity: a setting
+    of a stage that is off, one that changes no result, ``auto`` or what it resolves to, paths
+    to the same files)."""
     path = Path(run_dir) / CONFIG_FILE
-    wanted = settings.values()
     if path.exists():
-        saved = Settings(**{**read_config_values(path), "output_dir": settings.output_dir})
-        # Paths may differ (the same files elsewhere are the same run: run.json checks contents),
-        # and so may settings that change no result.
-        keys = [k for k in wanted if k not in PATHS and k not in NO_RESULT]
-        check_same(path, saved.values(), wanted, keys)
+        if (Path(run_dir) / "run.json").is_file():  # what the run recorded when it was made
+            check_identity(run_dir, settings, option)
+        else:
+            saved = Settings(**{**read_config_values(path), "output_dir": settings.output_dir})
+            wanted, found = identity(settings), identity(saved)
+            check_same(path, found, wanted, sorted(set(found) | set(wanted)), option)
     else:
         header = (
             "# Settings of this run that differ from core.config's defaults. Finish or\n"
@@ -318,7 +326,16 @@ def encoder_dir(settings: Settings, run_dir: Path) -> Path:
             f"{settings.stage0_epochs}). Make it first: {step_command('stage0', run_dir, settings)}"
             " (or pass -p stage0_epochs 0 to fine-tune bert_dir as it is)"
         )
+    check_upstream(step, step_command("stage0", run_dir, settings))
     return folder
+
+
+def check_upstream(step: steps.Step, mend: str, only=None) -> None:
+    """A done stored step another step is about to read, checked against its record (sizes and
+    sha256; ``only``: the files it reads): a DamagedStepError names the damaged file and
+    ``mend``, the command that computes the step again (its claim finds it damaged)."""
+    if (damage := step.check(only=only)) is not None:
+        raise steps.DamagedStepError(damaged_text(damage, mend))
 
 
 def step_command(
@@ -364,3 +381,72 @@ def _default_dir(settings: Settings) -> Path | None:
 def fold_command(stage: str, fold: int, run_dir: str | Path, settings: Settings) -> str:
     """The papermill command that makes ``stage``'s fold ``fold`` in ``run_dir``."""
     return step_command(stage, run_dir, settings, fold)
+
+
+# -- failed runs, damaged steps -------------------------------------------------------------------
+
+
+def mark_failed(run_dir: Path, step: str | None, error: BaseException) -> None:
+    """Record in ``<run>/failed.json`` that the run's main job stopped on ``error`` at ``step``
+    (the runs table shows it; predict never offers to finish such a run). A main job that later
+    runs that step (or the whole run) through clears it (``clear_failed``)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    record = {"step": step, "reason": lines[0][:500], "error": type(error).__name__}
+    write_json(Path(run_dir) / FAILED, {**record, "when": time.time()})
+
+
+def read_failed(run_dir: Path) -> dict | None:
+    """A run folder's ``failed.json``, None when its last main job did not fail."""
+    path = Path(run_dir) / FAILED
+    try:
+        record = read_json(path) if path.is_file() else None
+    except ValueError:
+        return {"step": None, "reason": f"{FAILED} is unreadable"}
+    return record if isinstance(record, dict) else None
+
+
+def failed_text(record: dict) -> str:
+    """A failed run as the table and predict say it: ``failed at <step>: <reason>``."""
+    at = f" at {record['step']}" if record.get("step") else ""
+    return f"failed{at}: {record.get('reason', '')}"
+
+
+def clear_failed(run_dir: Path, steps_run: list[str] | None = None) -> None:
+    """Remove the failure mark once a main job ran ``steps_run`` (labels; None: the whole run)
+    through and they hold the step that had failed."""
+    record = read_failed(run_dir)
+    if record is None:
+        return
+    if steps_run is None or record.get("step") is None or record["step"] in steps_run:
+        (Path(run_dir) / FAILED).unlink(missing_ok=True)
+
+
+def stored_folder(path: Path) -> tuple[Path, str] | None:
+    """The stored step folder a run's file lives in (through the run's link) and the file's
+    name inside it; None for a file of the run's own."""
+    real = Path(os.path.realpath(path))
+    for parent in real.parents:
+        if parent.parent.name == steps.STORE:
+            return parent, real.relative_to(parent).as_posix()
+    return None
+
+
+def check_reads(files, mend: str) -> None:
+    """The stored files a reader is about to load (paths through a run's links), checked against
+    their steps' records (sizes and sha256): a DamagedStepError names the first damaged one and
+    ``mend``, the command that computes its step again."""
+    wanted: dict[Path, list[str]] = {}
+    for path in files:
+        if (found := stored_folder(path)) is not None:
+            wanted.setdefault(found[0], []).append(found[1])
+    for folder, names in wanted.items():
+        if (damage := steps.check(folder, only=names)) is not None:
+            raise steps.DamagedStepError(damaged_text(damage, mend))
+
+
+def damaged_text(damage: steps.Damage, mend: str) -> str:
+    """One line: the damaged file, why, and the command that computes its step again."""
+    return (
+        f"{show(damage.path)} {damage.why} (stored step {damage.folder.name}, damaged since it "
+        f"was made); compute it again with: {mend}"
+    )

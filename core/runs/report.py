@@ -20,14 +20,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.config import CONFIG_FILE, EXTRA_STAGES, ROOT, Settings, from_values, read_config
+from core.config import (
+    CONFIG_FILE,
+    EXTRA_STAGES,
+    FOLDED_STAGES,
+    MAIN_STAGES,
+    ROOT,
+    Settings,
+    from_values,
+    read_config,
+)
 from core.io import read_json, write_text
-from core.runs.folder import default_run_dir, fold_dir, run_settings
-from core.runs.steps import linked_steps
+from core.runs.folder import default_run_dir, run_settings
+from core.runs.steps import check, fold_dir, linked_steps
 
 # The students and the distilled model's in-fold copies show only in runs that have them.
-STAGES = ("stage1", "stage2", "students", "distill")
-SECTIONS = ("data", "stage0", "stage1", "stage2", "students", "distill")  # Settings.stage's
+STAGES = FOLDED_STAGES
+SECTIONS = ("data", "stage0", *FOLDED_STAGES)  # Settings.stage's, in a run's parameters
 # The reference solution's published out-of-fold AUCs: 12-layer BERT-base, GPU, 16,000 rows.
 REFERENCE_PUBLISHED = {"stage1_oof_auc": 0.9553, "stage2_oof_auc": 0.9604}
 REFERENCE_PUBLISHED_LABEL = "reference method, published (BERT-base, GPU, 16,000 rows)"
@@ -77,15 +86,18 @@ def context(run_dir: Path, settings: Settings | None = None, timings: dict | Non
     reference = reference["headline"] if reference else None
     n_folds = _n_folds(run_dir, settings, run)
     stages = stages_shown(run_dir, settings)
-    done = {
-        (s, k): _json(fold_dir(run_dir, s, k) / "done.json") for s in stages for k in range(n_folds)
-    }
+    done = {(s, k): _fold_done(fold_dir(run_dir, s, k)) for s in stages for k in range(n_folds)}
     return {
         "name": run_dir.name,
         "runs_table": runs_table(run_dir),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "headline": headline,
-        "headline_rows": headline_rows(headline, reference, _json(run_dir / "distilled/done.json")),
+        "headline_rows": headline_rows(
+            headline,
+            reference,
+            _json(run_dir / "distilled/done.json"),
+            _json(run_dir / "holdout" / "results.json"),
+        ),
         "reference_label": REFERENCE_PUBLISHED_LABEL,
         "reference_run": reference_dir.name if reference else None,
         "is_reference": is_reference,
@@ -156,30 +168,52 @@ def _reference_folder(settings: Settings | None) -> Path | None:
 
 
 def headline_rows(
-    headline: dict | None, reference: dict | None, distilled: dict | None = None
+    headline: dict | None,
+    reference: dict | None,
+    distilled: dict | None = None,
+    holdout: dict | None = None,
 ) -> list[dict]:
     """(figure, this run, published reference, measured reference run) rows; values may be None.
-    ``distilled``: the run's distilled model's summary (core.training.distill), when it has one."""
+    ``distilled``: the run's distilled model's summary (core.training.distill), when it has one;
+    ``holdout``: its development-holdout results (core.analysis.holdout), when scored."""
     h, r = dict(headline or {}), reference or {}
+    for kind, m in ((holdout or {}).get("models") or {}).items():
+        h[f"holdout_{kind}"] = m.get("auc")
     if distilled:
         h["distilled_auc"] = distilled["in_fold_auc_mean"]
         h["distilled_agreement"] = distilled["test_rank_agreement"]
-    final = f"final out-of-fold AUC ({h['final']})" if "final" in h else "final out-of-fold AUC"
     published = REFERENCE_PUBLISHED
     rows = [
-        (final, "oof_auc", published["stage2_oof_auc"]),  # their final figure is stage 2's
+        # The reference's final figure is stage 2's.
+        (_final_label(h), "oof_auc", published["stage2_oof_auc"]),
         ("stage 1, pooled out-of-fold AUC", "stage1_oof_auc", published["stage1_oof_auc"]),
         ("stage 2, pooled out-of-fold AUC", "stage2_oof_auc", published["stage2_oof_auc"]),
     ]
+    if "final_oof_auc" in h:
+        chosen = f"final candidate ({h['final']}), out-of-fold AUC as chosen on the same rows"
+        rows.append((chosen, "final_oof_auc", None))
     if "students_oof_auc" in h:
         rows.append(("students, pooled out-of-fold AUC", "students_oof_auc", None))
     if "distill_oof_auc" in h:
         rows.append(("distilled in-fold copies, pooled out-of-fold AUC", "distill_oof_auc", None))
     if "served" in h:
-        rows.append((f"served ensemble ({h['served']}), out-of-fold AUC", "served_oof_auc", None))
+        rows.append((_served_label(h), "served_oof_auc", None))
+        if "served_nested_oof_auc" in h:
+            nested = "served ensemble, nested out-of-fold AUC (chosen without each fold)"
+            rows.append((nested, "served_nested_oof_auc", None))
+    if "holdout_ensemble" in h:
+        rows.append(("served ensemble, development holdout AUC", "holdout_ensemble", None))
+    if "holdout_distilled" in h:
+        record = "distilled model, development holdout AUC (its figure of record)"
+        rows.append((record, "holdout_distilled", None))
     if distilled:
         rows += [
-            ("distilled model, expected AUC (mean of its in-fold copies)", "distilled_auc", None),
+            (
+                "distilled model, in-fold copies' mean AUC (an estimate: each copy taught by "
+                "one stage-1 model, its epoch chosen on its fold)",
+                "distilled_auc",
+                None,
+            ),
             (
                 "distilled model, rank agreement with the ensemble on test",
                 "distilled_agreement",
@@ -192,13 +226,24 @@ def headline_rows(
         ("out-of-fold AUC, text only in its own fold", "oof_auc_text_only_in_own_fold", None),
     ]
     return [
-        {"figure": label, "run": h.get(key), "published": ref, "measured": r.get(key)}
+        {"figure": label, "run": _figure(h, key), "published": ref, "measured": _figure(r, key)}
         for label, key, ref in rows
     ]
 
 
+def _final_label(h: dict) -> str:
+    if "final_picks" in h:  # nested: the choice of candidate, as every fitted quantity
+        return "final out-of-fold AUC, nested (candidate and weights chosen without each fold)"
+    return f"final out-of-fold AUC ({h['final']})" if "final" in h else "final out-of-fold AUC"
+
+
+def _served_label(h: dict) -> str:
+    formula = f": {h['served_formula']}" if "served_formula" in h else ""
+    return f"served ensemble ({h['served']}{formula}), its formula on the stored out-of-fold scores"
+
+
 def fold_rows(
-    done: dict, n_folds: int, timings: dict, headline: dict | None, stages=STAGES[:2]
+    done: dict, n_folds: int, timings: dict, headline: dict | None, stages=MAIN_STAGES
 ) -> list[dict]:
     """One row per fold (validation AUC, best epoch and time per stage), then the mean of the
     finished folds and the pooled out-of-fold AUC."""
@@ -207,7 +252,7 @@ def fold_rows(
         row = {"fold": str(k)}
         for s in stages:
             d = done[(s, k)] or {}
-            row[s] = d.get("val_auc")
+            row[s] = _figure(d, "val_auc")
             row[f"{s}_epoch"] = f"{d['best_epoch']} of {d['epochs_run']}" if d else None
             row[f"{s}_time"] = timings.get(f"{s}-fold{k}")
         rows.append(row)
@@ -221,7 +266,15 @@ def fold_rows(
     return rows + [mean, pooled]
 
 
-def figures(run_dir: Path, done: dict, n_folds: int, stages=STAGES[:2]) -> dict:
+def _fold_done(folder: Path) -> dict | None:
+    """A fold's summary when it is done and the files the report reads of it are as its step
+    recorded them (a damaged one shows as not done: the next run computes it again)."""
+    if check(folder, only=("done.json", "oof.csv", "history.json")) is not None:
+        return None
+    return _json(folder / "done.json")
+
+
+def figures(run_dir: Path, done: dict, n_folds: int, stages=MAIN_STAGES) -> dict:
     """PNG data URIs of the key figures (None where their inputs are missing); learning curves
     as ``[(title, uri)]``."""
     from core.analysis import plots
@@ -254,7 +307,7 @@ def figures(run_dir: Path, done: dict, n_folds: int, stages=STAGES[:2]) -> dict:
     for s in stages:
         for k in range(n_folds):
             history = fold_dir(run_dir, s, k) / "history.json"
-            if history.is_file():
+            if done.get((s, k)) and history.is_file():
                 title = f"{STAGE_TITLES[s]}, fold {k}"
                 out["curves"].append(
                     (title, png_uri(plots.learning_curves(read_json(history), title)))
@@ -324,7 +377,7 @@ def notebook_rows(run_dir: Path, done: dict, timings: dict) -> list[dict]:
                 "step": label,
                 "html": f"notebooks/{html.name}" if html.is_file() else None,
                 "ipynb": f"notebooks/{nb.name}",
-                "auc": d["val_auc"] if d else None,
+                "auc": _figure(d, "val_auc"),
                 "seconds": timings.get(label),
             }
         )
@@ -343,6 +396,14 @@ def png_uri(fig, dpi: int = 90) -> str:
 
 def _json(path: Path):
     return read_json(path) if path.is_file() else None
+
+
+def _figure(record: dict | None, key: str):
+    """``record[key]``: None while not there (``not yet``), NaN where it was written as null
+    (``n/a``: undefined, e.g. the AUC of rows of one label; strict JSON has no NaN)."""
+    if not record or key not in record:
+        return None
+    return float("nan") if record[key] is None else record[key]
 
 
 def _exists(run_dir: Path, name: str) -> str | None:

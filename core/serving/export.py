@@ -6,9 +6,9 @@
 
 The model is ``core.serving.predict.score`` in one TensorFlow graph: core.data.tokenizer's rules (a
 lookup table built from the tokenizer itself), every fold's encoder, the fold means of the stage-1
-and stage-2 heads mixed with the run's ``stage1_weight`` in probability space. Its
-``serving_default`` signature takes ``texts`` (a batch of UTF-8 strings) and returns ``probability``
-(one per text) and ``fold_probability`` (each fold's own mix, for out-of-fold checks). The empty
+and stage-2 heads mixed by the run's served mix (core.ensembling.mix). Its ``serving_default``
+signature takes ``texts`` (a batch of UTF-8 strings) and returns ``probability`` (one per text)
+and ``fold_probability`` (each fold's own mix, for out-of-fold checks). The empty
 string is scored as ``[CLS] [SEP]``, as core.serving.predict does; bytes that are not UTF-8 are read
 as U+FFFD. ``--model distilled`` exports the run's distilled model (one encoder,
 core.training.distill) the same way; its signature returns ``probability`` only.
@@ -32,10 +32,11 @@ from pathlib import Path
 from core import cli
 from core.config import ConfigError, Settings
 from core.data.reviews import file_sha256, show_path
-from core.ensembling.ensemble import served_stage1_weight
-from core.io import read_json, write_json
-from core.runs.folder import check_encoder, check_servable, fold_dir, served_note
-from core.serving.predict import DISTILLED, DISTILLED_DIR, MODELS
+from core.ensembling.mix import served_mix
+from core.io import check_writable, read_json, write_json
+from core.runs.folder import check_encoder, check_reads, check_servable, served_note
+from core.runs.steps import fold_dir
+from core.serving.predict import DISTILLED, DISTILLED_DIR, MODELS, finish_command, load_weights
 
 FORMATS = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}  # format: its model file
 SIGNATURE = {
@@ -81,6 +82,8 @@ def check_run(run_dir: Path, model: str = "ensemble") -> tuple[dict, dict]:
             f"--run {show_path(run_dir)} is not finished ({show_path(missing[0])} is missing); "
             "finish it first with the command that made it (python -m core.pipeline resumes)"
         )
+    # Each stored file as its step recorded it (before TensorFlow): a damaged one is named.
+    check_reads(model_files(run_dir, run, model), _mend(run_dir))
     return run, read_json(results)["headline"]
 
 
@@ -129,15 +132,17 @@ def record(
         "model": model,
         "format": fmt,
         "version": version,
-        # The served ensemble's (the distilled model's teacher): stages 1 and 2, as scored.
+        # The served ensemble's (the distilled model's teacher): its mix on the stored OOF scores,
+        # and the nested figure of choosing it.
         "oof_auc": headline.get("served_oof_auc", headline["oof_auc"]),
+        "nested_oof_auc": headline.get("served_nested_oof_auc"),
         "final": headline.get("served", headline.get("final")),
         **(
             {k: distilled[k] for k in ("in_fold_auc_mean", "test_rank_agreement", "layers")}
             if distilled
             else {}
         ),
-        "stage1_weight": served_stage1_weight(headline),
+        "mix": served_mix(headline).as_dict(),
         "n_folds": run["n_folds"],
         "maxlen": run["maxlen"],
         "train_sha256": run["train_sha256"],
@@ -221,6 +226,11 @@ def build_module(
     return _module(tf, table, info_path, *_ensemble(run_dir, run, headline))
 
 
+def _mend(run_dir: Path) -> str:
+    """The command that computes a damaged stored step of the run again (its main job)."""
+    return finish_command(run_dir, run_dir.parent.parent)
+
+
 def _distilled(run_dir: Path, run: dict):
     """The distilled model: its variables and its scores of padded token ids."""
     import tensorflow as tf
@@ -229,7 +239,7 @@ def _distilled(run_dir: Path, run: dict):
 
     done = read_json(run_dir / DISTILLED)
     full = build_model(Path(run["bert_dir"]), bert_trainable=False, layers=done.get("layers"))
-    full.load_weights(str(run_dir / DISTILLED_DIR / "weights.h5"))
+    load_weights(full, run_dir / DISTILLED_DIR / "weights.h5", _mend(run_dir))
 
     def score(ids):
         return {"probability": tf.reshape(full([ids, tf.zeros_like(ids)], training=False), [-1])}
@@ -245,16 +255,16 @@ def _ensemble(run_dir: Path, run: dict, headline: dict):
     from core.model.classifier import build_head_model, build_model, copy_head_weights
 
     bert_dir, n_folds = Path(run["bert_dir"]), int(run["n_folds"])
-    weight = served_stage1_weight(headline)
+    mix = served_mix(headline)
     folds = []
     for k in range(n_folds):  # as core.serving.predict.score builds them
         full = build_model(bert_dir, bert_trainable=False)
-        full.load_weights(str(fold_dir(run_dir, "stage1", k) / "weights.h5"))
+        load_weights(full, fold_dir(run_dir, "stage1", k) / "weights.h5", _mend(run_dir))
         encoder = keras.Model(full.inputs, full.get_layer("head_avg").input)
         head1 = build_head_model(encoder.output_shape[-1])
         copy_head_weights(full, head1)
         head2 = build_head_model(encoder.output_shape[-1])
-        head2.load_weights(str(fold_dir(run_dir, "stage2", k) / "head.h5"))
+        load_weights(head2, fold_dir(run_dir, "stage2", k) / "head.h5", _mend(run_dir))
         folds.append((encoder, head1, head2))
 
     def ensemble(ids):
@@ -266,11 +276,8 @@ def _ensemble(run_dir: Path, run: dict, headline: dict):
             feats = encoder([ids, tf.zeros_like(ids)], training=False) * mask
             stage1.append(tf.reshape(head1(feats, training=False), [-1]))
             stage2.append(tf.reshape(head2(feats, training=False), [-1]))
-        p1, p2 = tf.stack(stage1, axis=1), tf.stack(stage2, axis=1)
-        return {
-            "probability": weight * tf.reduce_mean(p1, 1) + (1 - weight) * tf.reduce_mean(p2, 1),
-            "fold_probability": weight * p1 + (1 - weight) * p2,
-        }
+        per_fold = mix({"stage1": tf.stack(stage1, axis=1), "stage2": tf.stack(stage2, axis=1)})
+        return {"probability": tf.reduce_mean(per_fold, 1), "fold_probability": per_fold}
 
     variables = [v for models in folds for m in models for v in m.variables]
     empty = {"probability": tf.zeros([0]), "fold_probability": tf.zeros([0, n_folds])}
@@ -391,6 +398,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--out {args.out}: inside the run folder; use outputs/export/<name>")
         check_run(run_dir, args.model)
         next_version(out, args.format, args.version)
+        check_writable(out, elsewhere=None)  # before minutes of building: --out is in outputs/
     except (ConfigError, OSError) as e:
         raise SystemExit(str(e)) from None  # one error line (core.cli)
     if args.model == "ensemble" and (note := served_note(run_dir)):

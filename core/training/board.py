@@ -1,8 +1,9 @@
 """TensorBoard: every fold's training curves and settings, for every run under ``outputs/``.
 
-A fold writes its event files into its stored step (``<step>/tensorboard/``): per epoch the
-training loss, the validation AUC and the learning rate, and once the step's settings as HParams
-(``core.runs.steps.recipe``). ``python -m core.training.board`` lays out
+A fold writes its event files into its stored step (``<step>/tensorboard/``) through keras'
+stock callbacks (``board_callbacks``): per epoch the training loss and learning rate
+(``train/``) and the validation AUC (``validation/``), and once the step's settings as HParams
+(``core.runs.steps.hparams``). ``python -m core.training.board`` lays out
 ``outputs/tensorboard/<run>/<step>`` links to them (a step shared by two runs shows in both) and
 serves TensorBoard on 127.0.0.1.
 
@@ -18,55 +19,36 @@ import shutil
 import sys
 from pathlib import Path
 
-from tensorflow import keras
-
 from core.runs.steps import FOLDED
 
 EVENTS = "tensorboard"  # a step's event folder
 VIEW = "tensorboard"  # under the output folder: one folder of links per run
 
 
-def _hparam(value):
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+def board_callbacks(logdir: Path, hparams: dict) -> list:
+    """keras' TensorBoard callback (per epoch: ``train/epoch_loss``, ``train/epoch_learning_rate``
+    and, from ``logs["val_auc"]`` that ``ValidationAUC`` sets before it, ``validation/epoch_auc``)
+    and the HParams plugin's (``hparams`` once, None dropped, other values as text), to ``logdir``.
+    """
+    from tensorboard.plugins.hparams import api as hp
+    from tensorflow import keras  # here, so the command (--help, the links) loads no TensorFlow
 
+    class TensorBoard(keras.callbacks.TensorBoard):
+        # tf-keras logs only a LearningRateSchedule's rate; give it a constant one too (stage 2's
+        # head), in a copy of the logs, so History (history.json) keeps its keys.
+        def on_epoch_end(self, epoch, logs=None):
+            rate = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+            super().on_epoch_end(epoch, {"learning_rate": rate, **(logs or {})})
 
-class Board(keras.callbacks.Callback):
-    """Write loss, validation AUC (from ``ValidationAUC``, which must come before) and learning
-    rate per epoch, and the step's settings as HParams, to ``logdir``."""
-
-    def __init__(self, logdir: Path, hparams: dict):
-        super().__init__()
-        self.logdir, self.hparams = Path(logdir), hparams
-
-    def on_train_begin(self, logs=None):
-        import tensorflow as tf
-        from tensorboard.plugins.hparams import api as hp
-
-        self.writer = tf.summary.create_file_writer(str(self.logdir))
-        with self.writer.as_default():
-            hp.hparams({k: _hparam(v) for k, v in self.hparams.items() if v is not None})
-
-    def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        logs = logs or {}
-        with self.writer.as_default(step=epoch + 1):
-            for name in ("loss", "val_auc"):
-                if name in logs:
-                    tf.summary.scalar(name, float(logs[name]))
-            tf.summary.scalar("learning_rate", self._lr())
-        self.writer.flush()
-
-    def on_train_end(self, logs=None):
-        self.writer.close()
-
-    def _lr(self) -> float:
-        lr = self.model.optimizer.learning_rate
-        if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-            lr = lr(self.model.optimizer.iterations)
-        return float(keras.backend.get_value(lr))
+    shown = {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v)
+        for k, v in hparams.items()
+        if v is not None
+    }
+    return [
+        TensorBoard(str(logdir), write_graph=False, profile_batch=0, update_freq="epoch"),
+        hp.KerasCallback(str(logdir), shown),
+    ]
 
 
 def layout(output_dir: Path) -> Path:
@@ -97,8 +79,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from core.config import DEFAULTS
 
-    parser = argparse.ArgumentParser(prog="python -m core.training.board", add_help=False)
-    parser.add_argument("--output-dir", default=DEFAULTS.output_dir, type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m core.training.board",
+        usage="%(prog)s [--output-dir DIR] [TENSORBOARD OPTION ...]",
+        description="Serve TensorBoard on 127.0.0.1 over every run under the output folder: each "
+        "fold's training loss, validation AUC and learning rate, and its settings.",
+        epilog="Any other option goes to tensorboard (e.g. --port 6010); its own list: "
+        "python -m tensorboard.main --help",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=DEFAULTS.output_dir,
+        type=Path,
+        metavar="DIR",
+        help="the output folder whose runs to show (default outputs/)",
+    )
     args, options = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     view = layout(args.output_dir)
     args = [*command(view), *options]

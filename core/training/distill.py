@@ -3,23 +3,25 @@
 The distilled model (the run's ``distilled`` step, after its ensemble) fine-tunes the encoder that
 stage 1 starts from on every training row and every test sentence. A training row's target is
 ``distill_label_weight`` times its label plus the rest times the ensemble's out-of-fold score of
-it; a test sentence's target is the ensemble's score. The ensemble here is the one scoring serves
-(``core.serving.predict``): each stage's fold mean, mixed with the run's stage-1 weight in
-probability space. With nothing left to validate on, it trains as many epochs as its in-fold
-copies kept, on their learning-rate schedule.
+it; a test sentence's target is the ensemble's score. The ensemble here is the one serving
+computes: the run's served mix of its stages' fold means (core.ensembling.mix). With nothing left
+to validate on, it trains as many epochs as its in-fold copies kept, on their learning-rate
+schedule.
 
-Trained on every row, it has no out-of-fold score. Its in-fold copies (the ``distill`` step, one
-per fold, stored like every fold) say what it is worth: fold k's copy learns from fold k's
-stage-1 model, the one teacher that never saw fold k, the same way (fold k's training rows with
-their labels mixed with that teacher's scores of them, plus the test sentences with its scores),
-and is validated on fold k. The mean of their validation AUCs is the estimate; the distilled
-model's rank agreement with the ensemble on the test sentences says how closely it follows it.
-No label of fold k is a target of fold k's copy (tests/test_distill.py poisons them).
+Trained on every row, it has no out-of-fold score: its figure of record is the development
+holdout's (core.analysis.holdout: rows no model of the run saw). Its in-fold copies (the
+``distill`` step, one per fold, stored like every fold) give an estimate on the training rows,
+of a related procedure: fold k's copy learns from fold k's stage-1 model alone (the one teacher
+that never saw fold k; the ensemble's out-of-fold scores did), on fold k's training rows with
+their labels mixed with that teacher's scores, plus the test sentences, and keeps the epoch best
+on fold k, where the shipped model trains a fixed number of epochs. Their mean validation AUC is
+that estimate, optimistic by the epoch chosen on fold k. No label of fold k is a target of fold
+k's copy (tests/test_distill.py poisons them); the distilled model's rank agreement with the
+ensemble on the test sentences says how closely it follows its teacher.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -31,8 +33,9 @@ from tensorflow import keras
 import core  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from core.config import ConfigError, Settings
 from core.data.batches import predict_in_order
-from core.ensembling.ensemble import served_stage1_weight
+from core.ensembling.candidates import fold_mean
 from core.ensembling.fold_outputs import load_stage
+from core.ensembling.mix import Mix, served_mix
 from core.io import read_json, save_weights, write_csv, write_json
 from core.model.classifier import build_model, encoder_layers
 from core.model.precision import choose
@@ -43,7 +46,7 @@ from core.runs.folder import (
     fold_command,
     pipeline_command,
 )
-from core.training.board import EVENTS, Board
+from core.training.board import EVENTS, board_callbacks
 from core.training.engine import (
     Inputs,
     Progress,
@@ -54,7 +57,7 @@ from core.training.engine import (
     training_batches,
 )
 
-TARGETS = "targets.csv"  # in a distilled folder: each row's or test sentence's target
+TARGETS_FILE = "targets.csv"  # in a distilled folder: each row's or test sentence's target
 
 
 def mixed_targets(settings: Settings, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -114,7 +117,7 @@ def _train_fold_copy(settings, fold, out: Path, teacher: Path, bert_dir: Path, i
     rows, train_scores, test_scores = fold_teacher(s, fold, teacher, bert_dir, inputs)
     train_targets = mixed_targets(s, inputs.train.labels[rows], train_scores)
     write_csv(
-        out / TARGETS,
+        out / TARGETS_FILE,
         pd.DataFrame(
             {
                 "kind": ["train"] * len(rows) + ["test"] * len(test_scores),
@@ -151,28 +154,27 @@ def _train_fold_copy(settings, fold, out: Path, teacher: Path, bert_dir: Path, i
 
 def read_targets(folder: Path) -> pd.DataFrame:
     """A distilled model's (or in-fold copy's) ``targets.csv``."""
-    return pd.read_csv(Path(folder) / TARGETS)
+    return pd.read_csv(Path(folder) / TARGETS_FILE)
 
 
 # ------------------------------------------------------------------ the model for serving
 
 
-def ensemble_teacher(settings: Settings, run_dir: Path) -> tuple[np.ndarray, pd.DataFrame, float]:
-    """The served ensemble's scores: out-of-fold per training row (in row order), the fold mean
-    per test sentence (``id, pred``), and the stage-1 weight that mixes them."""
+def ensemble_teacher(settings: Settings, run_dir: Path) -> tuple[np.ndarray, pd.DataFrame, Mix]:
+    """The served ensemble's scores, by its mix (core.ensembling.mix): out-of-fold per training
+    row (in row order), per test sentence (``id, pred``), and the mix."""
     results = Path(run_dir) / "ensemble" / "results.json"
     if not results.is_file():
         raise MissingStageError(
             f"the distilled model learns from the run's ensemble, which has not run "
             f"({results} is missing); run it first: {pipeline_command(run_dir, settings)}"
         )
-    weight = served_stage1_weight(read_json(results)["headline"])
-    s1, s2 = (load_stage(run_dir, st, settings.n_folds, settings) for st in ("stage1", "stage2"))
-    oof = weight * s1.oof["pred"].to_numpy() + (1 - weight) * s2.oof["pred"].to_numpy()
-    test = weight * s1.test[s1.fold_columns].mean(axis=1) + (1 - weight) * s2.test[
-        s2.fold_columns
-    ].mean(axis=1)
-    return oof, pd.DataFrame({"id": s1.test["id"], "pred": test.to_numpy()}), weight
+    mix = served_mix(read_json(results)["headline"])
+    means = {s: fold_mean(load_stage(run_dir, s, settings.n_folds, settings)) for s in mix.stages}
+    oof = mix({s: m.oof for s, m in means.items()})
+    test = mix({s: m.test for s, m in means.items()})
+    ids = next(iter(means.values())).test_ids
+    return oof, pd.DataFrame({"id": ids, "pred": test}), mix
 
 
 def fold_copies(settings: Settings, run_dir: Path) -> list[dict]:
@@ -192,32 +194,33 @@ def fold_copies(settings: Settings, run_dir: Path) -> list[dict]:
 
 
 def train_distilled(settings: Settings, run_dir: Path, inputs: Inputs | None = None) -> dict:
-    """Train the run's distilled model on every row (see the module docstring) into
-    ``<run>/distilled/``; return its summary. A finished one is reused."""
+    """Train the run's distilled model on every row (see the module docstring) into its stored
+    step, keyed by the served mix it learns from (``core.runs.steps.recipe``), linked as
+    ``<run>/distilled/``; return its summary. A finished one of the same key is reused."""
     s, run_dir = settings, Path(run_dir)
     check_enabled(s)
-    out = run_dir / steps.DISTILLED
-    if (out / "done.json").is_file():
-        print(f"distilled model: already trained in {out}, reused")
-        return read_json(out / "done.json")
     copies = fold_copies(s, run_dir)
-    oof, test_teacher, weight = ensemble_teacher(s, run_dir)
-    bert_dir = encoder_dir(s, run_dir)
-    inputs = inputs or prepare(s, run_dir)
-    if out.exists():  # a killed run's partial model: never reused
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return _train_distilled(s, out, bert_dir, inputs, copies, oof, test_teacher, weight)
+    oof, test_teacher, mix = ensemble_teacher(s, run_dir)
+    step = steps.ref(s, steps.DISTILLED, teacher=mix)
+    with steps.claim(step, s, teacher=mix):
+        if step.done():
+            steps.link(run_dir, step)
+            print(f"distilled model: already trained ({step.name}), reused")
+            return read_json(step.marker)
+        steps.link(run_dir, step)
+        bert_dir = encoder_dir(s, run_dir)
+        inputs = inputs or prepare(s, run_dir)
+        return _train_distilled(s, step.dir, bert_dir, inputs, copies, oof, test_teacher, mix)
 
 
-def _train_distilled(s, out: Path, bert_dir, inputs, copies, oof, test_teacher, weight) -> dict:
+def _train_distilled(s, out: Path, bert_dir, inputs, copies, oof, test_teacher, mix) -> dict:
     keras.utils.set_random_seed(s.training_seed)
     start = time.time()
     teacher_test = test_teacher.set_index("id")["pred"].reindex(inputs.test.ids).to_numpy()
     train_targets = mixed_targets(s, inputs.train.labels, oof)
     n_train = len(inputs.train_ids)
     write_csv(
-        out / TARGETS,
+        out / TARGETS_FILE,
         pd.DataFrame(
             {
                 "kind": ["train"] * n_train + ["test"] * len(teacher_test),
@@ -238,7 +241,7 @@ def _train_distilled(s, out: Path, bert_dir, inputs, copies, oof, test_teacher, 
     )
     print(
         f"distilled model: {n_train} training rows + {len(teacher_test)} test sentences, taught "
-        f"by the ensemble (stage-1 weight {weight}); {epochs} of {planned} epochs; {choice}",
+        f"by the served ensemble ({mix}); {epochs} of {planned} epochs; {choice}",
         flush=True,
     )
     hparams = {f"distill_{k}": v for k, v in s.stage("distill").items() if v is not None}
@@ -247,7 +250,7 @@ def _train_distilled(s, out: Path, bert_dir, inputs, copies, oof, test_teacher, 
         epochs=epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[Progress("distilled", epochs), Board(out / EVENTS, hparams)],
+        callbacks=[Progress("distilled", epochs), *board_callbacks(out / EVENTS, hparams)],
     )
     save_weights(model, out / "weights.h5")
     test = predict_in_order(model, inputs.test_ids, s.predict_batch_size)
@@ -262,7 +265,7 @@ def _train_distilled(s, out: Path, bert_dir, inputs, copies, oof, test_teacher, 
         "planned_epochs": planned,
         "n_train": n_train,
         "n_test": len(teacher_test),
-        "teacher_stage1_weight": weight,
+        "teacher_mix": mix.as_dict(),
         "in_fold_auc": aucs,
         "in_fold_auc_mean": float(np.mean(aucs)),
         "in_fold_teacher_auc_mean": float(np.mean([c["teacher_val_auc"] for c in copies])),

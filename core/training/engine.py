@@ -33,13 +33,14 @@ from core.model.strategy import get_strategy
 from core.runs import steps
 from core.runs.folder import (
     MissingStageError,
+    check_upstream,
     encoder_dir,
     fold_command,
-    fold_dir,
     open_run,
     open_stage,
 )
-from core.training.board import EVENTS, Board
+from core.runs.steps import fold_dir
+from core.training.board import EVENTS, board_callbacks
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -75,12 +76,6 @@ def prepare(settings: Settings, run_dir: Path) -> Inputs:
         unk_rate=tokenizer.unk_rate(texts),
         n_truncated=tokenizer.n_truncated(texts),
     )
-
-
-def fold_done(run_dir: Path, stage: str, fold: int) -> dict | None:
-    """The fold's summary if it finished, else None."""
-    path = fold_dir(run_dir, stage, fold) / "done.json"
-    return read_json(path) if path.exists() else None
 
 
 class ValidationAUC(keras.callbacks.Callback):
@@ -120,11 +115,12 @@ class Progress(keras.callbacks.Callback):
         self.epoch, self.start = epoch, time.time()
 
     def on_train_batch_end(self, batch, logs=None):
-        steps = self.params.get("steps") or 1
-        if (batch + 1) % max(1, steps // 10) == 0 or batch + 1 == steps:
+        n_batches = self.params.get("steps") or 1
+        if (batch + 1) % max(1, n_batches // 10) == 0 or batch + 1 == n_batches:
             rate = (batch + 1) / max(time.time() - self.start, 1e-9)
             print(
-                f"  [{self.label}] epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/{steps}"
+                f"  [{self.label}] epoch {self.epoch + 1}/{self.epochs} batch {batch + 1}/"
+                f"{n_batches}"
                 f"  loss {logs.get('loss', float('nan')):.4f}  {rate:.1f} batch/s",
                 file=sys.stderr,
                 flush=True,
@@ -225,6 +221,7 @@ def train_taught_fold(
             f"{section} fold {fold} needs stage 1's fold {fold} (its teacher), which is not there "
             f"(or did not finish). Make it first: {fold_command('stage1', fold, run_dir, s)}"
         )
+    check_upstream(teacher, fold_command("stage1", fold, run_dir, s))
     bert_dir = encoder_dir(s, run_dir)
     open_stage(run_dir / section, {**s.stage(section), **resolved})
     link_stage0(s, run_dir)
@@ -344,7 +341,7 @@ def fine_tune(
         callbacks=[
             Progress(f"{section} fold {fold}", epochs),
             check,
-            Board(out / EVENTS, steps.hparams(s, section, fold)),
+            *board_callbacks(out / EVENTS, steps.hparams(s, section, fold)),
         ],
     )
     model.load_weights(str(weights))
@@ -387,6 +384,7 @@ def train_stage2(
             f"that fold did not finish). Make them first: "
             f"{fold_command('stage1', fold, run_dir, settings)}"
         )
+    check_upstream(stage1, fold_command("stage1", fold, run_dir, settings), ["weights.h5"])
     bert_dir = encoder_dir(settings, run_dir)
     open_stage(run_dir / "stage2", s.stage("stage2"))
     link_stage0(settings, run_dir)
@@ -444,7 +442,7 @@ def _train_stage2(settings, fold, out: Path, stage1: Path, bert_dir: Path, input
         epochs=s.stage2_epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[check, Board(out / EVENTS, steps.hparams(settings, "stage2", fold))],
+        callbacks=[check, *board_callbacks(out / EVENTS, steps.hparams(settings, "stage2", fold))],
     )
     head.load_weights(str(weights))
     test = head.predict(test_x, batch_size=settings.predict_batch_size, verbose=0).reshape(-1)

