@@ -4,7 +4,8 @@ end-to-end world every slow test starts from (tests/tiny_run.py):
 
 * ``tiny``: the tiny data, BERT folder and settings (tiny_run.make_tiny_inputs);
 * ``tiny_job``: ONE tiny main job with the students and distillation on, in
-  ``outputs/test-<uuid>`` of the repository (removed after the session): every stored step
+  ``outputs/test-<uuid>`` of the repository (removed after the session; built by whichever
+  pytest-xdist worker asks first, read by the other): every stored step
   (stage 0, the EDA, each fold of stages 1 and 2, the students and the distilled copies) and the
   run-level ensemble, distilled model and error analysis;
 * ``tiny_run``: the default method on the same store: it reuses every stored step and computes
@@ -17,7 +18,10 @@ Tests that change or damage a run work on a copy (``tiny_run.copy_outputs``), ne
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
+import os
+import pickle
 import shutil
 import struct
 import sys
@@ -65,38 +69,63 @@ def m3e_dir() -> Path:
 
 # ------------------------------------------------------------ the tiny end-to-end world
 
-TINY_WORLD = {"tiny_job", "tiny_run", "tiny_variant"}
-# The modules whose tests use the tiny world: pytest-xdist runs them on one worker (below).
-TINY_MODULES = {
-    "test_board",
-    "test_distill",
+WORLD = "RECSENT_TEST_WORLD"  # the environment variable naming the world's folder
+# Modules whose tests are spread one by one over the workers (their module fixtures cost
+# nothing); every other module is one unit, its module fixtures (a Jupyter server, a Dask
+# cluster, a run of its own) built once.
+PER_TEST = {"test_pipeline", "test_notebook_start"}
+# The order units are handed out in: first a module that needs the world at once (its worker
+# builds it while the other runs the modules that need no world), then those modules, then the
+# world's users, heaviest first, then the single tests, which even out the end.
+BUILDER = "test_board"
+USERS = (
     "test_distributed",
-    "test_export",
-    "test_pipeline",
-    "test_reproducible",
-    "test_resume",
-    "test_runs",
-    "test_store",
     "test_students_e2e",
-}
+    "test_distill",
+    "tests/test_pipeline.py::test_a_seed_ensemble_blends_runs_that_share_stage0",
+    "test_export",
+    "test_resume",
+    "test_store",
+    "test_reproducible",
+    "test_runs",
+)
+_OWNER = pytest.StashKey[bool]()
 
 
-def pytest_collection_modifyitems(config, items):
-    """A test of the tiny world outside ``TINY_MODULES`` would build it again on another
-    worker: refuse it, naming the module to add."""
-    for item in items:
-        module = item.module.__name__
-        if TINY_WORLD & set(item.fixturenames) and module not in TINY_MODULES:
-            raise pytest.UsageError(
-                f"{item.nodeid} uses the tiny world: add {module!r} to conftest.TINY_MODULES"
-            )
+def pytest_configure(config):
+    """The session's first process (pytest-xdist's controller, or pytest alone) names the tiny
+    world's folder; its workers inherit the name and share the folder (``_shared``)."""
+    if not hasattr(config, "workerinput") and WORLD not in os.environ:
+        os.environ[WORLD] = str(ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}")
+        config.stash[_OWNER] = True
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(Scheduler(), "tiny-world-scheduler")
 
 
-class OneTinyWorld:
-    """pytest-xdist's scheduler (``-n 2`` in pyproject.toml): each test module is a unit, as with
-    ``--dist loadscope`` (its module fixtures built once), and every module of the tiny world is
-    one unit, so one worker builds that world once while the other runs the rest. (xdist's own
-    ``loadgroup`` marks do not reach its scheduler under pytest 9.)"""
+def pytest_unconfigure(config):
+    if config.stash.get(_OWNER, False):
+        shutil.rmtree(os.environ.pop(WORLD), ignore_errors=True)
+
+
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return nodeid if Path(module).stem in PER_TEST else module
+
+
+def _rank(unit: str, tests: dict) -> tuple:
+    stem = Path(unit.split("::", 1)[0]).stem
+    if stem == BUILDER:
+        return (0, 0, unit)
+    for i, name in enumerate(USERS):
+        if name in (stem, unit):
+            return (2 + i, 0, unit)
+    return (1 if "::" not in unit else 2 + len(USERS), -len(tests), unit)
+
+
+class Scheduler:
+    """pytest-xdist's scheduler (``-n 2`` in pyproject.toml): units as ``_unit`` says, in the
+    order ``_rank`` says (``BUILDER``, the modules that need no world by their number of tests,
+    ``USERS``, the single tests)."""
 
     @staticmethod
     def pytest_xdist_make_scheduler(config, log):
@@ -104,15 +133,17 @@ class OneTinyWorld:
 
         class Scheduling(LoadScopeScheduling):
             def _split_scope(self, nodeid: str) -> str:
-                module = nodeid.split("::", 1)[0]
-                return "the tiny world" if Path(module).stem in TINY_MODULES else module
+                return _unit(nodeid)
+
+            def _assign_work_unit(self, node):
+                if not getattr(self, "ordered", False):  # the first call: the queue is full
+                    self.ordered = True
+                    units = sorted(self.workqueue.items(), key=lambda unit: _rank(*unit))
+                    self.workqueue.clear()
+                    self.workqueue.update(units)
+                super()._assign_work_unit(node)
 
         return Scheduling(config, log)
-
-
-def pytest_configure(config):
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(OneTinyWorld(), "one-tiny-world")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -123,18 +154,39 @@ def venv_on_path():
         yield
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """The tiny inputs and settings (``tiny_run.make_tiny_inputs``), writing under tmp."""
-    return make_tiny_inputs(tmp_path_factory.mktemp("tiny"))
+def _world() -> Path:
+    """The tiny world's folder: ``outputs/test-<uuid>`` of the repository (commands such as
+    predict and export write only inside ``outputs/``), named by the session's first process, so
+    every pytest-xdist worker finds the same one."""
+    return Path(os.environ[WORLD])
+
+
+def _shared(name: str, build):
+    """``build()`` once per session, whichever worker asks first: the others wait for it on a
+    lock and read its result (a pickle) instead of computing it again."""
+    folder = _world()
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / f"{name}.pickle"
+    with open(folder / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            value = build()
+            part = done.with_suffix(".part")
+            part.write_bytes(pickle.dumps(value))
+            part.replace(done)
+    return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(scope="session")
-def tiny_outputs():
-    """``outputs/test-<uuid>`` in the repository, removed after the session."""
-    path = ROOT / "outputs" / f"test-{uuid.uuid4().hex[:12]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def tiny():
+    """The tiny inputs and settings (``tiny_run.make_tiny_inputs``), in the world's folder."""
+    return _shared("tiny", lambda: make_tiny_inputs(_world() / "inputs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_outputs(tiny) -> Path:
+    """The tiny world's output folder (runs and step store), removed after the session."""
+    return _world() / "outputs"
 
 
 @pytest.fixture(scope="session")
@@ -143,24 +195,21 @@ def tiny_job(tiny, tiny_outputs) -> TinyJob:
     settings = dataclasses.replace(
         tiny.settings, output_dir=tiny_outputs, students_enabled=True, distill_enabled=True
     )
-    run_dir, printed = run_job(settings)
-    return TinyJob(settings, run_dir, printed)
+    return _shared("tiny_job", lambda: TinyJob(settings, *run_job(settings)))
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_job) -> TinyJob:
     """The default method on the job's store: every step reused, ensemble and errors made."""
     settings = dataclasses.replace(tiny_job.settings, students_enabled=False, distill_enabled=False)
-    run_dir, printed = run_job(settings)
-    return TinyJob(settings, run_dir, printed)
+    return _shared("tiny_run", lambda: TinyJob(settings, *run_job(settings)))
 
 
 @pytest.fixture(scope="session")
 def tiny_variant(tiny_run) -> TinyJob:
     """The default with stage 2's learning rate divided by 10: only stage 2 is recomputed."""
     settings = dataclasses.replace(tiny_run.settings, stage2_lr=tiny_run.settings.stage2_lr / 10)
-    run_dir, printed = run_job(settings)
-    return TinyJob(settings, run_dir, printed)
+    return _shared("tiny_variant", lambda: TinyJob(settings, *run_job(settings)))
 
 
 # ------------------------------------------------------------ torch-format zip builder

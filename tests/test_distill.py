@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_run import BANNED, N_FOLDS, clean_python, papermill, poison
+from tiny_run import BANNED, N_FOLDS, clean_and_poisoned, clean_python, papermill
 
 from core.config import CONFIG_FILE, ConfigError, Settings, from_values, read_config
 from core.io import read_json
@@ -146,15 +146,10 @@ def leakage(on, tmp_path_factory):
     run (patience 3)."""
     tmp = tmp_path_factory.mktemp("leakage")
     base = dataclasses.replace(on, stage1_epochs=1, distill_epochs=EPOCHS, stage1_patience=EPOCHS)
-    clean = dataclasses.replace(base, output_dir=tmp / "clean")
-    poisoned = dataclasses.replace(
-        base,
-        output_dir=tmp / "poisoned",
-        train_path=poison(on.train_path, tmp / "poisoned.txt", 0, base),
-    )
-    runs = {"clean": tmp / "clean" / "runs" / "x", "poisoned": tmp / "poisoned" / "runs" / "x"}
-    train(clean, runs["clean"], [0, 1])
-    train(poisoned, runs["poisoned"], [0, 1])
+    runs = {}
+    for side, settings in clean_and_poisoned(base, tmp).items():
+        runs[side] = tmp / side / "runs" / "x"
+        train(settings, runs[side], [0, 1])
     return runs
 
 

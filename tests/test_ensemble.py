@@ -5,6 +5,8 @@ the formula of the submission, of the served figure and of the served score of a
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -474,3 +476,104 @@ def test_finalize_blends_other_runs_without_fitting_anything(tmp_path):
     assert members[1]["stage1_oof_auc"] == pytest.approx(auc(labels, sb.oof["pred"]))
     assert results.final == rows["oof_auc"].astype(float).idxmax()
     assert sorted(pd.read_csv(results.submission)["ID"]) == list(range(60))
+
+
+# ----------------------------------------------------------------------- what mutants found
+# Mutation testing (docs/robustness.md, "Mutants") found these behaviours unchecked.
+
+
+def test_the_grids_auc_is_sklearns_with_ties_and_nan_for_one_class():
+    from core.ensembling.candidates import _rank_auc
+
+    rng = np.random.default_rng(7)
+    for n_pos, n_neg in ((1, 50), (3, 50), (40, 50), (20, 1)):
+        labels = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
+        scores = rng.integers(0, 6, labels.size) / 5  # many ties
+        assert _rank_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(_rank_auc(np.ones(4, int), np.arange(4.0)))
+    assert np.isnan(_rank_auc(np.zeros(4, int), np.arange(4.0)))
+
+
+def test_rank_average_refuses_arrays_of_other_lengths():
+    for scores in ([], [np.arange(3.0), np.arange(4.0)]):
+        with pytest.raises(ValueError, match="at least one array, all of the same length"):
+            rank_average(scores)
+
+
+def test_tied_weights_go_to_the_one_nearest_an_even_mix():
+    from core.ensembling.candidates import _pick_weight
+
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    same = np.array([0.1, 0.9, 0.3, 0.6, 0.8, 0.2])  # every weight gives the same scores
+    assert _pick_weight(same, same, labels, (0.0, 0.5, 1.0)) == 0.5
+    assert _pick_weight(same, same, labels, (0.0, 0.25, 0.75, 1.0)) == 0.25  # then the smaller
+
+
+def test_stage_blend_takes_two_folds_and_a_missing_test_side_gives_no_test():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 40)
+    folds = np.arange(40) % 2
+    a, b = stage("a", rng.random(40), rng.random(3)), stage("b", rng.random(40))
+    blend = stage_blend(a, b, labels, folds)
+    assert sorted(blend.fold_mixes) == [0, 1] and blend.test is None
+    with pytest.raises(ValueError, match="at least two folds"):
+        stage_blend(a, b, labels, np.zeros(40, int))
+    with pytest.raises(ValueError, match="same length"):
+        stage_blend(a, b, labels[:-1], folds)
+
+
+def test_the_mean_blend_mixes_the_test_scores_and_keeps_their_ids(run):
+    run_dir, _, _ = run
+    from core.ensembling.candidates import mean_blend
+
+    means = {s: fold_mean(load_stage(run_dir, s, N_FOLDS)) for s in ("stage1", "stage2")}
+    blend = mean_blend(means)
+    np.testing.assert_allclose(blend.test, (means["stage1"].test + means["stage2"].test) / 2)
+    np.testing.assert_array_equal(blend.test_ids, means["stage1"].test_ids)
+
+
+def test_candidates_search_the_grid_they_are_given(run):
+    run_dir, _, _ = run
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    fitted = [b for b in candidates(stages, grid=(0.3,)).values() if b.fitted]
+    assert fitted and all(str(b.mix) == "0.3·stage1 + 0.7·stage2" for b in fitted)
+
+
+def test_stages_from_other_folds_or_test_files_are_refused_by_name(run):
+    run_dir, _, _ = run
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    moved = dataclasses.replace(stages["stage2"], oof=stages["stage2"].oof.assign(fold=0))
+    with pytest.raises(ValueError, match="stages stage1 and stage2 disagree on OOF column 'fold'"):
+        fold_table({"stage1": stages["stage1"], "stage2": moved})
+    other = dataclasses.replace(stages["stage2"], test=stages["stage2"].test.assign(id=-1))
+    with pytest.raises(ValueError, match="stage1 and stage2 predict different test ids"):
+        candidates({"stage1": stages["stage1"], "stage2": other})
+
+
+def test_fold_table_columns_and_counts(run):
+    run_dir, labels, folds = run
+    table = fold_table({"stage1": load_stage(run_dir, "stage1", N_FOLDS)})
+    assert table.columns.tolist() == ["fold", "n", "positives", "stage1"]
+    assert table.index.tolist() == list(range(N_FOLDS + 2))
+    assert table["positives"].iloc[:N_FOLDS].tolist() == [
+        int(labels[folds == k].sum()) for k in range(N_FOLDS)
+    ]
+    assert pd.isna(table["n"].iloc[N_FOLDS]) and table["positives"].iloc[-1] == labels.sum()
+
+
+def test_results_table_names_every_figure_and_each_folds_mix(run):
+    run_dir, labels, folds = run
+    stages = {s: load_stage(run_dir, s, N_FOLDS) for s in ("stage1", "stage2")}
+    blends = candidates(stages)
+    table = results_table(blends, labels, folds).set_index("candidate")
+    for name, b in blends.items():
+        row = table.loc[name]
+        assert row["oof_auc_in_sample"] == pytest.approx(roc_auc_score(labels, b.oof_in_sample))
+        f1_in, threshold = best_f1(labels, b.oof_in_sample)
+        assert (row["f1_in_sample"], row["threshold"]) == (f1_in, threshold)
+        scores = b.oof if b.fold_scores is None else b.fold_scores
+        assert row["f1"] == honest_best_f1(labels, scores, folds).f1
+        if b.fold_mixes is not None:
+            assert row["fold_mixes"] == {k: str(m) for k, m in b.fold_mixes.items()}
+    unmixed = Blend("no mix", blends["stage1 fold mean"].oof, None, None)
+    assert results_table({"no mix": unmixed}, labels, folds)["mix"].iloc[0] is None

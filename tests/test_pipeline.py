@@ -134,7 +134,8 @@ def test_stages_1_and_2_fine_tune_the_stage0_encoder(run, settings):
                 f"-{stage}-fold0.ipynb"
             ).read_text(encoding="utf-8")
         )
-        assert nb["metadata"]["papermill"]["parameters"]["bert_dir"] == str(settings.bert_dir)
+        passed = Path(nb["metadata"]["papermill"]["parameters"]["bert_dir"])
+        assert (ROOT / passed).resolve() == settings.bert_dir.resolve()  # shown from the root
 
 
 def test_stage0_epochs_0_fine_tunes_bert_dir_itself(settings, tmp_path):

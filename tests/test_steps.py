@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from fakes import TINY_VOCAB, write_random_bert_dir
-from tiny_run import TEST, TRAIN, first_rows
+from tiny_run import small_settings
 
 from core.config import FIELDS, Settings
 from core.ensembling.mix import Mix
@@ -24,18 +24,8 @@ AMX = frozenset({"amx_bf16", "avx512_bf16"})
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    folder = tmp_path_factory.mktemp("store")
-    (folder / "train.txt").write_text(first_rows(TRAIN, 30), encoding="utf-8")
-    (folder / "test.txt").write_text(first_rows(TEST, 10), encoding="utf-8")
-    write_random_bert_dir(folder / "bert", TINY_VOCAB)
-    return Settings(
-        train_path=folder / "train.txt",
-        test_path=folder / "test.txt",
-        bert_dir=folder / "bert",
-        output_dir=folder / "outputs",
-        n_folds=3,
-        precision="float32",  # the same keys on every host (auto: tests/test_precision.py)
-    )
+    # float32: the same keys on every host (auto: tests/test_precision.py)
+    return small_settings(tmp_path_factory.mktemp("store"), n_folds=3)
 
 
 def keys(settings: Settings) -> dict[str, str]:
@@ -43,6 +33,13 @@ def keys(settings: Settings) -> dict[str, str]:
 
 
 # -- keys -------------------------------------------------------------------------------------
+
+
+def test_an_unknown_step_is_refused_naming_the_steps_there_are(settings):
+    expected = f"no stored step 'stage3'; expected one of {', '.join(steps.SECTIONS)}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        steps.recipe(settings, "stage3")
+
 
 TEACHER = Mix.blend("stage1", "stage2", 0.5)  # the distilled model's, for its key
 

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import TINY_VOCAB, write_random_bert_dir
-from tiny_run import TEST, TRAIN, command, copy_outputs, first_rows, run_job
+from tiny_run import command, copy_outputs, run_job, small_settings
 
 from core.config import ConfigError, Settings, show
 from core.io import read_json, write_json
@@ -50,20 +49,7 @@ DAMAGES = ("truncate", "flip", "delete")
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "train.txt").write_text(first_rows(TRAIN, 30), encoding="utf-8")
-    (folder / "test.txt").write_text(first_rows(TEST, 10), encoding="utf-8")
-    write_random_bert_dir(folder / "bert", TINY_VOCAB)
-    return Settings(
-        train_path=folder / "train.txt",
-        test_path=folder / "test.txt",
-        bert_dir=folder / "bert",
-        output_dir=tmp_path / "outputs",
-        n_folds=2,
-        stage0_epochs=0,
-        precision="float32",
-    )
+    return small_settings(tmp_path / "in", tmp_path / "outputs", n_folds=2, stage0_epochs=0)
 
 
 def compute(step: steps.Step, settings: Settings, files=FOLD_FILES, calls: list | None = None):
@@ -204,6 +190,67 @@ def test_stage0_made_before_records_is_checked_against_its_encoders_manifest(set
     [data] = (step.dir / "bert").glob("bert_model.ckpt.data-*")
     damage(data, "flip")
     assert str(step.check()).startswith(f"bert/{data.name} has other contents")
+
+
+def test_vet_records_a_step_made_before_records(settings):
+    step = compute(steps.ref(settings, "stage1", 0), settings)
+    (step.dir / steps.RECORD).unlink()
+    assert steps.vet(step) is None and steps.sealed(step.dir)
+
+
+def test_a_readers_check_looks_only_at_the_files_it_reads(settings):
+    step = compute(steps.ref(settings, "stage1", 0), settings)
+    damage(step.dir / "oof.csv", "truncate")
+    assert step.check(only=["weights.h5"]) is None
+    assert str(step.check(only=["oof.csv"])).startswith("oof.csv is")
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [],
+        {"weights.h5": 7},
+        {"weights.h5": {"bytes": "16", "sha256": "ab"}},
+        {"weights.h5": {"bytes": 16, "sha256": 5}},
+    ],
+)
+def test_a_record_with_a_malformed_entry_is_damage_of_the_record(settings, files):
+    step = compute(steps.ref(settings, "stage1", 0), settings)
+    write_json(step.dir / steps.RECORD, {"step": step.name, "files": files})
+    found = step.check()
+    assert str(found) == "files.json is unreadable" and found.path == step.dir / steps.RECORD
+
+
+def test_a_half_made_stage0_has_no_record_to_check(settings):
+    from core.weights.google_ckpt import MANIFEST_FILE
+
+    folder = steps.ref(dataclasses.replace(settings, stage0_epochs=1), "stage0").dir
+    (folder / "bert").mkdir(parents=True)
+    write_json(folder / "bert" / MANIFEST_FILE, {"files": {}})  # its encoder, but no marker yet
+    assert steps.read_record(folder) is None
+
+
+def test_hidden_files_of_a_step_are_not_recorded(settings):
+    step = compute(steps.ref(settings, "stage1", 0), settings)
+    (step.dir / ".oof.csv.x.tmp.csv").write_text("half")  # core.io's temporary
+    (step.dir / ".cache").mkdir()
+    (step.dir / ".cache" / "f").write_text("x")
+    assert sorted(steps.recorded_files(step.dir)) == sorted([*FOLD_FILES, "done.json"])
+
+
+def test_a_link_to_another_step_is_pointed_at_this_one(settings, tmp_path):
+    step = compute(steps.ref(settings, "stage1", 0), settings)
+    path = step.in_run(tmp_path / "run")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(tmp_path / "elsewhere")
+    assert steps.link(tmp_path / "run", step) == path and path.resolve() == step.dir.resolve()
+
+
+def test_a_run_is_made_of_every_step_it_links_stage0_included(settings):
+    on = dataclasses.replace(settings, stage0_epochs=1)
+    run_dir = make_run(on, "run-a")
+    assert set(steps.linked_steps(run_dir)) == {s.label for s in steps.run_steps(on)}
+    assert steps.linked_steps(run_dir)["stage0"] == steps.ref(on, "stage0").name
 
 
 # -- the main job's reuse -------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from fakes import TINY_VOCAB, write_random_bert_dir
-from tiny_run import TEST, TRAIN, first_rows
+from tiny_run import TEST, TRAIN, small_settings
 
 from core.config import ConfigError, Settings, from_values, read_config
 from core.ensembling.candidates import candidates, fold_mean, results_table, stage_blend
@@ -33,18 +32,7 @@ N_FOLDS = 3
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    folder = tmp_path_factory.mktemp("students")
-    (folder / "train.txt").write_text(first_rows(TRAIN, 30), encoding="utf-8")
-    (folder / "test.txt").write_text(first_rows(TEST, 10), encoding="utf-8")
-    write_random_bert_dir(folder / "bert", TINY_VOCAB)
-    return Settings(
-        train_path=folder / "train.txt",
-        test_path=folder / "test.txt",
-        bert_dir=folder / "bert",
-        output_dir=folder / "outputs",
-        n_folds=N_FOLDS,
-        precision="float32",  # the computation keys were made of before students (and auto)
-    )
+    return small_settings(tmp_path_factory.mktemp("students"), n_folds=N_FOLDS)
 
 
 def keys(settings: Settings) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_run import N_FOLDS, papermill, poison
+from tiny_run import N_FOLDS, clean_and_poisoned, papermill
 
 from core.config import CONFIG_FILE, Settings
 from core.io import read_json
@@ -65,15 +65,10 @@ def leakage(tiny, tmp_path_factory):
         students_epochs=EPOCHS,
         stage1_patience=EPOCHS,
     )
-    clean = dataclasses.replace(base, output_dir=tmp / "clean")
-    poisoned = dataclasses.replace(
-        base,
-        output_dir=tmp / "poisoned",
-        train_path=poison(tiny.train_path, tmp / "poisoned.txt", 0, base),
-    )
-    runs = {"clean": tmp / "clean" / "runs" / "x", "poisoned": tmp / "poisoned" / "runs" / "x"}
-    train(clean, runs["clean"], [0, 1])
-    train(poisoned, runs["poisoned"], [0, 1])
+    runs = {}
+    for side, settings in clean_and_poisoned(base, tmp).items():
+        runs[side] = tmp / side / "runs" / "x"
+        train(settings, runs[side], [0, 1])
     return runs
 
 

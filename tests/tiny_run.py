@@ -7,9 +7,9 @@ copies: early stopping and the schedule's decay have two epochs to act on), lr 1
 learns something, XLA off (it compiles every batch shape anew: slower on tiny data;
 test_reproducible checks the XLA path), and float32 (``precision: auto`` would take another
 numeric path on a bf16 host; tests/test_precision.py covers the others). ``output_dir`` is
-``folder / "outputs"``; the shared job lives in ``outputs/test-<uuid>`` of the repository
-instead, because commands such as predict and export only write inside the repository's
-``outputs/``.
+``folder / "outputs"``; the shared world lives in ``outputs/test-<uuid>`` of the repository
+instead (conftest.py), because commands such as predict and export only write inside the
+repository's ``outputs/``.
 
 The rest are the helpers several test modules use: running a notebook or a command as a user
 does, copying a finished output folder (runs and stored steps) for a test that damages it,
@@ -98,6 +98,25 @@ def make_tiny_inputs(folder: Path, n_train: int = 120, n_test: int = 40, extra=(
     return TinyInputs(train, test, bert, folder / "outputs", Settings(**values))
 
 
+def small_settings(folder: Path, output_dir: Path | None = None, **values) -> Settings:
+    """Settings over the first 30 training and 10 test rows and a tiny random BERT folder,
+    written into ``folder`` (for key and store tests that train nothing); float32, so keys are
+    the same on every host; ``values`` override."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text(first_rows(TRAIN, 30), encoding="utf-8")
+    (folder / "test.txt").write_text(first_rows(TEST, 10), encoding="utf-8")
+    write_random_bert_dir(folder / "bert", TINY_VOCAB)
+    return Settings(
+        train_path=folder / "train.txt",
+        test_path=folder / "test.txt",
+        bert_dir=folder / "bert",
+        output_dir=output_dir or folder / "outputs",
+        precision="float32",
+        **values,
+    )
+
+
 def subprocess_env() -> dict:
     """Environment for child processes: this venv's python first on PATH, repo importable, and
     without pytest's PYTEST_CURRENT_TEST (under it ipykernel leaves fd 2 uncaptured, so a child
@@ -146,8 +165,10 @@ def run_job(settings: Settings, **options) -> tuple[Path, str]:
 
 def copy_outputs(job: TinyJob, dst: Path) -> TinyJob:
     """A copy of the job's output folder (its runs and its step store; the runs' links into the
-    store are relative, so they stay inside the copy), for a test that changes or damages it."""
-    shutil.copytree(job.outputs, dst, symlinks=True)
+    store are relative, so they stay inside the copy), for a test that changes or damages it.
+    Files another worker is writing at that moment (``core.io``'s hidden temporaries) stay out."""
+    in_flight = shutil.ignore_patterns(".*.tmp*", ".*.link", ".write-check.*")
+    shutil.copytree(job.outputs, dst, symlinks=True, ignore=in_flight)
     settings = replace(job.settings, output_dir=dst)
     return TinyJob(settings, dst / job.run_dir.relative_to(job.outputs), job.printed)
 
@@ -156,6 +177,16 @@ def fold_files(run_dir: Path, stage: str, fold: int) -> dict[str, Path]:
     d = Path(run_dir) / stage / f"fold{fold}"
     weights = "weights.h5" if stage == "stage1" else "head.h5"
     return {n: d / n for n in ("oof.csv", "test.csv", "history.json", "done.json", weights)}
+
+
+def clean_and_poisoned(base: Settings, tmp: Path, fold: int = 0) -> dict[str, Settings]:
+    """``base`` on its training file and on a copy with ``fold``'s labels flipped (``poison``),
+    each with an output folder of its own under ``tmp``: the two sides of a leakage test."""
+    poisoned = poison(base.train_path, tmp / "poisoned.txt", fold, base)
+    return {
+        "clean": replace(base, output_dir=tmp / "clean"),
+        "poisoned": replace(base, output_dir=tmp / "poisoned", train_path=poisoned),
+    }
 
 
 def poison(train_path: Path, out: Path, fold: int, settings: Settings) -> Path:
