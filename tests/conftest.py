@@ -74,10 +74,13 @@ WORLD = "RECSENT_TEST_WORLD"  # the environment variable naming the world's fold
 # nothing); every other module is one unit, its module fixtures (a Jupyter server, a Dask
 # cluster, a run of its own) built once.
 PER_TEST = {"test_pipeline", "test_notebook_start"}
-# The order units are handed out in: first a module that needs the world at once (its worker
-# builds it while the other runs the modules that need no world), then those modules, then the
-# world's users, heaviest first, then the single tests, which even out the end.
-BUILDER = "test_board"
+# The order units are handed out in: first a test that needs the whole world (job, run and
+# variant: its worker builds them in a row while the other runs the modules that need no world),
+# then those modules, then the world's users, heaviest first, then the single tests, which even
+# out the end.
+BUILDER = (
+    "tests/test_pipeline.py::test_a_stage2_change_reuses_stage0_and_stage1_and_recomputes_stage2"
+)
 USERS = (
     "test_distributed",
     "test_students_e2e",
@@ -88,6 +91,7 @@ USERS = (
     "test_store",
     "test_reproducible",
     "test_runs",
+    "test_board",
 )
 _OWNER = pytest.StashKey[bool]()
 
@@ -114,7 +118,7 @@ def _unit(nodeid: str) -> str:
 
 def _rank(unit: str, tests: dict) -> tuple:
     stem = Path(unit.split("::", 1)[0]).stem
-    if stem == BUILDER:
+    if unit == BUILDER:
         return (0, 0, unit)
     for i, name in enumerate(USERS):
         if name in (stem, unit):

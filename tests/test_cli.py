@@ -378,6 +378,7 @@ def test_a_damaged_copy_is_not_told_to_rebuild_the_default(outputs, bert):
 # -- with TensorFlow or a notebook kernel ----------------------------------------------------------
 
 
+@pytest.mark.slow  # a kernel or a subprocess importing TensorFlow
 def test_predict_says_how_many_sentences_it_cut(outputs, bert):
     """As notebooks 01 and 02 say it of the data (issue #28): on stderr, stdout stays CSV."""
     run = finished_run(outputs, bert)
@@ -440,6 +441,7 @@ def test_pipeline_bad_train_file_stops_before_any_notebook(tmp_path, tiny_bert_d
     assert not out.exists()  # checked before the first step: nothing started
 
 
+@pytest.mark.slow  # a kernel or a subprocess importing TensorFlow
 def test_pipeline_notebook_error_says_where_the_notebook_is(tmp_path, tiny_bert_dir):
     """Stage 2 asked for before stage 1: the notebook's error, then where its executed copy is;
     no kernel start-up lines on either stream."""
@@ -619,6 +621,7 @@ def test_kernel_noise_is_dropped_at_the_source_and_nothing_else(tmp_path):
         assert noise not in proc.stderr + streams, (proc.stderr + streams)[-3000:]
 
 
+@pytest.mark.slow  # a kernel or a subprocess importing TensorFlow
 def test_a_finished_run_folder_refuses_other_inputs(tmp_path, tiny_bert_dir):
     """Issue #28: a finished run's folder given other data is refused before any step is
     skipped as done, by the main job and by a notebook, naming what differs; nothing is

@@ -304,6 +304,7 @@ print(hashlib.sha256(data).hexdigest(), keras.backend.experimental.is_tf_random_
 """
 
 
+@pytest.mark.slow  # a kernel or a subprocess importing TensorFlow
 def test_stage0_draws_do_not_depend_on_what_was_imported_first(headless_dir, tmp_path):
     """core.model.classifier switches a process to tf.random.Generator; stage 0's draws (and so the
     default encoder, and every figure measured on it) must stay the stateful ops' either way."""

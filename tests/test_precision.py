@@ -321,6 +321,7 @@ def test_mlm_model_trains_with_a_float32_softmax(tiny_bert_dir, precision):
 # ------------------------------------------------------------------ a run
 
 
+@pytest.mark.slow  # both stages of a fold, end to end
 def test_a_bfloat16_run_trains_both_stages_and_says_so(tmp_path, capsys):
     from tiny_run import make_tiny_inputs
 

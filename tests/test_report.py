@@ -72,6 +72,31 @@ def test_a_partial_run_shows_its_finished_folds(tmp_path):
     assert broken_refs(run_dir / "index.html") == []
 
 
+def test_a_rewrite_draws_only_the_learning_curves_that_changed(tmp_path, monkeypatch):
+    """The main job rewrites the report after every step: a finished fold's curve is drawn once,
+    a curve whose history changed is drawn again, and the page is the same as a fresh draw."""
+    from core.analysis import plots
+    from core.runs import report
+
+    drawn = []
+    draw = plots.learning_curves
+    monkeypatch.setattr(plots, "learning_curves", lambda h, t: drawn.append(t) or draw(h, t))
+    report.curve_uri.cache_clear()
+    run_dir = tmp_path / "runs" / "partial"
+    record_settings(run_dir, Settings(**SETTINGS, output_dir=tmp_path))
+    finish_fold(run_dir, "stage1", 0, 0.9123)
+    first = write_report(run_dir).read_text(encoding="utf-8")
+    finish_fold(run_dir, "stage1", 1, 0.9001)
+    write_report(run_dir)
+    assert drawn == ["stage 1, fold 0", "stage 1, fold 1"]
+    finish_fold(run_dir, "stage1", 0, 0.9500)  # fold 0 again, another history
+    again = write_report(run_dir).read_text(encoding="utf-8")
+    assert drawn[2:] == ["stage 1, fold 0"]
+    report.curve_uri.cache_clear()
+    assert write_report(run_dir).read_text(encoding="utf-8") == again  # as drawn afresh
+    assert again != first
+
+
 def test_headline_beside_the_published_and_the_measured_reference(tmp_path):
     runs = tmp_path / "runs"
     headline = {

@@ -13,7 +13,9 @@ run too: a section whose files are not there yet says so. Rendered from
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -283,7 +285,7 @@ def figures(run_dir: Path, done: dict, n_folds: int, stages=MAIN_STAGES) -> dict
     stage0 = _json(run_dir / "stage0" / "bert" / "PRETRAIN.json")
     if stage0 and stage0.get("history"):
         title = "stage 0 (masked-LM pre-training)"
-        out["curves"].append((title, png_uri(plots.learning_curves(stage0["history"], title))))
+        out["curves"].append((title, curve_uri(title, json.dumps(stage0["history"]))))
     aucs = pd.DataFrame(
         [{"fold": k, "stage": s, "auc": d["val_auc"]} for (s, k), d in done.items() if d]
     )
@@ -309,10 +311,17 @@ def figures(run_dir: Path, done: dict, n_folds: int, stages=MAIN_STAGES) -> dict
             history = fold_dir(run_dir, s, k) / "history.json"
             if done.get((s, k)) and history.is_file():
                 title = f"{STAGE_TITLES[s]}, fold {k}"
-                out["curves"].append(
-                    (title, png_uri(plots.learning_curves(read_json(history), title)))
-                )
+                out["curves"].append((title, curve_uri(title, history.read_text("utf-8"))))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def curve_uri(title: str, history: str) -> str:
+    """A learning curve (``history``: its JSON text) as a PNG URI, drawn once per content: the
+    main job rewrites the report after every step, and a finished step's curve never changes."""
+    from core.analysis import plots
+
+    return png_uri(plots.learning_curves(json.loads(history), title))
 
 
 def member_rows(run_dir: Path, headline: dict | None) -> list[dict]:
