@@ -17,6 +17,8 @@ own rows, exit code and first line, are in test_cli.py).
 | unlabelled file passed as train | `DataError`: `<path>, line 1: expected 'label<TAB>text' rows, found no tab in any row … looks like an unlabelled test file` |
 | labelled CSV passed as test | `DataError`: `<path>, line 1: expected a header with 'content' and no 'label' … looks like a labelled train file; pass it as train` (the caller's own hint: `labelled_hint`) |
 | CSV whose label column is misspelt | `DataError`: `<path>, line 1: … no column is named 'label'; rename the label column ('lable'?) to label` (not "an unlabelled test file") |
+| fewer labelled rows than `n_folds` | `DataError` (`check_folds`, in every entry point's `check_inputs`): `<path>: expected at least 5 labelled rows for n_folds=5, found 3; add rows, or lower n_folds` |
+| a fold whose validation rows hold one label | `DataError`: `<path>: expected both labels among fold K's validation rows (its AUC needs them), found only label 1; the file holds …` |
 | `fold` outside 0..n_folds-1 | `ConfigError` (`Settings.check_fold`): `parameter fold=7: expected an integer in 0..2 (n_folds=3)` |
 | `bert_dir` without `vocab.txt` | `BertDirError` (`check_bert_dir`): `<dir>/vocab.txt: expected this file, found it missing`; `load_vocab`: `FileNotFoundError` naming the file |
 | `vocab.txt` size ≠ config `vocab_size` | `BertDirError`: `<dir>/vocab.txt: expected N lines (vocab_size in bert_config.json), found M lines` |
@@ -276,3 +278,36 @@ def test_bad_predictions_never_reach_a_fold(bad):
     message = str(info.value)
     assert message.startswith("stage1 fold 0 test: 1 predictions are NaN or outside [0, 1]")
     assert "first at row 2" in message and "Nothing was written for this fold" in message
+
+
+def rows(*labels: int) -> str:
+    return "".join(f"{y}\t第{i}句好吃不错\n\n" for i, y in enumerate(labels))
+
+
+def test_fewer_rows_than_folds_is_refused_before_any_step(tmp_path, tiny_bert_dir):
+    from core.pipeline.job import check_inputs
+
+    train = write(tmp_path, rows(1, 0, 1))
+    test = write(tmp_path, "好吃\n\n", "test.txt")
+    settings = Settings(train_path=train, test_path=test, bert_dir=tiny_bert_dir, n_folds=5)
+    with pytest.raises(DataError) as info:
+        check_inputs(settings)
+    assert str(info.value) == (
+        f"{show_path(train)}: expected at least 5 labelled rows for n_folds=5, found 3; add rows, "
+        "or lower n_folds (--set n_folds=2)"
+    )
+    assert info.value.path == train
+    enough = write(tmp_path, rows(*[1, 0] * 20), "enough.txt")
+    check_inputs(Settings(train_path=enough, test_path=test, bert_dir=tiny_bert_dir, n_folds=5))
+
+
+def test_a_fold_of_one_label_is_refused_naming_the_counts(tmp_path):
+    from core.runs.folder import check_folds
+
+    train = write(tmp_path, rows(*[1] * 9, 0))
+    with pytest.raises(DataError) as info:
+        check_folds(read_labelled(train), 3, 2020)
+    message = str(info.value)
+    assert message.startswith(f"{show_path(train)}: expected both labels among fold ")
+    assert "found only label 1; the file holds 9 rows labelled 1 and 1 labelled 0" in message
+    check_folds(read_labelled(write(tmp_path, rows(1, 0, 1, 0, 1, 0), "ok.txt")), 3, 2020)

@@ -47,6 +47,7 @@ from core.pipeline.execute import (
 from core.pipeline.plan import Task, graph, parameters, plan, select
 from core.runs.folder import (
     check_blend_runs,
+    check_folds,
     clear_failed,
     default_run_dir,
     mark_failed,
@@ -63,7 +64,7 @@ log = logging.getLogger("pipeline")
 def check_inputs(settings: Settings, only: str | None = None, folds=None) -> None:
     """Everything a run will need, checked before its first step: the data files parse, the
     encoder folder is complete and its files are those its manifest recorded (sizes and
-    sha256), the fold list and step exist. Raises the error naming it.
+    sha256), every fold can be scored, the fold list and step exist. Raises the error naming it.
     A Hugging Face ``bert_dir`` becomes its converted Google folder here, in ``settings``."""
     from core.weights import check_bert_dir, google_dir
     from core.weights.google_ckpt import check_weights
@@ -82,11 +83,12 @@ def check_inputs(settings: Settings, only: str | None = None, folds=None) -> Non
         )
     for fold in folds or ():
         settings.check_fold(fold, "--folds 0,1")
-    read_labelled(settings.train_path)
+    train = read_labelled(settings.train_path)
     read_unlabelled(settings.test_path)
     settings.bert_dir = google_dir(settings.bert_dir)  # every later reader gets Google's layout
     check_bert_dir(settings.bert_dir, read_checkpoint=False)
     check_weights(settings.bert_dir)  # a damaged encoder, before stage 0 finds it in a run
+    check_folds(train, settings.n_folds, settings.seed)
 
 
 def open_runs(settings: Settings, run_dir: Path, members: list[Settings]) -> None:

@@ -26,7 +26,7 @@ from core.config import (
     config_text,
     show,
 )
-from core.data.reviews import file_sha256
+from core.data.reviews import DataError, Dataset, file_sha256, show_path
 from core.io import read_json, write_csv, write_json, write_text
 from core.model.precision import record as precision_record
 from core.runs import steps
@@ -186,6 +186,30 @@ def make_folds(n_rows: int, n_folds: int, seed: int) -> np.ndarray:
     ):
         folds[valid] = k
     return folds
+
+
+def check_folds(data: Dataset, n_folds: int, seed: int) -> None:
+    """Every fold can be scored: at least ``n_folds`` labelled rows, and both labels among each
+    fold's validation rows (a fold of one label has no AUC). Raises a DataError naming the file."""
+    where = show_path(data.path)
+    if len(data) < n_folds:
+        raise DataError(
+            f"{where}: expected at least {n_folds} labelled rows for n_folds={n_folds}, found "
+            f"{len(data)}; add rows, or lower n_folds (--set n_folds=2)",
+            path=data.path,
+        )
+    folds = make_folds(len(data), n_folds, seed)
+    for k in range(n_folds):
+        labels = set(data.labels[folds == k].tolist())
+        if len(labels) < 2:
+            counts = np.bincount(data.labels, minlength=2)
+            raise DataError(
+                f"{where}: expected both labels among fold {k}'s validation rows (its AUC needs "
+                f"them), found only label {labels.pop()}; the file holds {counts[1]} rows "
+                f"labelled 1 and {counts[0]} labelled 0: add rows of the missing label, or lower "
+                "n_folds",
+                path=data.path,
+            )
 
 
 def open_run(run_dir: Path, settings: Settings, ids: np.ndarray) -> np.ndarray:
