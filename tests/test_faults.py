@@ -77,7 +77,8 @@ def written(folder: Path) -> list[Path]:
 def job(tmp_path) -> list[str]:
     """The main job's options for tiny data and a stub encoder folder, outputs in tmp/outputs."""
     train, test = tmp_path / "train.txt", tmp_path / "test.txt"
-    train.write_text("1\t好吃不错\n\n0\t难吃\n\n1\t不错\n\n0\t一般\n\n", encoding="utf-8")
+    # 16 rows: both labels in each of the 5 default folds (the main job checks that first)
+    train.write_text("1\t好吃不错\n\n0\t难吃\n\n1\t不错\n\n0\t一般\n\n" * 4, encoding="utf-8")
     test.write_text("好吃\n\n一般\n\n", encoding="utf-8")
     bert = tmp_path / "bert"
     bert.mkdir()

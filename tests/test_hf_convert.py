@@ -47,7 +47,8 @@ def data(tmp_path) -> dict:
     """Tiny train and test files, for the entry points' checks."""
     train, test = tmp_path / "train.txt", tmp_path / "test.txt"
     rows = [(1, "好吃不贵"), (0, "服务很差"), (1, "环境干净"), (0, "价格太贵"), (1, "味道不错")]
-    train.write_text("".join(f"{y}\t{t}\n\n" for y, t in rows), encoding="utf-8")
+    # 20 rows: both labels in each of the 5 default folds (check_inputs checks that too)
+    train.write_text("".join(f"{y}\t{t}\n\n" for y, t in rows * 4), encoding="utf-8")
     test.write_text("".join(f"{t}\n\n" for _, t in rows), encoding="utf-8")
     return {"train_path": train, "test_path": test}
 
