@@ -69,6 +69,11 @@ def _writing(path: Path):
         raise error from None
 
 
+# Glob patterns of the temporary files this module's writers make beside their targets (hidden,
+# renamed or removed when the write ends): what a copy of a folder being written leaves out.
+IN_FLIGHT = (".*.tmp*", ".*.link", ".write-check.*")
+
+
 def check_writable(folder: str | Path, elsewhere: str | None = ELSEWHERE) -> None:
     """Write, sync and remove a small file in ``folder`` (or, before it exists, in the nearest
     folder above it, where it will be made): a read-only or full disk is a DiskError naming that

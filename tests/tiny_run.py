@@ -31,6 +31,7 @@ from pathlib import Path
 from fakes import TINY_VOCAB, write_random_bert_dir
 
 from core.config import ROOT, Settings
+from core.io import IN_FLIGHT
 
 TRAIN = ROOT / "data" / "train_shuffle.txt"
 TEST = ROOT / "data" / "test_handout.txt"
@@ -167,8 +168,7 @@ def copy_outputs(job: TinyJob, dst: Path) -> TinyJob:
     """A copy of the job's output folder (its runs and its step store; the runs' links into the
     store are relative, so they stay inside the copy), for a test that changes or damages it.
     Files another worker is writing at that moment (``core.io``'s hidden temporaries) stay out."""
-    in_flight = shutil.ignore_patterns(".*.tmp*", ".*.link", ".write-check.*")
-    shutil.copytree(job.outputs, dst, symlinks=True, ignore=in_flight)
+    shutil.copytree(job.outputs, dst, symlinks=True, ignore=shutil.ignore_patterns(*IN_FLIGHT))
     settings = replace(job.settings, output_dir=dst)
     return TinyJob(settings, dst / job.run_dir.relative_to(job.outputs), job.printed)
 
