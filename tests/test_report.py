@@ -81,6 +81,8 @@ def test_a_rewrite_draws_only_the_learning_curves_that_changed(tmp_path, monkeyp
     drawn = []
     draw = plots.learning_curves
     monkeypatch.setattr(plots, "learning_curves", lambda h, t: drawn.append(t) or draw(h, t))
+    # The page stamps the time it was written; a second's tick between two writes is not a change.
+    monkeypatch.setattr(report.time, "strftime", lambda *a: "2026-01-01 00:00:00 UTC")
     report.curve_uri.cache_clear()
     run_dir = tmp_path / "runs" / "partial"
     record_settings(run_dir, Settings(**SETTINGS, output_dir=tmp_path))
