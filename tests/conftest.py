@@ -10,7 +10,9 @@ end-to-end world every slow test starts from (tests/tiny_run.py):
   run-level ensemble, distilled model and error analysis;
 * ``tiny_run``: the default method on the same store: it reuses every stored step and computes
   only its ensemble and error analysis;
-* ``tiny_variant``: the default with stage 2's learning rate changed: stage 2 recomputed.
+* ``tiny_variant``: the default with stage 2's learning rate changed: stage 2 recomputed;
+* ``leakage``: folds 0 and 1 on the tiny file and on a copy with fold 0's labels flipped, with
+  their students and distilled copies (tiny_run.train_leakage), for the leakage tests.
 
 Tests that change or damage a run work on a copy (``tiny_run.copy_outputs``), never on these.
 """
@@ -35,7 +37,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` without an install
 
 from fakes import TINY_VOCAB, write_random_bert_dir  # noqa: E402
-from tiny_run import TinyJob, make_tiny_inputs, run_job, subprocess_env  # noqa: E402
+from tiny_run import (  # noqa: E402
+    TinyJob,
+    make_tiny_inputs,
+    run_job,
+    subprocess_env,
+    train_leakage,
+)
 
 import core  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from core.config import ROOT  # noqa: E402
@@ -74,6 +82,9 @@ WORLD = "RECSENT_TEST_WORLD"  # the environment variable naming the world's fold
 # nothing); every other module is one unit, its module fixtures (a Jupyter server, a Dask
 # cluster, a run of its own) built once.
 PER_TEST = {"test_pipeline", "test_notebook_start"}
+# Modules that share a costly fixture run as one unit, on one worker: the other never waits
+# for it on the lock.
+TOGETHER = {"test_students_e2e": "leakage", "test_distill": "leakage"}
 # The order units are handed out in: first a test that needs the whole world (job, run and
 # variant: its worker builds them in a row while the other runs the modules that need no world),
 # then those modules, then the world's users, heaviest first, then the single tests, which even
@@ -83,8 +94,7 @@ BUILDER = (
 )
 USERS = (
     "test_distributed",
-    "test_students_e2e",
-    "test_distill",
+    "leakage",
     "tests/test_pipeline.py::test_a_seed_ensemble_blends_runs_that_share_stage0",
     "test_export",
     "test_resume",
@@ -113,6 +123,8 @@ def pytest_unconfigure(config):
 
 def _unit(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0]
+    if Path(module).stem in TOGETHER:
+        return TOGETHER[Path(module).stem]
     return nodeid if Path(module).stem in PER_TEST else module
 
 
@@ -214,6 +226,14 @@ def tiny_variant(tiny_run) -> TinyJob:
     """The default with stage 2's learning rate divided by 10: only stage 2 is recomputed."""
     settings = dataclasses.replace(tiny_run.settings, stage2_lr=tiny_run.settings.stage2_lr / 10)
     return _shared("tiny_variant", lambda: TinyJob(settings, *run_job(settings)))
+
+
+@pytest.fixture(scope="session")
+def leakage(tiny) -> dict[str, Path]:
+    """The clean and the poisoned side's run folders (``tiny_run.train_leakage``): the leakage
+    tests of the students (test_students_e2e) and of the distilled copies (test_distill) share
+    their teachers."""
+    return _shared("leakage", lambda: train_leakage(tiny.settings, _world() / "leakage"))
 
 
 # ------------------------------------------------------------ torch-format zip builder

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_run import BANNED, N_FOLDS, clean_and_poisoned, clean_python, papermill
+from tiny_run import BANNED, LEAKAGE_EPOCHS, N_FOLDS, clean_python, papermill
 
 from core.config import CONFIG_FILE, ConfigError, Settings, from_values, read_config
 from core.io import read_json
@@ -22,8 +22,6 @@ from core.metrics import auc
 from core.pipeline.plan import graph, plan, upstream
 from core.runs import steps
 from core.runs.folder import default_run_dir, identity
-
-EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +118,6 @@ def test_mixed_targets():
 # -- trained: the in-fold copies are honest -------------------------------------------------------
 
 
-def train(settings: Settings, run_dir, folds=range(N_FOLDS)) -> None:
-    from core.training import distill, engine
-
-    inputs = engine.prepare(settings, run_dir)
-    for k in folds:
-        engine.train_stage1(settings, k, run_dir, inputs)
-    for k in folds:
-        distill.train_fold_copy(settings, k, run_dir, inputs)
-
-
 def copy_files(run_dir, fold: int) -> dict:
     d = run_dir / "distill" / f"fold{fold}"
     return {
@@ -139,25 +127,11 @@ def copy_files(run_dir, fold: int) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def leakage(on, tmp_path_factory):
-    """Folds 0 and 1 on the clean file and on the file with fold 0's labels flipped: teachers of
-    one epoch (nothing for fold 0's labels to choose there), copies of three epochs, every epoch
-    run (patience 3)."""
-    tmp = tmp_path_factory.mktemp("leakage")
-    base = dataclasses.replace(on, stage1_epochs=1, distill_epochs=EPOCHS, stage1_patience=EPOCHS)
-    runs = {}
-    for side, settings in clean_and_poisoned(base, tmp).items():
-        runs[side] = tmp / side / "runs" / "x"
-        train(settings, runs[side], [0, 1])
-    return runs
-
-
 @pytest.mark.slow
 def test_poisoning_fold_0s_labels_leaves_fold_0s_copy_training_unchanged(leakage):
     clean, poisoned = (copy_files(leakage[r], 0) for r in ("clean", "poisoned"))
     assert clean["targets"] == poisoned["targets"]
-    assert len(clean["history"]["loss"]) == EPOCHS
+    assert len(clean["history"]["loss"]) == LEAKAGE_EPOCHS
     assert clean["history"]["loss"] == poisoned["history"]["loss"]  # to the bit
     flipped = [1 - v for v in clean["history"]["val_auc"]]
     assert poisoned["history"]["val_auc"] == pytest.approx(flipped, abs=1e-9)

@@ -2,12 +2,13 @@
 
 Quick: the graph's dependencies, the default path importing no Dask, the options' checks. Slow
 (marked): a real Dask scheduler and two worker processes on 127.0.0.1 (``dask scheduler``, ``dask
-worker --nthreads 1 --no-nanny``) run the tiny run's stage 1 (tests/tiny_run.py); the folds run on
-both workers at once and give the sequential run's out-of-fold predictions (the session's tiny
-default run, conftest.py, is that sequential run); a worker killed by its PID mid-fold loses its
-fold to the other, which redoes it whole; stopping a client (SIGINT, as Ctrl-C) stops its tasks'
-notebook kernels, on that cluster and with ``--workers 2``. Each run has an output folder of its
-own (a shared one would reuse the steps); all but the first start from the session's stage 0.
+worker --nthreads 1 --no-nanny``) run the tiny run's stage 1 (tests/tiny_run.py) once: the folds
+run on both workers at once, a worker killed by its PID mid-fold loses its fold to the other,
+which redoes it whole, and every fold gives the sequential run's out-of-fold predictions (the
+session's tiny default run, conftest.py, is that sequential run); stopping a client (SIGINT, as
+Ctrl-C) stops its tasks' notebook kernels, on that cluster and with ``--workers 2``. Each run has
+an output folder of its own (a shared one would reuse the steps); the Ctrl-C tests start from the
+session's stage 0.
 
 The Ctrl-C tests give the client the default SIGINT disposition: a suite started in the
 background (``nohup``, ``&``) ignores SIGINT, and Python keeps it ignored in its children.
@@ -299,35 +300,6 @@ def assert_same_oof(run_dir: Path, reference: Path) -> None:
         assert b["pred"].std() > 0  # a constant prediction would match trivially
 
 
-@pytest.mark.slow
-def test_folds_run_on_both_workers_at_once_and_equal_the_sequential_run(
-    tiny, tmp_path, cluster, reference, caplog
-):
-    caplog.set_level(logging.INFO, logger="pipeline")
-    settings = dataclasses.replace(tiny.settings, output_dir=tmp_path / "outputs")
-    run_dir = run_pipeline(settings, only="stage1", scheduler=cluster.address)
-    tasks = json.loads((run_dir / "tasks.json").read_text())
-    folds = [tasks[f"stage1-fold{k}"] for k in range(N_FOLDS)]
-    # Stage 0 first (the folds fine-tune its encoder), then the folds, two at a time.
-    assert all(f["start"] >= tasks["stage0"]["end"] for f in folds)
-    assert {f["worker"].split()[0] for f in folds} == set(cluster.workers)  # "wa (host:port)"
-    overlapping = [
-        (a, b)
-        for i, a in enumerate(folds)
-        for b in folds[i + 1 :]
-        if a["start"] < b["end"] and b["start"] < a["end"] and a["worker"] != b["worker"]
-    ]
-    assert overlapping, f"no two folds ran at the same time: {folds}"
-    assert_same_oof(run_dir, reference)
-    # Progress: one line as each step starts (where) and ends (where, how long).
-    printed = caplog.text
-    for k in range(N_FOLDS):
-        assert f"stage1-fold{k}: notebooks/02_cv.ipynb started on w" in printed
-        assert f"stage1-fold{k}: finished on {folds[k]['worker']} in " in printed
-    assert set(json.loads((run_dir / "timings.json").read_text())) == set(tasks)
-    assert (run_dir / "notebooks" / "02_cv-stage1-fold2.ipynb").is_file()
-
-
 def lock_holder(worker: subprocess.Popen) -> str | None:
     """The stage-1 step whose lock a kernel under ``worker`` holds (a fold mid-training)."""
     for kernel in kernels(worker.pid):
@@ -342,9 +314,14 @@ def lock_holder(worker: subprocess.Popen) -> str | None:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_fold_loses_it_to_the_other(tiny, tmp_path, cluster, reference, caplog):
+def test_folds_share_the_workers_and_a_killed_workers_fold_goes_to_the_other(
+    tiny, tmp_path, cluster, reference, caplog
+):
+    """One stage-1 run on the cluster: stage 0 first, then folds 0 and 1 on both workers at once;
+    the worker that takes up fold 2 is killed by its PID as its training starts, and the other
+    redoes that fold whole (Dask's retry). Every fold equals the sequential run's."""
     caplog.set_level(logging.INFO, logger="pipeline")
-    settings = fresh(tiny, tmp_path, reference)
+    settings = dataclasses.replace(tiny.settings, output_dir=tmp_path / "outputs")
     store = steps.ref(settings, "stage0").store
     outcome: dict = {}
 
@@ -365,13 +342,14 @@ def test_a_worker_killed_mid_fold_loses_it_to_the_other(tiny, tmp_path, cluster,
 
     # Folds 0 and 1 start together and end about together: the fold to kill is the one a worker
     # takes up after the first fold ends, just as its training starts (its lock taken).
-    until(finished, 240, "a first fold done")
+    until(finished, 300, "a first fold done")
     busy_then = set(held().values())
     name, victim_step = until(
         lambda: next(((n, st) for n, st in held().items() if st not in busy_then), None),
         120,
         "a worker starting the next fold",
     )
+    workers = set(cluster.workers)
     victim = cluster.workers.pop(name)
     orphans = kernels(victim.pid)
     done = finished()
@@ -388,11 +366,29 @@ def test_a_worker_killed_mid_fold_loses_it_to_the_other(tiny, tmp_path, cluster,
     for step, stamp in done.items():  # the folds finished before the kill: untouched
         assert (store / step / "done.json").stat().st_mtime_ns == stamp
     tasks = json.loads((run_dir / "tasks.json").read_text())
+    folds = [tasks[f"stage1-fold{k}"] for k in range(N_FOLDS)]
+    # Stage 0 first (the folds fine-tune its encoder), then the folds, two at a time.
+    assert all(f["start"] >= tasks["stage0"]["end"] for f in folds)
+    assert {f["worker"].split()[0] for f in folds} == workers  # "wa (host:port)"
+    overlapping = [
+        (a, b)
+        for i, a in enumerate(folds)
+        for b in folds[i + 1 :]
+        if a["start"] < b["end"] and b["start"] < a["end"] and a["worker"] != b["worker"]
+    ]
+    assert overlapping, f"no two folds ran at the same time: {folds}"
     [(survivor, _)] = cluster.workers.items()
-    redone = victim_step.split("-")[1]  # "stage1-fold1-<key>" -> "fold1"
+    redone = victim_step.split("-")[1]  # "stage1-fold2-<key>" -> "fold2"
     assert tasks[f"stage1-{redone}"]["worker"].startswith(f"{survivor} (")
-    assert f"stage1-{redone}: notebooks/02_cv.ipynb started on {survivor} (" in caplog.text
-    assert f"(again: its worker {name} (" in caplog.text
+    # Progress: one line as each step starts (where) and ends (where, how long).
+    printed = caplog.text
+    for k in range(N_FOLDS):
+        assert f"stage1-fold{k}: notebooks/02_cv.ipynb started on w" in printed
+        assert f"stage1-fold{k}: finished on {folds[k]['worker']} in " in printed
+    assert f"stage1-{redone}: notebooks/02_cv.ipynb started on {survivor} (" in printed
+    assert f"(again: its worker {name} (" in printed
+    assert set(json.loads((run_dir / "timings.json").read_text())) == set(tasks)
+    assert (run_dir / "notebooks" / "02_cv-stage1-fold2.ipynb").is_file()
 
 
 def sigint_when_running(words: list[str], tmp_path: Path, under) -> tuple[subprocess.Popen, list]:

@@ -417,27 +417,6 @@ def test_hand_run_fold_with_the_runs_config_is_the_pipelines_fold(run, tmp_path)
     assert {name: p.stat().st_mtime_ns for name, p in files.items()} == before
 
 
-def test_a_fold_run_by_hand_is_reused_by_the_pipeline(settings, tmp_path):
-    """The reverse: a fold made by papermill with a configuration file is the main job's fold for
-    that file (same folder), which ``--config`` then does not recompute."""
-    from core.pipeline.job import resolve_settings
-
-    config = tmp_path / "variant.yaml"
-    values = {**settings.changed(), "stage0_epochs": 0, "train_seed": 3}
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
-    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()), "utf-8")
-    out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, "-f", config, fold=1)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resolved = resolve_settings(str(config), [])
-    run_dir = default_run_dir(resolved)
-    done = run_dir / "stage1" / "fold1" / "done.json"
-    stamp = done.stat().st_mtime_ns
-    assert run_pipeline(resolved, only="stage1", folds=[1]) == run_dir
-    assert done.stat().st_mtime_ns == stamp  # reused, not recomputed
-    assert (run_dir / CONFIG_FILE).read_text(encoding="utf-8").count("train_seed: 3") == 1
-
-
 def test_papermill_cli_refuses_a_run_folder_made_differently(run, tmp_path):
     """A finished fold is not passed off as the result of other settings (the notebook route of
     RunMismatchError; tests/test_notebook_start.py checks every notebook's first cell)."""
@@ -520,11 +499,28 @@ def test_deleting_a_run_leaves_the_runs_it_shares_steps_with_whole(tiny_variant,
 
 def test_a_seed_ensemble_blends_runs_that_share_stage0(settings, run, tmp_path):
     """blend_seeds=[5]: this method at seed 5 is a run of its own (the folder
-    ``train_seed=5`` names), sharing stage 0; the ensemble blends both runs. A hand run of the
-    member's fold finds the same stored step."""
-    seeds = dataclasses.replace(settings, blend_seeds=[5])
-    blend = run_pipeline(seeds)
-    member = default_run_dir(dataclasses.replace(settings, train_seed=5))
+    ``train_seed=5`` names), sharing stage 0; the ensemble blends both runs. One fold of the
+    member is made first by hand, with a configuration file (``papermill -f``): it is the main
+    job's fold for those settings (same folder), which the main job then does not recompute. The
+    blend's ensemble by hand gives the main job's figures."""
+    from core.pipeline.job import resolve_settings
+
+    member_settings = dataclasses.replace(settings, train_seed=5)
+    config = tmp_path / "member.yaml"
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in member_settings.changed().items()}
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()), "utf-8")
+    out = tmp_path / "out.ipynb"
+    proc = papermill("notebooks/02_cv.ipynb", out, "-f", config, fold=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    member = default_run_dir(member_settings)
+    assert default_run_dir(resolve_settings(str(config), [])) == member
+    done = member / "stage1" / "fold1" / "done.json"
+    stamp = done.stat().st_mtime_ns
+
+    blend = run_pipeline(dataclasses.replace(settings, blend_seeds=[5]))
+    assert done.stat().st_mtime_ns == stamp  # the fold made by hand: reused, not recomputed
+    assert "stage1-fold1" not in read_json(member / "timings.json")
+    assert (member / CONFIG_FILE).read_text(encoding="utf-8").count("train_seed: 5") == 1
     assert blend not in (run, member) and (member / "ensemble/results.json").is_file()
     assert (blend / "stage1/fold0").resolve() == (run / "stage1/fold0").resolve()
     assert (member / "stage0").resolve() == (run / "stage0").resolve()
@@ -535,11 +531,6 @@ def test_a_seed_ensemble_blends_runs_that_share_stage0(settings, run, tmp_path):
     names = [c["candidate"] for c in results["candidates"]]
     assert "rank average of 2 runs' stage1" in names
     assert results["headline"]["final"] in names
-    # The member's config, by hand: the same stored fold, reused.
-    out = tmp_path / "out.ipynb"
-    proc = papermill("notebooks/02_cv.ipynb", out, "-f", member / CONFIG_FILE, fold=0)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reused" in out.read_text(encoding="utf-8")
     # The blend's ensemble by hand gives the main job's figures.
     saved = (blend / "ensemble/results.json").read_bytes()
     proc = papermill("notebooks/04_ensemble.ipynb", out, "-f", blend / CONFIG_FILE)

@@ -12,32 +12,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_run import N_FOLDS, clean_and_poisoned, papermill
+from tiny_run import LEAKAGE_EPOCHS, N_FOLDS, papermill
 
-from core.config import CONFIG_FILE, Settings
+from core.config import CONFIG_FILE
 from core.io import read_json
 from core.runs import steps
 
 pytestmark = pytest.mark.slow  # end to end: training, papermill runs and subprocesses
-
-EPOCHS = 3
-
-
-def train(settings: Settings, run_dir: Path, folds=range(N_FOLDS)) -> None:
-    """Stage 1, then the students, of ``folds``, in this process."""
-    from core.training import engine, students
-
-    inputs = engine.prepare(settings, run_dir)
-    for k in folds:
-        engine.train_stage1(settings, k, run_dir, inputs)
-    for k in folds:
-        students.train_student(settings, k, run_dir, inputs)
 
 
 def student_files(run_dir: Path, fold: int) -> dict:
@@ -51,31 +37,10 @@ def student_files(run_dir: Path, fold: int) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def leakage(tiny, tmp_path_factory):
-    """Folds 0 and 1 trained on the clean file and on the file with fold 0's labels flipped: no
-    stage 0, teachers of one epoch (nothing for fold 0's labels to choose there), students of
-    three epochs, every epoch run (patience 3)."""
-    tmp = tmp_path_factory.mktemp("leakage")
-    base = dataclasses.replace(
-        tiny.settings,
-        stage0_epochs=0,
-        stage1_epochs=1,
-        students_enabled=True,
-        students_epochs=EPOCHS,
-        stage1_patience=EPOCHS,
-    )
-    runs = {}
-    for side, settings in clean_and_poisoned(base, tmp).items():
-        runs[side] = tmp / side / "runs" / "x"
-        train(settings, runs[side], [0, 1])
-    return runs
-
-
 def test_poisoning_fold_0s_labels_leaves_fold_0s_student_training_unchanged(leakage):
     a, b = (student_files(leakage[r], 0) for r in ("clean", "poisoned"))
     assert a["teacher_test"] == b["teacher_test"] and a["pseudo"] == b["pseudo"]
-    assert len(a["history"]["loss"]) == EPOCHS
+    assert len(a["history"]["loss"]) == LEAKAGE_EPOCHS
     assert a["history"]["loss"] == b["history"]["loss"]  # the same training, to the bit
     # Every epoch's model scores fold 0 alike: only the labels it is scored against flipped.
     flipped = [1 - v for v in a["history"]["val_auc"]]

@@ -189,6 +189,39 @@ def clean_and_poisoned(base: Settings, tmp: Path, fold: int = 0) -> dict[str, Se
     }
 
 
+LEAKAGE_EPOCHS = 3  # the leakage runs' students and copies: epochs, all run (patience as many)
+
+
+def train_leakage(base: Settings, folder: Path) -> dict[str, Path]:
+    """Folds 0 and 1 of ``base`` without stage 0, trained in this process on its training file
+    and on a copy with fold 0's labels flipped: the teachers (stage 1) of one epoch, so fold 0's
+    labels choose nothing there, then each fold's student and distilled copy of
+    ``LEAKAGE_EPOCHS`` epochs. Returns each side's run folder."""
+    from core.training import distill, engine, students
+
+    base = replace(
+        base,
+        stage0_epochs=0,
+        stage1_epochs=1,
+        stage1_patience=LEAKAGE_EPOCHS,
+        students_enabled=True,
+        students_epochs=LEAKAGE_EPOCHS,
+        distill_enabled=True,
+        distill_epochs=LEAKAGE_EPOCHS,
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for side, settings in clean_and_poisoned(base, folder).items():
+        run_dir = runs[side] = Path(settings.output_dir) / "runs" / "x"
+        inputs = engine.prepare(settings, run_dir)
+        for k in (0, 1):
+            engine.train_stage1(settings, k, run_dir, inputs)
+        for k in (0, 1):
+            students.train_student(settings, k, run_dir, inputs)
+            distill.train_fold_copy(settings, k, run_dir, inputs)
+    return runs
+
+
 def poison(train_path: Path, out: Path, fold: int, settings: Settings) -> Path:
     """A copy of the training file with every label of ``fold``'s rows flipped."""
     from core.runs.folder import make_folds
