@@ -170,9 +170,10 @@ def test_other_data_is_another_stage0_and_its_run_folder_refuses_it(run, setting
 
 
 def test_executed_notebooks_hold_their_parameters(run):
-    nb = json.loads((run / "notebooks" / "02_cv-stage1-fold2.ipynb").read_text(encoding="utf-8"))
+    last = N_FOLDS - 1
+    nb = json.loads((run / "notebooks" / f"02_cv-stage1-fold{last}.ipynb").read_text("utf-8"))
     params = nb["metadata"]["papermill"]["parameters"]
-    assert params["fold"] == 2 and params["n_folds"] == N_FOLDS and params["stage1_lr"] == 1e-3
+    assert params["fold"] == last and params["n_folds"] == N_FOLDS and params["stage1_lr"] == 1e-3
     assert not [c for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
 
 

@@ -24,6 +24,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_run import N_FOLDS
 
 from core.config import Settings
 from core.io import read_json
@@ -104,7 +105,7 @@ def test_settings_no_key_holds_leave_every_file_byte_equal(twin_runs, section):
 def test_same_seed_same_folds(twin_runs):
     a, b = (pd.read_csv(run / "folds.csv") for run in twin_runs["runs"])
     pd.testing.assert_frame_equal(a, b)
-    assert a["fold"].tolist() == make_folds(120, 3, 2020).tolist()
+    assert a["fold"].tolist() == make_folds(120, N_FOLDS, 2020).tolist()
     assert a["row"].tolist() == list(range(120))
 
 
@@ -149,7 +150,7 @@ def test_run_json_records_what_the_run_is(twin_runs):
     assert manifest["bert_sha256"] == weights_sha256(tiny.bert_dir)
     assert (manifest["n_rows"], manifest["n_folds"], manifest["seed"], manifest["maxlen"]) == (
         120,
-        3,
+        N_FOLDS,
         2020,
         20,
     )

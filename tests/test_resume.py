@@ -167,7 +167,6 @@ def test_kill_leaves_no_finished_looking_fold1(job, killed):
                 read_json(path)
             elif path.suffix == ".csv":
                 pd.read_csv(path)
-    assert not (job["run_dir"] / "stage1" / "fold2").exists()
 
 
 def test_index_after_kill_links_only_existing_files(job, killed):

@@ -337,17 +337,18 @@ def test_two_real_tiny_runs_side_by_side(tiny_run, tiny_variant, tmp_path):
     (tmp_path / "runs.txt").write_text(printed + "\n\n" + compared, encoding="utf-8")
     rows = dict(ROWS.findall(printed))
     assert rows[a.name] == rows[b.name] == "finished"
-    # Stage 0, the EDA and stage 1 reused: 5 steps.
+    # Stage 0, the EDA and stage 1's folds reused.
     header, line = (
         next(x for x in printed.splitlines() if x.startswith(start)) for start in ("run ", b.name)
     )
     cells = dict(zip(re.split(r"\s{2,}", header), re.split(r"\s{2,}", line), strict=False))
-    assert cells["reused"] == "5", line  # (its stage2_lr, 1e-4, is the default's: not listed)
+    n = tiny_run.settings.n_folds
+    assert cells["reused"] == str(2 + n), line  # its stage2_lr, 1e-4, is the default: not listed
     assert re.search(r"^  stage2_lr\s+0\.001\s+0\.0001$", compared, re.M)
-    assert "steps: 5 shared, 3 only in A, 3 only in B" in compared
+    assert f"steps: {2 + n} shared, {n} only in A, {n} only in B" in compared
     shared = re.search(r"^  shared\s+(.*)$", compared, re.M).group(1)
-    assert shared == "stage0, eda, stage1-fold0, stage1-fold1, stage1-fold2"
-    for line in ("0", "1", "2", "oof"):  # stage 1 is one stored step: the same AUC both sides
+    assert shared == ", ".join(["stage0", "eda", *(f"stage1-fold{k}" for k in range(n))])
+    for line in (*map(str, range(n)), "oof"):  # stage 1 is one stored step: the same AUC both sides
         s1a, s1b = re.search(rf"^  {line}\s+(\S+)\s+(\S+)", compared, re.M).groups()
         assert s1a == s1b != "-"
     check_pages(outputs, a, b, tmp_path)
