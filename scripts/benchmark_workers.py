@@ -4,8 +4,8 @@
     .venv/bin/python scripts/benchmark_workers.py --workers 3 --keep /tmp/bench
 
 Writes the tiny inputs of the end-to-end tests (tests/tiny_run.py: 120 training rows, a random
-2-layer BERT, 3 folds, one epoch per stage), then runs the whole main job twice with the command
-line, each in an output folder of its own (nothing reused): ``python -m core.pipeline --config``
+2-layer BERT) with 3 folds, then runs the whole main job twice with the command line, each in
+an output folder of its own (nothing reused): ``python -m core.pipeline --config``
 and the same with ``--workers N``. Prints both wall times, each step's, the local cluster's own
 start-up and shut-down time, and whether both runs wrote the same out-of-fold predictions.
 """
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp folder)")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    tiny = make_tiny_inputs(folder / "inputs")
+    tiny = make_tiny_inputs(folder / "inputs", extra={"n_folds": 3})  # as docs/scaling.md measured
     runs = {}
     parallel = ["--workers", str(args.workers)]
     for name, extra in [("sequential", []), (" ".join(parallel), parallel)]:

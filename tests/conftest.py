@@ -10,7 +10,8 @@ end-to-end world every slow test starts from (tests/tiny_run.py):
   run-level ensemble, distilled model and error analysis;
 * ``tiny_run``: the default method on the same store: it reuses every stored step and computes
   only its ensemble and error analysis;
-* ``tiny_variant``: the default with stage 2's learning rate changed: stage 2 recomputed;
+* ``tiny_variant``: the default with stage 2's learning rate changed, its stage 2 only
+  (``--only stage2``): stage 0 and stage 1 reused, stage 2 computed again;
 * ``leakage``: folds 0 and 1 on the tiny file and on a copy with fold 0's labels flipped, with
   their students and distilled copies (tiny_run.train_leakage), for the leakage tests.
 
@@ -223,9 +224,10 @@ def tiny_run(tiny_job) -> TinyJob:
 
 @pytest.fixture(scope="session")
 def tiny_variant(tiny_run) -> TinyJob:
-    """The default with stage 2's learning rate divided by 10: only stage 2 is recomputed."""
+    """The default with stage 2's learning rate divided by 10, its stage 2 (``--only stage2``):
+    stage 0 and stage 1 reused, stage 2 computed again."""
     settings = dataclasses.replace(tiny_run.settings, stage2_lr=tiny_run.settings.stage2_lr / 10)
-    return _shared("tiny_variant", lambda: TinyJob(settings, *run_job(settings)))
+    return _shared("tiny_variant", lambda: TinyJob(settings, *run_job(settings, only="stage2")))
 
 
 @pytest.fixture(scope="session")

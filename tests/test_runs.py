@@ -326,28 +326,32 @@ def test_page_sorts_by_a_clicked_column_in_a_browser(out, three, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_real_tiny_runs_side_by_side(tiny_run, tiny_variant, tmp_path):
-    """The session's tiny default run and its stage-2 variant (conftest.py): the second reused
-    stage 0, the EDA and stage 1. The table lists both, the comparison names those steps shared,
-    and the pages load in Chromium with every link resolving (screenshots kept in tmp_path)."""
-    outputs, a, b = tiny_run.outputs, tiny_run.run_dir, tiny_variant.run_dir
+def test_two_real_tiny_runs_side_by_side(tiny_job, tiny_run, tmp_path):
+    """The session's tiny main job (students and distillation on) and the default run made after
+    it on the same store (conftest.py): the second reused every step the first made for it. The
+    table lists both, the comparison names the settings that differ and the steps shared, and
+    the pages load in Chromium with every link resolving (screenshots kept in tmp_path)."""
+    outputs, a, b = tiny_run.outputs, tiny_job.run_dir, tiny_run.run_dir
     assert (outputs / "index.html").is_file()  # the main job refreshed the table
     printed = command("--output-dir", outputs)
     compared = command("--output-dir", outputs, "--compare", a.name, b.name)
     (tmp_path / "runs.txt").write_text(printed + "\n\n" + compared, encoding="utf-8")
     rows = dict(ROWS.findall(printed))
     assert rows[a.name] == rows[b.name] == "finished"
-    # Stage 0, the EDA and stage 1's folds reused.
+    # Stage 0, the EDA and both stages' folds reused.
     header, line = (
         next(x for x in printed.splitlines() if x.startswith(start)) for start in ("run ", b.name)
     )
     cells = dict(zip(re.split(r"\s{2,}", header), re.split(r"\s{2,}", line), strict=False))
     n = tiny_run.settings.n_folds
-    assert cells["reused"] == str(2 + n), line  # its stage2_lr, 1e-4, is the default: not listed
-    assert re.search(r"^  stage2_lr\s+0\.001\s+0\.0001$", compared, re.M)
-    assert f"steps: {2 + n} shared, {n} only in A, {n} only in B" in compared
+    assert cells["reused"] == str(2 + 2 * n), line
+    for name in ("students_enabled", "distill_enabled"):
+        assert re.search(rf"^  {name}\s+True\s+False$", compared, re.M)
+    # Only in A: each fold's student and distilled copy, and the distilled model.
+    assert f"steps: {2 + 2 * n} shared, {2 * n + 1} only in A, 0 only in B" in compared
     shared = re.search(r"^  shared\s+(.*)$", compared, re.M).group(1)
-    assert shared == ", ".join(["stage0", "eda", *(f"stage1-fold{k}" for k in range(n))])
+    stages = [f"{stage}-fold{k}" for stage in ("stage1", "stage2") for k in range(n)]
+    assert shared == ", ".join(["stage0", "eda", *stages])
     for line in (*map(str, range(n)), "oof"):  # stage 1 is one stored step: the same AUC both sides
         s1a, s1b = re.search(rf"^  {line}\s+(\S+)\s+(\S+)", compared, re.M).groups()
         assert s1a == s1b != "-"
