@@ -375,6 +375,9 @@ def test_folds_share_the_workers_and_a_killed_workers_fold_goes_to_the_other(
     assert f"stage1-{redone}: notebooks/02_cv.ipynb started on {name} (" in printed
     assert f"stage1-{redone}: notebooks/02_cv.ipynb started on {survivor} (" in printed
     assert f"(again: its worker {name} (" in printed
+    for k in range(N_FOLDS):  # the survivor's own fold ran once: only the lost one is redone
+        started = printed.count(f"stage1-fold{k}: notebooks/02_cv.ipynb started on ")
+        assert started == (2 if f"fold{k}" == redone else 1), (k, started)
     assert set(json.loads((run_dir / "timings.json").read_text())) == set(tasks)
     assert (run_dir / "notebooks" / f"02_cv-stage1-{redone}.ipynb").is_file()
 
