@@ -100,6 +100,20 @@ def why(name: str, how: str, size: int) -> str:
 # -- the record -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (999, "999 B"),
+        (1_500, "2 KB"),
+        (2_340_000, "2.3 MB"),
+        (12_600_000, "13 MB"),
+        (3.2e9, "3.2 GB"),
+    ],
+)
+def test_sizes_read_in_decimal_units_with_the_digits_that_matter(n, text):
+    assert store.size_text(n) == text
+
+
 def test_a_done_step_records_its_files_when_its_claim_ends(settings):
     step = compute(steps.ref(settings, "stage1", 0), settings)
     record = read_json(step.dir / steps.RECORD)
