@@ -13,7 +13,7 @@ end-to-end world every slow test starts from (tests/tiny_run.py):
 * ``tiny_variant``: the default with stage 2's learning rate changed, its stage 2 only
   (``--only stage2``): stage 0 and stage 1 reused, stage 2 computed again;
 * ``leakage``: folds 0 and 1 on the tiny file and on a copy with fold 0's labels flipped, with
-  their students and distilled copies (tiny_run.train_leakage), for the leakage tests.
+  fold 0's student and distilled copy (tiny_run.train_leakage), for the leakage tests.
 
 Tests that change or damage a run work on a copy (``tiny_run.copy_outputs``), never on these.
 """
