@@ -124,9 +124,8 @@ def pytest_unconfigure(config):
 
 def _unit(nodeid: str) -> str:
     module = nodeid.split("::", 1)[0]
-    if Path(module).stem in TOGETHER:
-        return TOGETHER[Path(module).stem]
-    return nodeid if Path(module).stem in PER_TEST else module
+    stem = Path(module).stem
+    return TOGETHER.get(stem) or (nodeid if stem in PER_TEST else module)
 
 
 def _rank(unit: str, tests: dict) -> tuple:
